@@ -1,0 +1,89 @@
+package batch
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/entropykem/entropykem/pkg/kem"
+	"github.com/entropykem/entropykem/pkg/merkle"
+	"github.com/entropykem/entropykem/pkg/signature"
+)
+
+// BenchmarkIssue measures the issuer's crypto per ticket with Merkle
+// batching (encapsulate, build the body, hash the leaf, tree, proofs, one
+// ML-DSA-87 signature per epoch), with keys already parsed. Run with
+// -cpu 1 to compare with BenchmarkFloor, which is single-threaded.
+func BenchmarkIssue(b *testing.B) {
+	key, _ := signature.GenerateKey(signature.MLDSA87)
+	for _, n := range []int{1000} {
+		devs, _ := devices(b, n, kem.MLKEM1024)
+		b.Run(fmt.Sprintf("devices=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Issue(key, Params{Epoch: 1, IssuedAt: 1, TTL: 60}, devs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/ticket")
+		})
+	}
+}
+
+// BenchmarkFloor is the primitive floor per ticket: one ML-KEM-1024
+// encapsulation with a parsed key plus one SHA-256 leaf hash of a
+// ticket-sized body.
+func BenchmarkFloor(b *testing.B) {
+	devs, _ := devices(b, 1, kem.MLKEM1024)
+	body := make([]byte, 1700)
+	for b.Loop() {
+		if _, _, err := devs[0].Key.Encapsulate(); err != nil {
+			b.Fatal(err)
+		}
+		merkle.LeafHash(body)
+	}
+}
+
+// BenchmarkParseAndIssue includes parsing each device's key, which an
+// issuer does once per epoch because device keys rotate every epoch;
+// BenchmarkParseFloor is its floor (parse + encapsulate + leaf hash).
+func BenchmarkParseAndIssue(b *testing.B) {
+	key, _ := signature.GenerateKey(signature.MLDSA87)
+	const n = 1000
+	devs, _ := devices(b, n, kem.MLKEM1024)
+	raw := make([][]byte, n)
+	for i := range devs {
+		raw[i] = devs[i].Key.Bytes()
+	}
+	s, _ := kem.Lookup(kem.MLKEM1024)
+	b.ReportAllocs()
+	for b.Loop() {
+		for i := range devs {
+			pk, err := s.ParsePublicKey(raw[i])
+			if err != nil {
+				b.Fatal(err)
+			}
+			devs[i].Key = pk
+		}
+		if _, err := Issue(key, Params{Epoch: 1, IssuedAt: 1, TTL: 60}, devs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/ticket")
+}
+
+func BenchmarkParseFloor(b *testing.B) {
+	devs, _ := devices(b, 1, kem.MLKEM1024)
+	raw := devs[0].Key.Bytes()
+	s, _ := kem.Lookup(kem.MLKEM1024)
+	body := make([]byte, 1700)
+	for b.Loop() {
+		pk, err := s.ParsePublicKey(raw)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := pk.Encapsulate(); err != nil {
+			b.Fatal(err)
+		}
+		merkle.LeafHash(body)
+	}
+}
