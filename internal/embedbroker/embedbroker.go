@@ -1,0 +1,169 @@
+// Package embedbroker runs an in-process MQTT broker (mochi-mqtt) for the
+// zero-setup quickstart. It enforces the same accounts and ACL as
+// broker-config/acl does for Mosquitto: the issuer reads registrations and
+// statuses and writes tickets, roots, the epoch and its liveness; each
+// device writes only its own registration and status and reads only its own
+// ticket, the roots, the epoch and the issuer's liveness; the monitor reads
+// everything and writes nothing. Production and the integration tests use
+// Mosquitto; this broker keeps nothing on disk.
+package embedbroker
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+// Reserved account names, as in broker-config.
+const (
+	IssuerUser  = "ekem-issuer"
+	MonitorUser = "ekem-monitor"
+)
+
+// Broker is a running embedded broker.
+type Broker struct {
+	srv  *mqtt.Server
+	addr string
+	acl  *aclHook
+}
+
+// Start listens on addr (e.g. "127.0.0.1:0" for a free port) and serves
+// until Close. prefix is the topic prefix the ACL protects.
+func Start(addr, prefix string, log *slog.Logger) (*Broker, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("embedbroker: listen on %s: %w", addr, err)
+	}
+	bound := ln.Addr().String()
+	ln.Close()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumInflight = 65535
+	srv := mqtt.New(&mqtt.Options{Capabilities: caps, Logger: log, InlineClient: false})
+	h := &aclHook{prefix: prefix, users: map[string][]byte{}}
+	if err := srv.AddHook(h, nil); err != nil {
+		return nil, fmt.Errorf("embedbroker: %w", err)
+	}
+	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: bound})); err != nil {
+		return nil, fmt.Errorf("embedbroker: listen on %s: %w", bound, err)
+	}
+	if err := srv.Serve(); err != nil {
+		return nil, fmt.Errorf("embedbroker: %w", err)
+	}
+	return &Broker{srv: srv, addr: bound, acl: h}, nil
+}
+
+// URL is the broker's address as tcp://host:port.
+func (b *Broker) URL() string { return "tcp://" + b.addr }
+
+// AddUser adds an account. Device accounts are named by their device id.
+func (b *Broker) AddUser(name, password string) error {
+	if name != IssuerUser && name != MonitorUser {
+		if err := wire.ValidateDeviceID(name); err != nil {
+			return fmt.Errorf("embedbroker: account %q: %w", name, err)
+		}
+	}
+	if password == "" {
+		return errors.New("embedbroker: empty password")
+	}
+	b.acl.mu.Lock()
+	defer b.acl.mu.Unlock()
+	b.acl.users[name] = []byte(password)
+	return nil
+}
+
+// Close stops the broker.
+func (b *Broker) Close() error { return b.srv.Close() }
+
+type aclHook struct {
+	mqtt.HookBase
+	prefix string
+	mu     sync.Mutex
+	users  map[string][]byte
+}
+
+func (h *aclHook) ID() string { return "ekem-acl" }
+
+func (h *aclHook) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+}
+
+// OnConnectAuthenticate allows known accounts with the right password;
+// anonymous clients are refused.
+func (h *aclHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	h.mu.Lock()
+	want, ok := h.users[string(pk.Connect.Username)]
+	h.mu.Unlock()
+	return ok && len(pk.Connect.Password) > 0 && subtle.ConstantTimeCompare(want, pk.Connect.Password) == 1
+}
+
+// OnACLCheck applies broker-config/acl's rules.
+func (h *aclHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	return Allowed(h.prefix, string(cl.Properties.Username), topic, write)
+}
+
+// Allowed reports whether user may write (publish) or read (subscribe to)
+// topic, a topic name or a subscription filter.
+func Allowed(prefix, user, topic string, write bool) bool {
+	p := prefix + "/"
+	switch user {
+	case IssuerUser:
+		if write {
+			return matchAny(topic, p+"ticket/+", p+"root/+", p+"epoch", p+"issuer/online")
+		}
+		return matchAny(topic, p+"reg/+", p+"status/+")
+	case MonitorUser:
+		return !write && (within(topic, prefix) || within(topic, "$SYS"))
+	}
+	if write {
+		return topic == p+"reg/"+user || topic == p+"status/"+user
+	}
+	return topic == p+"ticket/"+user || matchAny(topic, p+"root/+", p+"epoch", p+"issuer/online")
+}
+
+// matchAny reports whether topic (a name, or a filter no wider than the
+// rule) falls under one of the rule filters.
+func matchAny(topic string, rules ...string) bool {
+	for _, r := range rules {
+		if narrower(topic, r) {
+			return true
+		}
+	}
+	return false
+}
+
+// narrower reports whether every topic matched by filter f is matched by
+// rule r ('+' in r matches one level; '#' in f is never narrower than '+').
+func narrower(f, r string) bool {
+	fl, rl := strings.Split(f, "/"), strings.Split(r, "/")
+	if len(fl) != len(rl) {
+		return false
+	}
+	for i := range fl {
+		switch {
+		case rl[i] == "+" && fl[i] != "#":
+		case fl[i] == rl[i] && fl[i] != "+" && fl[i] != "#":
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// within reports whether topic is root itself or below it.
+func within(topic, root string) bool {
+	return topic == root || topic == root+"/#" || bytes.HasPrefix([]byte(topic), []byte(root+"/"))
+}
