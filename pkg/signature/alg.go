@@ -44,8 +44,9 @@ const (
 	SeedSize = 32
 )
 
-// Sentinel errors. Every error returned by this package wraps exactly one of
-// them, so callers can tell the cases apart with errors.Is.
+// Sentinel errors. Every error from parsing, key handling and verification
+// wraps exactly one of them, so callers can tell the cases apart with
+// errors.Is.
 var (
 	// ErrUnsupported: an algorithm id or file version outside the allow-list.
 	ErrUnsupported = errors.New("signature: unsupported algorithm or version")

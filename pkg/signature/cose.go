@@ -125,7 +125,7 @@ type wireProtected struct {
 }
 
 // ParseSign1 strictly decodes msg, a COSE_Sign1_Tagged message, without
-// verifying it. It checks, in order: the size bound (MaxSign1Size); tag 18
+// verifying it. It checks the size bound (MaxSign1Size) first, then: tag 18
 // encoded as the single byte 0xd2; a 4-element array with definite lengths,
 // no duplicate map keys, no further tags, no trailing bytes; the protected
 // header a byte string holding exactly the map {1: alg, 4: kid}; alg in the

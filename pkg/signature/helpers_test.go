@@ -2,6 +2,7 @@ package signature
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"testing"
 
@@ -90,6 +91,13 @@ func sign1Bytes(tag, protected, unprotected, payload, sig []byte) []byte {
 // key derived from seed.
 func circlSign(t testing.TB, alg Alg, seed, msg []byte) []byte {
 	t.Helper()
+	return circlSignMode(t, alg, seed, msg, true)
+}
+
+// circlSignMode signs msg with circl directly, hedged or deterministic
+// (FIPS 204 §3.4), with an empty context.
+func circlSignMode(t testing.TB, alg Alg, seed, msg []byte, hedged bool) []byte {
+	t.Helper()
 	var s [32]byte
 	copy(s[:], seed)
 	var sig []byte
@@ -98,11 +106,11 @@ func circlSign(t testing.TB, alg Alg, seed, msg []byte) []byte {
 	case MLDSA87:
 		_, sk := mldsa87.NewKeyFromSeed(&s)
 		sig = make([]byte, mldsa87.SignatureSize)
-		err = mldsa87.SignTo(sk, msg, nil, true, sig)
+		err = mldsa87.SignTo(sk, msg, nil, hedged, sig)
 	case MLDSA65:
 		_, sk := mldsa65.NewKeyFromSeed(&s)
 		sig = make([]byte, mldsa65.SignatureSize)
-		err = mldsa65.SignTo(sk, msg, nil, true, sig)
+		err = mldsa65.SignTo(sk, msg, nil, hedged, sig)
 	default:
 		t.Fatalf("circlSign: alg %v", alg)
 	}
@@ -156,5 +164,17 @@ func circlVerify(t testing.TB, alg Alg, pk, msg, sig []byte) bool {
 func handSigned(t testing.TB, alg Alg, seedByte byte, protected, payload []byte) []byte {
 	t.Helper()
 	sig := circlSign(t, alg, testSeed(seedByte), sigStructure(protected, payload))
+	return sign1Bytes([]byte{0xd2}, protected, []byte{0xa0}, bstr(payload), bstr(sig))
+}
+
+// detSigned is a standard COSE_Sign1 by the key of testSeed(seedByte),
+// built by hand with deterministic ML-DSA, so every process builds the same
+// bytes (fuzz workers are separate processes).
+func detSigned(t testing.TB, alg Alg, seedByte byte, payload []byte) []byte {
+	t.Helper()
+	pk := circlPublic(t, alg, testSeed(seedByte))
+	sum := sha256.Sum256(pk)
+	protected := stdProtected(int64(alg), sum[:KIDSize])
+	sig := circlSignMode(t, alg, testSeed(seedByte), sigStructure(protected, payload), false)
 	return sign1Bytes([]byte{0xd2}, protected, []byte{0xa0}, bstr(payload), bstr(sig))
 }

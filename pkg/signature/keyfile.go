@@ -8,7 +8,7 @@ import (
 	"github.com/entropykem/entropykem/pkg/cbor"
 )
 
-// Issuer key files.
+// Issuer key files: PEM block types and format.
 //
 // An issuer key file is one PEM block (RFC 7468 textual encoding) with no
 // PEM headers, optionally surrounded by whitespace and nothing else:
@@ -33,8 +33,6 @@ import (
 // non-deterministic encodings are rejected (ErrMalformed), a version other
 // than 1 or an alg outside the allow-list is ErrUnsupported, and a key of the
 // wrong size is ErrInvalidKey. Errors never contain key material.
-
-// PEM block types of issuer key files.
 const (
 	PEMTypePrivateKey = "ENTROPYKEM ISSUER SECRET KEY"
 	PEMTypePublicKey  = "ENTROPYKEM ISSUER PUBLIC KEY"
