@@ -19,6 +19,7 @@ package envelope
 import (
 	"errors"
 	"fmt"
+	"github.com/entropykem/entropykem/pkg/wire"
 	"strconv"
 
 	"golang.org/x/crypto/chacha20poly1305"
@@ -203,22 +204,10 @@ func open(h Header, key, ct []byte) ([]byte, error) {
 	return pt, nil
 }
 
-// maxDeviceID is the longest device id.
-const maxDeviceID = 64
-
-// checkDeviceID enforces the design's device id syntax: 1–64 characters of
-// [A-Za-z0-9._-], the first alphanumeric. (The wire package will own the
-// canonical validator; this copy keeps the envelope package free of it.)
+// checkDeviceID applies the protocol's device id rule (wire.ValidateDeviceID).
 func checkDeviceID(id string) error {
-	if len(id) == 0 || len(id) > maxDeviceID {
-		return fmt.Errorf("envelope: device id length %d", len(id))
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
-		if !alnum && (i == 0 || c != '.' && c != '_' && c != '-') {
-			return fmt.Errorf("envelope: device id has an invalid byte at %d", i)
-		}
+	if err := wire.ValidateDeviceID(id); err != nil {
+		return fmt.Errorf("envelope: %w", err)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/entropykem/entropykem/pkg/wire"
 	"reflect"
 	"strings"
 	"sync"
@@ -146,7 +147,7 @@ func TestRoundTrip(t *testing.T) {
 // The largest plaintext with the longest device id and the largest
 // counters still fits in MaxEnvelopeSize.
 func TestMaxEnvelope(t *testing.T) {
-	id := "A" + strings.Repeat("z", maxDeviceID-1)
+	id := "A" + strings.Repeat("z", wire.MaxIDLen-1)
 	k := ratchet.Key{Epoch: ^uint64(0), Ctr: ratchet.MaxCtr - 1, Bytes: testKey("k")}
 	env, err := Seal(id, k, make([]byte, MaxPlaintext))
 	if err != nil {
