@@ -23,7 +23,7 @@ import (
 	"github.com/entropykem/entropykem/pkg/tpmcohort"
 )
 
-// vector is one entry of testdata/cohort_mac.json.
+// vector is one entry of schema/testdata/cohort_mac.json.
 type vector struct {
 	Comment string `json:"comment"`
 	Secret  string `json:"secret"`
@@ -33,7 +33,7 @@ type vector struct {
 
 func loadVectors(t testing.TB) []vector {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("testdata", "cohort_mac.json"))
+	data, err := os.ReadFile(filepath.Join("..", "..", "schema", "testdata", "cohort_mac.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
