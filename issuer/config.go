@@ -1,0 +1,182 @@
+package issuer
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"github.com/entropykem/entropykem/pkg/kem"
+	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+// Defaults of Config fields left zero.
+const (
+	DefaultClientID  = "ekem-issuer"
+	DefaultLabel     = "default"
+	DefaultKeepRoots = 4
+	// MinKeepRoots is the fewest root topics kept: the current epoch's and
+	// the previous one's (schema/PROTOCOL.md §3).
+	MinKeepRoots = 2
+	// DefaultTimeout bounds every wait for the broker.
+	DefaultTimeout = 10 * time.Second
+)
+
+// ErrConfig is wrapped by every Config.Validate error.
+var ErrConfig = errors.New("issuer: invalid configuration")
+
+// Config configures an Issuer. Zero values mean the documented defaults.
+type Config struct {
+	// Broker is the MQTT broker URL (tcp://host:port, ssl://host:port,
+	// ws://, wss://). It is only needed by Start and Run.
+	Broker, Username, Password string
+	// TLS, if set, is used for ssl:// and wss:// brokers.
+	TLS *tls.Config
+	// ClientID is the MQTT client id (default "ekem-issuer").
+	ClientID string
+	// Prefix is the topic prefix (default wire.DefaultPrefix).
+	Prefix string
+	// Key signs every epoch root. Required.
+	Key *signature.PrivateKey
+	// StorePath is the bbolt file holding the issuer's durable record.
+	// Required.
+	StorePath string
+	// Period is the epoch period used by Run and announced in EpochInfo:
+	// 1 s to wire.MaxTTL seconds. Required.
+	Period time.Duration
+	// TTL is every ticket's ttl_s, a whole number of seconds in
+	// 1 s..wire.MaxTTL s (default 2*Period, capped at wire.MaxTTL).
+	TTL time.Duration
+	// Purpose and Group are the labels in every ticket (default
+	// "default"); see wire.ValidateLabel.
+	Purpose, Group string
+	// KeepRoots is how many root/{epoch} topics stay retained (default 4,
+	// at least 2); older ones are cleared with an empty retained publish.
+	KeepRoots int
+	// KEMs restricts the KEM algorithms accepted in registrations and next
+	// keys (default: the whole allow-list of pkg/kem).
+	KEMs []kem.ID
+	// Timeout bounds every wait for the broker (default 10 s).
+	Timeout time.Duration
+	// Logger receives structured logs (default slog.Default()).
+	Logger *slog.Logger
+	// Now is the wall clock; it only sets issued_at (default time.Now).
+	Now func() time.Time
+}
+
+// withDefaults returns c with every zero field replaced by its default.
+func (c Config) withDefaults() Config {
+	if c.ClientID == "" {
+		c.ClientID = DefaultClientID
+	}
+	if c.Prefix == "" {
+		c.Prefix = wire.DefaultPrefix
+	}
+	if c.TTL == 0 && c.Period > 0 {
+		c.TTL = min(2*c.Period, wire.MaxTTL*time.Second).Truncate(time.Second)
+		c.TTL = max(c.TTL, time.Second)
+	}
+	if c.Purpose == "" {
+		c.Purpose = DefaultLabel
+	}
+	if c.Group == "" {
+		c.Group = DefaultLabel
+	}
+	if c.KeepRoots == 0 {
+		c.KeepRoots = DefaultKeepRoots
+	}
+	if len(c.KEMs) == 0 {
+		c.KEMs = kem.IDs()
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Validate reports the first invalid field of c (after defaults), with an
+// error wrapping ErrConfig that names the field and the value it got.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, a...))
+	}
+	if c.Key == nil {
+		return bad("no signing key")
+	}
+	if c.StorePath == "" {
+		return bad("no store path")
+	}
+	if c.Period < time.Second || c.Period > wire.MaxTTL*time.Second {
+		return bad("period must be between 1s and %v, got %v", wire.MaxTTL*time.Second, c.Period)
+	}
+	if c.TTL < time.Second || c.TTL > wire.MaxTTL*time.Second {
+		return bad("ttl must be between 1s and %v, got %v", wire.MaxTTL*time.Second, c.TTL)
+	}
+	if c.TTL%time.Second != 0 {
+		return bad("ttl must be a whole number of seconds, got %v", c.TTL)
+	}
+	if _, err := wire.NewTopics(c.Prefix); err != nil {
+		return bad("prefix: %v", err)
+	}
+	if err := wire.ValidateLabel(c.Purpose); err != nil {
+		return bad("purpose %q: %v", c.Purpose, err)
+	}
+	if err := wire.ValidateLabel(c.Group); err != nil {
+		return bad("group %q: %v", c.Group, err)
+	}
+	if c.KeepRoots < MinKeepRoots {
+		return bad("keep roots must be at least %d, got %d", MinKeepRoots, c.KeepRoots)
+	}
+	for _, id := range c.KEMs {
+		if _, err := kem.Lookup(id); err != nil {
+			return bad("kem %v: %v", id, err)
+		}
+	}
+	if c.Timeout < 0 {
+		return bad("timeout must not be negative, got %v", c.Timeout)
+	}
+	if c.Broker != "" {
+		if err := ValidateBrokerURL(c.Broker); err != nil {
+			return bad("%v", err)
+		}
+	}
+	return nil
+}
+
+// ValidateBrokerURL checks that u is scheme://host:port with a scheme
+// paho understands (tcp, mqtt, ssl, tls, mqtts, ws, wss).
+func ValidateBrokerURL(u string) error {
+	p, err := url.Parse(u)
+	if err != nil {
+		return fmt.Errorf("broker %q: %w", u, err)
+	}
+	switch p.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
+	default:
+		return fmt.Errorf("broker %q: scheme must be tcp, mqtt, ssl, tls, mqtts, ws or wss", u)
+	}
+	if p.Hostname() == "" || p.Port() == "" {
+		return fmt.Errorf("broker %q: needs host:port", u)
+	}
+	return nil
+}
+
+// kemAllowed reports whether id is in the configured allow-list.
+func (c Config) kemAllowed(id kem.ID) bool {
+	for _, k := range c.KEMs {
+		if k == id {
+			return true
+		}
+	}
+	return false
+}

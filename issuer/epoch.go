@@ -1,0 +1,266 @@
+package issuer
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/entropykem/entropykem/pkg/batch"
+	"github.com/entropykem/entropykem/pkg/kem"
+	"github.com/entropykem/entropykem/pkg/keyschedule"
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+// chosenKey is the key an epoch encapsulates to for one device.
+type chosenKey struct {
+	alg kem.ID
+	raw []byte
+}
+
+// selectKey applies schema/PROTOCOL.md §6 step 1: the verified next key for
+// the latest ticket, else the key the latest ticket used, else the
+// registered key. ok is false for a device that gets no ticket.
+func selectKey(r *record) (chosenKey, bool) {
+	switch {
+	case r.State != stateActive || r.RegKey == nil:
+		return chosenKey{}, false
+	case r.NextKey != nil:
+		return chosenKey{r.NextAlg, r.NextKey}, true
+	case r.Key != nil:
+		return chosenKey{r.KeyAlg, r.Key}, true
+	default:
+		return chosenKey{r.RegAlg, r.RegKey}, true
+	}
+}
+
+// plan is what one epoch issues, read from the store.
+type plan struct {
+	epoch   uint64
+	devices []batch.Device
+	keys    map[string]chosenKey
+	records map[string]*record
+}
+
+// IssueEpoch issues one epoch now: epoch = last issued + 1 (persisted, so
+// it never repeats across restarts or clock changes; the wall clock only
+// sets issued_at). Tickets go to every active device with a pinned key.
+// Everything is persisted in one store transaction before anything is
+// published; then the root, every ticket and the EpochInfo are published
+// retained at QoS 1.
+//
+// With no device to issue to, it returns 0 and ErrNoDevices and uses no
+// epoch number. Before Start nothing is published (Start republishes from
+// the store). If some publishes fail, it returns the epoch and an error
+// wrapping ErrPublish: the epoch stands and is republished after the next
+// reconnection.
+func (i *Issuer) IssueEpoch(ctx context.Context) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("issuer: issue epoch: %w", err)
+	}
+	if i.ctx.Err() != nil {
+		return 0, ErrClosed
+	}
+	start := time.Now()
+	msgs, e, n, err := i.issueAndPersist()
+	if err != nil {
+		return 0, err
+	}
+	i.count("epochs", 1)
+	i.count("tickets_issued", uint64(n))
+	i.setEpochDuration(time.Since(start))
+	i.log.Info("epoch issued and persisted", "epoch", e, "tickets", n)
+	i.notify()
+	if i.client.Load() == nil {
+		return e, nil
+	}
+	i.pubMu.Lock()
+	failed := i.publishAll(msgs)
+	i.pubMu.Unlock()
+	if failed > 0 {
+		return e, fmt.Errorf("%w: %d of %d messages of epoch %d (it is persisted and will be republished)", ErrPublish, failed, len(msgs), e)
+	}
+	return e, nil
+}
+
+// issueAndPersist builds, signs and persists one epoch under i.mu, and
+// returns the messages to publish.
+func (i *Issuer) issueAndPersist() ([]pubMsg, uint64, int, error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	p, err := i.plan()
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	now := i.cfg.Now()
+	issuedAt := unixSeconds(now)
+	ttl := uint64(i.cfg.TTL / time.Second)
+	ep, err := batch.Issue(i.cfg.Key, batch.Params{Epoch: p.epoch, IssuedAt: issuedAt, TTL: ttl}, p.devices)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("issuer: epoch %d: %w", p.epoch, err)
+	}
+	periodS := max(uint64(i.cfg.Period/time.Second), 1)
+	info := &wire.EpochInfo{Version: wire.Version, Epoch: p.epoch, IssuedAt: issuedAt, PeriodS: periodS,
+		NextAt: min(issuedAt+periodS, wire.MaxTime)}
+	infoBytes, err := info.Marshal()
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("issuer: epoch %d: %w", p.epoch, err)
+	}
+	var cleared []uint64
+	err = i.store.db.Update(func(tx *bolt.Tx) error {
+		for _, t := range ep.Tickets {
+			r := p.records[t.DeviceID]
+			k := p.keys[t.DeviceID]
+			r.Epoch, r.Ticket, r.TicketHash = p.epoch, t.Ticket, t.TicketHash
+			r.KeyAlg, r.Key = k.alg, k.raw
+			r.Confirm, r.NextKeyMAC, r.RekeyMAC = t.Secrets.Confirm, t.Secrets.NextKeyMAC, t.Secrets.RekeyMAC
+			r.NextAlg, r.NextKey = 0, nil
+			if err := putRecord(tx, r); err != nil {
+				return err
+			}
+		}
+		var err error
+		if cleared, err = putRoot(tx, p.epoch, ep.Root, i.cfg.KeepRoots); err != nil {
+			return err
+		}
+		m := tx.Bucket(bucketMeta)
+		if err := m.Put(keyLastEpoch, keyschedule.U64(p.epoch)); err != nil {
+			return err
+		}
+		return m.Put(keyEpochInfo, infoBytes)
+	})
+	if err != nil {
+		i.count("store_failures", 1)
+		return nil, 0, 0, fmt.Errorf("issuer: persist epoch %d (nothing was published): %w", p.epoch, err)
+	}
+	msgs := make([]pubMsg, 0, len(ep.Tickets)+2+len(cleared))
+	msgs = append(msgs, pubMsg{topic: i.topics.Root(p.epoch), payload: ep.Root})
+	for _, t := range ep.Tickets {
+		msgs = append(msgs, pubMsg{topic: i.topics.Ticket(t.DeviceID), payload: t.Ticket})
+	}
+	msgs = append(msgs, pubMsg{topic: i.topics.Epoch(), payload: infoBytes})
+	for _, e := range cleared {
+		msgs = append(msgs, pubMsg{topic: i.topics.Root(e)}) // empty retained: clears the topic
+	}
+	return msgs, p.epoch, len(ep.Tickets), nil
+}
+
+// plan reads the next epoch number and every device to issue to.
+func (i *Issuer) plan() (*plan, error) {
+	p := &plan{keys: map[string]chosenKey{}, records: map[string]*record{}}
+	err := i.store.db.View(func(tx *bolt.Tx) error {
+		last, err := lastEpoch(tx)
+		if err != nil {
+			return err
+		}
+		if last >= wire.MaxEpoch {
+			return fmt.Errorf("issuer: epoch space exhausted at %d", last)
+		}
+		p.epoch = last + 1
+		return forEachRecord(tx, func(r *record) error {
+			k, ok := selectKey(r)
+			if !ok {
+				return nil
+			}
+			sch, err := kem.Lookup(k.alg)
+			var pk kem.PublicKey
+			if err == nil {
+				pk, err = sch.ParsePublicKey(k.raw)
+			}
+			if err != nil {
+				i.count("store_bad_key", 1)
+				i.log.Error("stored device key is invalid; device skipped", "reason", "store_bad_key", "device", r.ID, "err", err)
+				return nil
+			}
+			p.devices = append(p.devices, batch.Device{ID: r.ID, Key: pk, Prev: bytes.Clone(r.TicketHash),
+				Purpose: i.cfg.Purpose, Group: i.cfg.Group})
+			p.keys[r.ID] = chosenKey{k.alg, bytes.Clone(k.raw)}
+			p.records[r.ID] = r
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(p.devices) == 0 {
+		return nil, ErrNoDevices
+	}
+	return p, nil
+}
+
+// putRoot stores epoch's root and deletes stored roots that fall out of the
+// last keep epochs, returning their epochs (whose topics are to be cleared).
+func putRoot(tx *bolt.Tx, epoch uint64, root []byte, keep int) ([]uint64, error) {
+	b := tx.Bucket(bucketRoots)
+	if err := b.Put(keyschedule.U64(epoch), root); err != nil {
+		return nil, err
+	}
+	var old []uint64
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		e := binary.BigEndian.Uint64(k)
+		if e+uint64(keep) > epoch {
+			break
+		}
+		old = append(old, e)
+	}
+	for _, e := range old {
+		if err := b.Delete(keyschedule.U64(e)); err != nil {
+			return nil, err
+		}
+	}
+	return old, nil
+}
+
+// Run starts the issuer and issues an epoch every Period until ctx ends;
+// it then returns nil (Close is the caller's). The first epoch after a
+// restart is due one Period after the last one's issued_at (at once if that
+// is past; never later than one Period, even if the clock went backwards).
+// When an epoch finds no device, the next attempt comes after at most 10 s,
+// so the first devices of a new fleet do not wait a whole Period.
+func (i *Issuer) Run(ctx context.Context) error {
+	if err := i.Start(ctx); err != nil {
+		return err
+	}
+	wait := i.Period() // until the first epoch
+	if _, info, err := i.store.LastEpoch(); err != nil {
+		return err
+	} else if info == nil {
+		wait = 0
+	} else {
+		due := time.Unix(int64(info.IssuedAt), 0).Add(i.cfg.Period)
+		wait = min(max(due.Sub(i.cfg.Now()), 0), i.cfg.Period)
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-i.ctx.Done():
+			return ErrClosed
+		case <-t.C:
+		}
+		next := i.cfg.Period
+		e, err := i.IssueEpoch(ctx)
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrNoDevices):
+			i.log.Info("no device to issue to yet", "epoch_skipped", true)
+			next = min(next, 10*time.Second)
+		case e > 0:
+			i.log.Warn("epoch issued but not fully published", "epoch", e, "err", err)
+		default:
+			i.log.Error("epoch issuance failed", "reason", "issue_failed", "err", err)
+			i.count("issue_failures", 1)
+		}
+		t.Reset(next)
+	}
+}
+
+// Period is the configured epoch period.
+func (i *Issuer) Period() time.Duration { return i.cfg.Period }

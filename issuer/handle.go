@@ -1,0 +1,382 @@
+package issuer
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/entropykem/entropykem/internal/mqttc"
+	"github.com/entropykem/entropykem/pkg/accept"
+	"github.com/entropykem/entropykem/pkg/kem"
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+// Reserved account names (schema/PROTOCOL.md §3): never device ids.
+var reservedIDs = map[string]bool{"ekem-issuer": true, "ekem-monitor": true}
+
+// maxBatch bounds how many queued messages one store transaction handles.
+const maxBatch = 256
+
+// outcome is what handling one message did.
+type outcome struct {
+	changed bool // the record was written
+	rec     *record
+	// pendingReg, if set, is a refused registration kept for Reset.
+	pendingReg []byte
+}
+
+// processInbox drains the client's inbox on its own goroutine until the
+// issuer is closed, handling up to maxBatch queued messages per store
+// transaction.
+func (i *Issuer) processInbox(in *mqttc.Inbox) {
+	defer i.wg.Done()
+	for {
+		m, ok := in.Next(i.ctx)
+		if !ok {
+			return
+		}
+		i.active.Add(1)
+		batch := []mqttc.Message{m}
+		for len(batch) < maxBatch && in.Len() > 0 {
+			m, ok := in.Next(i.ctx)
+			if !ok {
+				break
+			}
+			batch = append(batch, m)
+		}
+		i.handleBatch(batch)
+		i.active.Add(-1)
+	}
+}
+
+// handle processes one message as if it came from the broker.
+func (i *Issuer) handle(topic string, payload []byte) {
+	i.handleBatch([]mqttc.Message{{Topic: topic, Payload: payload}})
+}
+
+func (i *Issuer) handleBatch(msgs []mqttc.Message) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.handleLocked(msgs)
+}
+
+// handleLocked handles msgs in one store transaction; i.mu is held. Every
+// handler validates completely before it writes, so a rejected message
+// leaves the store byte-identical.
+func (i *Issuer) handleLocked(msgs []mqttc.Message) {
+	changed := false
+	pending := map[string][]byte{}
+	err := i.store.db.Update(func(tx *bolt.Tx) error {
+		for _, m := range msgs {
+			var o outcome
+			var err error
+			switch {
+			case strings.HasPrefix(m.Topic, i.topics.Prefix+"/reg/"):
+				o, err = i.onRegistration(tx, m.Topic, m.Payload)
+			case strings.HasPrefix(m.Topic, i.topics.Prefix+"/status/"):
+				o, err = i.onStatus(tx, m.Topic, m.Payload)
+			default:
+				i.reject("message", "unexpected_topic", m.Topic, "")
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if o.pendingReg != nil {
+				pending[o.rec.ID] = o.pendingReg
+			}
+			if o.changed {
+				if err := putRecord(tx, o.rec); err != nil {
+					return err
+				}
+				changed = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		i.count("store_failures", 1)
+		i.log.Error("store update failed; messages of this batch are dropped", "reason", "store_failure", "err", err, "messages", len(msgs))
+		return
+	}
+	for id, p := range pending {
+		i.pending[id] = p
+	}
+	if changed {
+		i.notify()
+	}
+}
+
+// reject counts and logs a refused message. kind is "registration" or
+// "status"; the counter is <kind-counter>:<reason>.
+func (i *Issuer) reject(kind, reason, topic, device string, attrs ...any) {
+	prefix := map[string]string{"registration": "registrations_rejected", "status": "status_rejected"}[kind]
+	if prefix == "" {
+		prefix = "messages_rejected"
+	}
+	i.count(prefix+":"+reason, 1)
+	a := append([]any{"reason", reason, "topic", clip(topic)}, attrs...)
+	if device != "" {
+		a = append(a, "device", device)
+	}
+	level := slog.LevelWarn
+	if reason == "stale_status" {
+		level = slog.LevelInfo // a late Status after the next epoch: normal
+	}
+	i.log.Log(i.ctx, level, kind+" rejected", a...)
+}
+
+// clip bounds attacker-controlled strings in logs.
+func clip(s string) string {
+	const n = 160
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// onRegistration applies schema/PROTOCOL.md §10 Registration: pin on first
+// use, same key a no-op, another key only with a valid re-key proof (§7.5).
+func (i *Issuer) onRegistration(tx *bolt.Tx, topic string, payload []byte) (outcome, error) {
+	const kind = "registration"
+	if len(payload) == 0 {
+		return outcome{}, nil // a cleared retained topic
+	}
+	if len(payload) > wire.MaxRegistration {
+		i.reject(kind, "oversize", topic, "", "size", len(payload))
+		return outcome{}, nil
+	}
+	id, err := i.topics.DeviceOf("reg", topic)
+	if err != nil {
+		i.reject(kind, "bad_topic", topic, "", "err", err)
+		return outcome{}, nil
+	}
+	reg, err := wire.ParseRegistration(payload)
+	if err != nil {
+		i.reject(kind, "malformed", topic, id, "err", err)
+		return outcome{}, nil
+	}
+	if reg.DeviceID != id {
+		i.reject(kind, "topic_mismatch", topic, id, "claimed", reg.DeviceID)
+		return outcome{}, nil
+	}
+	if reservedIDs[id] {
+		i.reject(kind, "reserved_id", topic, id)
+		return outcome{}, nil
+	}
+	if !i.cfg.kemAllowed(reg.KEMAlg) {
+		i.reject(kind, "alg_not_allowed", topic, id, "kem", reg.KEMAlg.String())
+		return outcome{}, nil
+	}
+	sch, err := kem.Lookup(reg.KEMAlg)
+	if err == nil {
+		_, err = sch.ParsePublicKey(reg.PublicKey)
+	}
+	if err != nil {
+		i.reject(kind, "invalid_key", topic, id, "err", err)
+		return outcome{}, nil
+	}
+	rec, err := getRecord(tx, id)
+	if err != nil {
+		return outcome{}, err
+	}
+	if rec == nil || rec.RegKey == nil {
+		return i.pin(rec, id, reg), nil
+	}
+	if rec.RegAlg == reg.KEMAlg && bytes.Equal(rec.RegKey, reg.PublicKey) {
+		i.count("registrations_same", 1)
+		i.log.Debug("registration unchanged", "device", id)
+		return outcome{}, nil
+	}
+	return i.rekey(rec, topic, reg, payload), nil
+}
+
+func (i *Issuer) pin(rec *record, id string, reg *wire.Registration) outcome {
+	if rec == nil {
+		rec = &record{ID: id, State: stateActive}
+	}
+	rec.RegAlg, rec.RegKey = reg.KEMAlg, bytes.Clone(reg.PublicKey)
+	rec.PinnedAt = unixSeconds(i.cfg.Now())
+	i.count("registrations_pinned", 1)
+	i.log.Info("device key pinned", "device", id, "kem", reg.KEMAlg.String(), "pk_hash", shortHash(kem.PublicKeyHash(reg.PublicKey)))
+	return outcome{changed: true, rec: rec}
+}
+
+// rekey replaces a pinned key when the registration proves, under the latest
+// ticket's ss, that its sender decapsulated that ticket.
+func (i *Issuer) rekey(rec *record, topic string, reg *wire.Registration, payload []byte) outcome {
+	const kind = "registration"
+	id := rec.ID
+	if rec.State != stateActive {
+		i.reject(kind, "device_not_active", topic, id, "state", string(stateName(rec.State)))
+		return outcome{}
+	}
+	p := reg.Rekey
+	if p == nil {
+		i.reject(kind, "key_changed", topic, id, "pinned", shortHash(kem.PublicKeyHash(rec.RegKey)),
+			"offered", shortHash(kem.PublicKeyHash(reg.PublicKey)))
+		return outcome{rec: rec, pendingReg: bytes.Clone(payload)}
+	}
+	if !rec.hasSecrets() || p.Epoch != rec.Epoch || !bytes.Equal(p.TicketHash, rec.TicketHash) {
+		i.reject(kind, "rekey_not_latest", topic, id, "proof_epoch", p.Epoch, "latest_epoch", rec.Epoch)
+		return outcome{rec: rec, pendingReg: bytes.Clone(payload)}
+	}
+	if !rec.secrets().CheckRekey(kem.PublicKeyHash(reg.PublicKey), p.Tag) {
+		i.reject(kind, "bad_rekey_proof", topic, id)
+		return outcome{rec: rec, pendingReg: bytes.Clone(payload)}
+	}
+	rec.RegAlg, rec.RegKey = reg.KEMAlg, bytes.Clone(reg.PublicKey)
+	rec.PinnedAt = unixSeconds(i.cfg.Now())
+	// The new registered key is used for the next epoch.
+	rec.KeyAlg, rec.Key = 0, nil
+	rec.NextAlg, rec.NextKey = 0, nil
+	i.count("registrations_rekeyed", 1)
+	i.log.Warn("device re-keyed with a valid proof", "device", id, "kem", reg.KEMAlg.String(),
+		"pk_hash", shortHash(kem.PublicKeyHash(reg.PublicKey)))
+	return outcome{changed: true, rec: rec}
+}
+
+// onStatus applies schema/PROTOCOL.md §10 Status.
+func (i *Issuer) onStatus(tx *bolt.Tx, topic string, payload []byte) (outcome, error) {
+	const kind = "status"
+	if len(payload) == 0 {
+		return outcome{}, nil
+	}
+	if len(payload) > wire.MaxStatus {
+		i.reject(kind, "oversize", topic, "", "size", len(payload))
+		return outcome{}, nil
+	}
+	id, err := i.topics.DeviceOf("status", topic)
+	if err != nil {
+		i.reject(kind, "bad_topic", topic, "", "err", err)
+		return outcome{}, nil
+	}
+	st, err := wire.ParseStatus(payload)
+	if err != nil {
+		i.reject(kind, "malformed", topic, id, "err", err)
+		return outcome{}, nil
+	}
+	if st.DeviceID != id {
+		i.reject(kind, "topic_mismatch", topic, id, "claimed", st.DeviceID)
+		return outcome{}, nil
+	}
+	rec, err := getRecord(tx, id)
+	if err != nil {
+		return outcome{}, err
+	}
+	switch {
+	case rec == nil || rec.RegKey == nil:
+		i.reject(kind, "unknown_device", topic, id)
+		return outcome{}, nil
+	case rec.State == stateRevoked:
+		i.reject(kind, "device_revoked", topic, id)
+		return outcome{}, nil
+	case rec.State == stateQuarantined:
+		i.reject(kind, "device_quarantined", topic, id)
+		return outcome{}, nil
+	}
+	h := sum256(payload)
+	if rec.HasStatus && st.Seq <= rec.StatusSeq {
+		if st.Seq == rec.StatusSeq && bytes.Equal(h, rec.StatusHash) {
+			i.count("statuses_duplicate", 1)
+			return outcome{}, nil // a retained re-delivery
+		}
+		rec.State = stateQuarantined
+		i.count("clone_detected", 1)
+		i.log.Error("two different Status messages for one device: possible clone; device quarantined",
+			"reason", "clone_detected", "device", id, "seq", st.Seq, "last_seq", rec.StatusSeq)
+		return outcome{changed: true, rec: rec}, nil
+	}
+	if st.State.Accepted() {
+		if ok := i.verifyAccepted(rec, topic, st); !ok {
+			return outcome{}, nil
+		}
+	} else {
+		i.reportProblem(id, st)
+	}
+	rec.HasStatus, rec.StatusSeq, rec.StatusHash = true, st.Seq, h
+	rec.StatusState, rec.StatusReason, rec.StatusEpoch = uint64(st.State), st.Reason, st.Epoch
+	return outcome{changed: true, rec: rec}, nil
+}
+
+// verifyAccepted checks an ok or gap Status against the latest ticket and,
+// if every check passes, records the confirmation and the next key in rec.
+func (i *Issuer) verifyAccepted(rec *record, topic string, st *wire.Status) bool {
+	const kind = "status"
+	id := rec.ID
+	if rec.TicketHash == nil || !bytes.Equal(st.TicketHash, rec.TicketHash) {
+		i.reject(kind, "stale_status", topic, id, "status_epoch", st.Epoch, "latest_epoch", rec.Epoch)
+		return false
+	}
+	if st.Epoch != rec.Epoch {
+		i.reject(kind, "epoch_mismatch", topic, id, "status_epoch", st.Epoch, "latest_epoch", rec.Epoch)
+		return false
+	}
+	if !rec.hasSecrets() {
+		i.reject(kind, "no_ticket_secrets", topic, id)
+		return false
+	}
+	sec := rec.secrets()
+	confirmOK := sec.CheckConfirm(st.Confirm)
+	nextOK := sec.CheckNextKey(kem.PublicKeyHash(st.NextPK), st.NextTag)
+	if !confirmOK {
+		i.reject(kind, "bad_confirm", topic, id, "epoch", st.Epoch)
+		return false
+	}
+	if !nextOK {
+		i.reject(kind, "bad_next_tag", topic, id, "epoch", st.Epoch)
+		return false
+	}
+	if st.NextAlg != rec.KeyAlg || !i.cfg.kemAllowed(st.NextAlg) {
+		i.reject(kind, "next_alg_changed", topic, id, "kem", st.NextAlg.String(), "ticket_kem", rec.KeyAlg.String())
+		return false
+	}
+	sch, err := kem.Lookup(st.NextAlg)
+	if err == nil {
+		_, err = sch.ParsePublicKey(st.NextPK)
+	}
+	if err != nil {
+		i.reject(kind, "invalid_next_key", topic, id, "err", err)
+		return false
+	}
+	rec.ConfirmedEpoch = rec.Epoch
+	rec.NextAlg, rec.NextKey = st.NextAlg, bytes.Clone(st.NextPK)
+	i.count("statuses_verified", 1)
+	if st.State == wire.StateGap {
+		i.count("device_reported:gap", 1)
+	}
+	i.log.Info("device confirmed ticket", "device", id, "epoch", rec.Epoch, "state", st.State.String(),
+		"next_pk_hash", shortHash(kem.PublicKeyHash(st.NextPK)))
+	return true
+}
+
+// reportProblem logs and counts a rejected, equivocation or stale Status.
+// Equivocation (two tickets for one epoch seen by a device) is an alarm.
+func (i *Issuer) reportProblem(id string, st *wire.Status) {
+	reason := "unknown"
+	if r := accept.Reason(st.Reason); r <= accept.ReasonInternal {
+		reason = r.String() // bounded: counter names stay few
+	}
+	i.count("device_reported:"+st.State.String()+":"+reason, 1)
+	attrs := []any{"device", id, "state", st.State.String(), "device_reason", reason, "epoch", st.Epoch, "seq", st.Seq}
+	if st.State == wire.StateEquivocation {
+		i.count("equivocation_reported", 1)
+		i.log.Error("device reports equivocation: two different tickets for one epoch",
+			append([]any{"reason", "equivocation_reported"}, attrs...)...)
+		return
+	}
+	i.log.Warn("device reports a problem", append([]any{"reason", "device_" + st.State.String()}, attrs...)...)
+}
+
+// shortHash is a log-friendly prefix of a public hash.
+func shortHash(h []byte) string {
+	const hexdigits = "0123456789abcdef"
+	n := min(len(h), 8)
+	out := make([]byte, 0, 2*n)
+	for _, b := range h[:n] {
+		out = append(out, hexdigits[b>>4], hexdigits[b&15])
+	}
+	return string(out)
+}

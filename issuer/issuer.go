@@ -1,0 +1,335 @@
+// Package issuer is entropykem's issuer role (schema/PROTOCOL.md §6, §10):
+// it pins device KEM keys on first use, verifies device Status messages,
+// and every epoch encapsulates fresh entropy to each active device, signs
+// one Merkle root over all tickets (ML-DSA, FIPS 204, in COSE_Sign1, RFC
+// 9052) and publishes roots and tickets retained at QoS 1.
+//
+// The issuer's bbolt store is the record; the broker is a cache. An epoch is
+// persisted (epoch number, every device's ticket, chain head and the MAC keys
+// derived from its ss, never ss itself) before anything is published, and
+// after every (re)connection the issuer republishes the same bytes from the
+// store.
+//
+// Bad input from the broker is rejected, counted (Counters) and logged with a
+// stable "reason" attribute; it never stops the issuer, never changes a
+// pinned key and never changes stored state.
+package issuer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/entropykem/entropykem/internal/mqttc"
+	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+// Errors callers tell apart.
+var (
+	// ErrNoDevices: an epoch was requested while no device is active with
+	// a pinned key. Nothing is issued and no epoch number is used.
+	ErrNoDevices = errors.New("issuer: no active device to issue to")
+	// ErrPublish: the epoch was persisted but some of its messages could
+	// not be published; they are republished after the next reconnection.
+	ErrPublish = errors.New("issuer: publishing failed")
+	// ErrClosed: the issuer was closed.
+	ErrClosed = errors.New("issuer: closed")
+	// ErrStarted: Start was called twice.
+	ErrStarted = errors.New("issuer: already started")
+)
+
+// Issuer is one issuer. Its methods are safe for concurrent use.
+type Issuer struct {
+	cfg    Config
+	topics wire.Topics
+	log    *slog.Logger
+	store  *Store
+
+	// mu serialises every change of stored state: message handling,
+	// epoch issuance and operator actions.
+	mu sync.Mutex
+	// pending holds, per device, the last registration refused because
+	// its key changed, so that an operator Reset can pin it at once.
+	pending map[string][]byte
+
+	// pubMu serialises publishing rounds (an epoch, a republish), so an
+	// older ticket never overwrites a newer one on the broker.
+	pubMu sync.Mutex
+
+	cmu    sync.Mutex
+	counts map[string]uint64
+
+	nmu     sync.Mutex
+	changed chan struct{}
+
+	client  atomic.Pointer[mqttc.Client]
+	ready   chan struct{}
+	started atomic.Bool
+	since   time.Time
+	active  atomic.Int64
+
+	issueNanos atomic.Int64
+
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// New validates cfg and opens the store.
+func New(cfg Config) (*Issuer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	topics, err := wire.NewTopics(cfg.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("issuer: %w", err)
+	}
+	st, err := OpenStore(cfg.StorePath, false)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Issuer{
+		cfg: cfg, topics: topics, log: cfg.Logger.With("role", "issuer"), store: st,
+		pending: map[string][]byte{}, counts: map[string]uint64{}, changed: make(chan struct{}),
+		ready: make(chan struct{}), ctx: ctx, cancel: cancel,
+	}, nil
+}
+
+// Close publishes Online false (when connected), disconnects, stops message
+// handling and closes the store. It is idempotent.
+func (i *Issuer) Close() error {
+	var err error
+	i.closeOnce.Do(func() {
+		if c := i.client.Load(); c != nil {
+			if b, e := i.online(false); e == nil {
+				if e := c.Publish(i.topics.Online(), b, true); e != nil {
+					i.log.Warn("could not publish offline status", "err", e)
+				}
+			}
+			c.Close()
+		}
+		i.cancel()
+		i.wg.Wait()
+		i.mu.Lock()
+		err = i.store.Close()
+		i.mu.Unlock()
+	})
+	return err
+}
+
+// Store gives read access to the issuer's store (the same one it writes).
+func (i *Issuer) Store() *Store { return i.store }
+
+// Devices returns a snapshot of every device, sorted by id. A store read
+// error is logged and gives what was read.
+func (i *Issuer) Devices() []DeviceInfo {
+	d, err := i.store.Devices()
+	if err != nil {
+		i.log.Error("store read failed", "reason", "store_failure", "err", err)
+	}
+	return d
+}
+
+// Device returns one device's snapshot.
+func (i *Issuer) Device(id string) (DeviceInfo, bool) {
+	d, ok, err := i.store.Device(id)
+	if err != nil {
+		i.log.Error("store read failed", "reason", "store_failure", "err", err)
+	}
+	return d, ok
+}
+
+// LastEpoch returns the last issued epoch, 0 if none.
+func (i *Issuer) LastEpoch() uint64 {
+	e, _, err := i.store.LastEpoch()
+	if err != nil {
+		i.log.Error("store read failed", "reason", "store_failure", "err", err)
+	}
+	return e
+}
+
+// Counters returns a copy of the event counters. Names: registrations_pinned,
+// registrations_same, registrations_rekeyed, registrations_rejected:<reason>,
+// statuses_verified, statuses_duplicate, status_rejected:<reason>,
+// device_reported:<state>:<reason>, clone_detected, tickets_issued, epochs,
+// publish_failures, publish_retries, republished, store_failures.
+func (i *Issuer) Counters() map[string]uint64 {
+	i.cmu.Lock()
+	defer i.cmu.Unlock()
+	out := make(map[string]uint64, len(i.counts))
+	for k, v := range i.counts {
+		out[k] = v
+	}
+	return out
+}
+
+func (i *Issuer) count(name string, n uint64) {
+	i.cmu.Lock()
+	i.counts[name] += n
+	i.cmu.Unlock()
+}
+
+// counterNames returns the counter names sorted (for /metrics).
+func (i *Issuer) counterNames(c map[string]uint64) []string {
+	names := make([]string, 0, len(c))
+	for k := range c {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// notify wakes every waiter of WaitFor.
+func (i *Issuer) notify() {
+	i.nmu.Lock()
+	close(i.changed)
+	i.changed = make(chan struct{})
+	i.nmu.Unlock()
+}
+
+// WaitFor waits until cond holds for the snapshot of device id, or ctx ends.
+// cond is re-checked after every stored change.
+func (i *Issuer) WaitFor(ctx context.Context, id string, cond func(DeviceInfo) bool) (DeviceInfo, error) {
+	for {
+		i.nmu.Lock()
+		ch := i.changed
+		i.nmu.Unlock()
+		if d, ok := i.Device(id); ok && cond(d) {
+			return d, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return DeviceInfo{}, fmt.Errorf("issuer: waiting for device %q: %w", id, ctx.Err())
+		}
+	}
+}
+
+// WaitRegistered waits until device id has a pinned key.
+func (i *Issuer) WaitRegistered(ctx context.Context, id string) (DeviceInfo, error) {
+	return i.WaitFor(ctx, id, func(d DeviceInfo) bool { return d.PinnedKeyHash != nil })
+}
+
+// WaitConfirmed waits until device id has confirmed, in a verified Status,
+// a ticket of epoch at least epoch.
+func (i *Issuer) WaitConfirmed(ctx context.Context, id string, epoch uint64) (DeviceInfo, error) {
+	return i.WaitFor(ctx, id, func(d DeviceInfo) bool { return d.ConfirmedEpoch >= epoch })
+}
+
+// WaitIdle returns once the inbox is empty and no message is being handled
+// (checked twice, a few milliseconds apart), or when ctx ends. It cannot see
+// messages still in flight in the broker: to wait for a device's message,
+// use WaitFor.
+func (i *Issuer) WaitIdle(ctx context.Context) error {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	idleRounds := 0
+	for {
+		if i.idle() {
+			idleRounds++
+			if idleRounds >= 2 {
+				return nil
+			}
+		} else {
+			idleRounds = 0
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return fmt.Errorf("issuer: wait idle: %w", ctx.Err())
+		}
+	}
+}
+
+func (i *Issuer) idle() bool {
+	if i.active.Load() != 0 {
+		return false
+	}
+	c := i.client.Load()
+	return c == nil || c.Inbox().Len() == 0
+}
+
+// Reset forgets device id's pinned key (see Store.Reset). If a registration
+// with a new key was refused since the issuer started, it is pinned now.
+func (i *Issuer) Reset(id string) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if err := i.store.Reset(id); err != nil {
+		return err
+	}
+	i.log.Warn("operator reset device", "device", id)
+	if p, ok := i.pending[id]; ok {
+		delete(i.pending, id)
+		i.handleLocked([]mqttc.Message{{Topic: i.topics.Registration(id), Payload: p}})
+	}
+	i.notify()
+	return nil
+}
+
+// Revoke stops issuing tickets to device id, and clears its retained ticket
+// topic when connected.
+func (i *Issuer) Revoke(id string) error {
+	i.mu.Lock()
+	err := i.store.Revoke(id)
+	i.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	i.log.Warn("operator revoked device", "device", id)
+	i.notify()
+	if i.client.Load() != nil {
+		i.pubMu.Lock()
+		defer i.pubMu.Unlock()
+		if failed := i.publishAll([]pubMsg{{topic: i.topics.Ticket(id)}}); failed > 0 {
+			return fmt.Errorf("%w: clearing ticket of revoked device %q", ErrPublish, id)
+		}
+	}
+	return nil
+}
+
+// Release makes a quarantined or revoked device active again (see
+// Store.Release).
+func (i *Issuer) Release(id string) error {
+	i.mu.Lock()
+	err := i.store.Release(id)
+	i.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	i.log.Warn("operator released device", "device", id)
+	i.notify()
+	return nil
+}
+
+// Keygen returns a new issuer key pair of alg as PEM files (secret, public),
+// schema/PROTOCOL.md §12. The secret file's bytes are secret.
+func Keygen(alg signature.Alg) (priv, pub []byte, err error) {
+	k, err := signature.GenerateKey(alg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issuer: keygen: %w", err)
+	}
+	return signature.MarshalPrivateKeyPEM(k), signature.MarshalPublicKeyPEM(k.Public()), nil
+}
+
+func (i *Issuer) online(on bool) ([]byte, error) {
+	o := &wire.Online{Version: wire.Version, Online: on, Since: unixSeconds(i.since)}
+	return o.Marshal()
+}
+
+// unixSeconds clamps t to the protocol's time range.
+func unixSeconds(t time.Time) uint64 {
+	s := t.Unix()
+	if s < 0 {
+		return 0
+	}
+	return min(uint64(s), wire.MaxTime)
+}

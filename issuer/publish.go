@@ -1,0 +1,196 @@
+package issuer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/entropykem/entropykem/internal/mqttc"
+)
+
+const (
+	// publishWindow bounds the QoS 1 publishes in flight at once.
+	publishWindow = 1000
+	// publishTries bounds the attempts per message.
+	publishTries = 3
+)
+
+// pubMsg is one retained QoS 1 publish; an empty payload clears the topic.
+type pubMsg struct {
+	topic   string
+	payload []byte
+}
+
+// Start connects to the broker (its MQTT will is Online false on
+// {prefix}/issuer/online), subscribes to every registration and Status,
+// starts handling them on its own goroutine and, after this and every
+// later (re)connection, publishes Online true and republishes from the store
+// the last KeepRoots roots, every device's latest ticket and the EpochInfo,
+// unchanged. ctx bounds only the first connection.
+func (i *Issuer) Start(ctx context.Context) error {
+	if i.cfg.Broker == "" {
+		return fmt.Errorf("%w: no broker configured", ErrConfig)
+	}
+	if i.ctx.Err() != nil {
+		return ErrClosed
+	}
+	if !i.started.CompareAndSwap(false, true) {
+		return ErrStarted
+	}
+	i.since = i.cfg.Now()
+	will, err := i.online(false)
+	if err != nil {
+		return fmt.Errorf("issuer: %w", err)
+	}
+	c, err := mqttc.Dial(ctx, mqttc.Options{
+		Broker: i.cfg.Broker, ClientID: i.cfg.ClientID, Username: i.cfg.Username, Password: i.cfg.Password,
+		TLS: i.cfg.TLS, WillTopic: i.topics.Online(), WillPayload: will, OnConnect: i.onConnect,
+		Timeout: i.cfg.Timeout, Logger: i.log,
+	})
+	if err != nil {
+		return fmt.Errorf("issuer: %w", err)
+	}
+	for _, f := range []string{i.topics.AllRegistrations(), i.topics.AllStatuses()} {
+		if err := c.Subscribe(f); err != nil {
+			c.Close()
+			return fmt.Errorf("issuer: subscribe %s: %w", f, err)
+		}
+	}
+	i.client.Store(c)
+	close(i.ready)
+	i.wg.Add(1)
+	go i.processInbox(c.Inbox())
+	i.log.Info("issuer started", "broker", i.cfg.Broker, "prefix", i.topics.Prefix)
+	return nil
+}
+
+// onConnect runs after every (re)connection on mqttc's goroutine.
+func (i *Issuer) onConnect() {
+	select {
+	case <-i.ready:
+	case <-i.ctx.Done():
+		return
+	}
+	if b, err := i.online(true); err == nil {
+		if err := i.client.Load().Publish(i.topics.Online(), b, true); err != nil {
+			i.log.Warn("could not publish online status", "err", err)
+		}
+	}
+	if err := i.republish(); err != nil {
+		i.log.Error("republish failed", "reason", "republish_failed", "err", err)
+	}
+}
+
+// republish publishes the store's record unchanged: the last roots, every
+// device's latest ticket (not those of revoked devices) and the EpochInfo.
+func (i *Issuer) republish() error {
+	i.pubMu.Lock()
+	defer i.pubMu.Unlock()
+	var msgs []pubMsg
+	err := i.store.db.View(func(tx *bolt.Tx) error {
+		epochs, roots, err := storedRoots(tx)
+		if err != nil {
+			return err
+		}
+		for k, e := range epochs {
+			msgs = append(msgs, pubMsg{topic: i.topics.Root(e), payload: roots[k]})
+		}
+		if err := forEachRecord(tx, func(r *record) error {
+			if r.Ticket != nil && r.State != stateRevoked {
+				msgs = append(msgs, pubMsg{topic: i.topics.Ticket(r.ID), payload: r.Ticket})
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if b := tx.Bucket(bucketMeta).Get(keyEpochInfo); b != nil {
+			msgs = append(msgs, pubMsg{topic: i.topics.Epoch(), payload: append([]byte(nil), b...)})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	failed := i.publishAll(msgs)
+	i.count("republished", uint64(len(msgs)-failed))
+	i.log.Info("republished from the store", "messages", len(msgs), "failed", failed)
+	if failed > 0 {
+		return fmt.Errorf("%w: %d of %d republished messages", ErrPublish, failed, len(msgs))
+	}
+	return nil
+}
+
+// publishAll publishes msgs retained at QoS 1, at most publishWindow in
+// flight, retrying each failed message up to publishTries times in all. It
+// returns how many failed for good (each also counted in publish_failures).
+// Callers hold i.pubMu.
+func (i *Issuer) publishAll(msgs []pubMsg) int {
+	c := i.client.Load()
+	if c == nil {
+		return 0
+	}
+	todo := msgs
+	for try := 1; try <= publishTries && len(todo) > 0; try++ {
+		if try > 1 {
+			i.count("publish_retries", uint64(len(todo)))
+			select {
+			case <-time.After(time.Duration(try-1) * 250 * time.Millisecond):
+			case <-i.ctx.Done():
+			}
+		}
+		todo = i.publishRound(c, todo)
+	}
+	if len(todo) > 0 {
+		i.count("publish_failures", uint64(len(todo)))
+		i.log.Error("publish failed after retries", "reason", "publish_failed", "messages", len(todo),
+			"first_topic", todo[0].topic)
+	}
+	return len(todo)
+}
+
+// publishRound publishes msgs once in windows and returns those that failed.
+// The publishes of one window share one deadline (the configured timeout),
+// so a dead broker costs one timeout per window, not one per message.
+func (i *Issuer) publishRound(c *mqttc.Client, msgs []pubMsg) []pubMsg {
+	var failed []pubMsg
+	for start := 0; start < len(msgs); start += publishWindow {
+		win := msgs[start:min(start+publishWindow, len(msgs))]
+		toks := make([]mqtt.Token, len(win))
+		for k, m := range win {
+			toks[k] = c.PublishAsync(m.topic, m.payload, true)
+		}
+		deadline := time.NewTimer(i.cfg.Timeout)
+		expired := false
+		for k, t := range toks {
+			if !expired {
+				select {
+				case <-t.Done():
+				case <-deadline.C:
+					expired = true
+				}
+			}
+			done := false
+			select {
+			case <-t.Done():
+				done = true
+			default:
+			}
+			if !done || t.Error() != nil {
+				var err error
+				if done {
+					err = t.Error()
+				}
+				i.log.Debug("publish failed", "topic", win[k].topic, "timed_out", !done, "err", err)
+				failed = append(failed, win[k])
+			}
+		}
+		deadline.Stop()
+	}
+	return failed
+}
