@@ -23,8 +23,8 @@ const passwordBytes = 32
 
 // Keys of a credentials file.
 const (
-	EnvUsername = "EKEM_MQTT_USERNAME"
-	EnvPassword = "EKEM_MQTT_PASSWORD"
+	EnvUsername = "EKEM_USERNAME"
+	EnvPassword = "EKEM_PASSWORD"
 )
 
 // maxAccountFile bounds ReadAccountFile: the file holds two short lines.
@@ -46,8 +46,8 @@ func NewAccount(username string) (Account, error) {
 // Marshal renders the account as a credentials file, in the KEY=value form
 // that systemd's EnvironmentFile= and a POSIX shell both read:
 //
-//	EKEM_MQTT_USERNAME=dev-1
-//	EKEM_MQTT_PASSWORD=<43 characters>
+//	EKEM_USERNAME=dev-1
+//	EKEM_PASSWORD=<43 characters>
 func (a Account) Marshal() []byte {
 	return []byte(EnvUsername + "=" + a.Username + "\n" + EnvPassword + "=" + a.Password + "\n")
 }

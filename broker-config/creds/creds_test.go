@@ -172,13 +172,13 @@ func TestParseAccountRejects(t *testing.T) {
 	const secret = "s3cretpassword"
 	bad := []string{
 		"",
-		"EKEM_MQTT_USERNAME=dev-1\n",
-		"EKEM_MQTT_PASSWORD=" + secret + "\n",
-		"EKEM_MQTT_USERNAME=dev-1\nEKEM_MQTT_PASSWORD=\n",
-		"EKEM_MQTT_USERNAME=dev-1\nEKEM_MQTT_USERNAME=dev-2\nEKEM_MQTT_PASSWORD=" + secret + "\n",
-		"EKEM_MQTT_USERNAME=a/b\nEKEM_MQTT_PASSWORD=" + secret + "\n",
-		"EKEM_MQTT_USERNAME=dev-1\nEKEM_MQTT_PASSWORD=" + secret + "\nOTHER=1\n",
-		"EKEM_MQTT_USERNAME=dev-1\n" + secret + "\n",
+		"EKEM_USERNAME=dev-1\n",
+		"EKEM_PASSWORD=" + secret + "\n",
+		"EKEM_USERNAME=dev-1\nEKEM_PASSWORD=\n",
+		"EKEM_USERNAME=dev-1\nEKEM_USERNAME=dev-2\nEKEM_PASSWORD=" + secret + "\n",
+		"EKEM_USERNAME=a/b\nEKEM_PASSWORD=" + secret + "\n",
+		"EKEM_USERNAME=dev-1\nEKEM_PASSWORD=" + secret + "\nOTHER=1\n",
+		"EKEM_USERNAME=dev-1\n" + secret + "\n",
 		strings.Repeat("#", maxAccountFile+1),
 	}
 	for _, in := range bad {
@@ -190,7 +190,7 @@ func TestParseAccountRejects(t *testing.T) {
 			t.Errorf("error %q reveals the password", err)
 		}
 	}
-	ok := "# comment\n\nEKEM_MQTT_PASSWORD=" + secret + "\nEKEM_MQTT_USERNAME=dev-1\n"
+	ok := "# comment\n\nEKEM_PASSWORD=" + secret + "\nEKEM_USERNAME=dev-1\n"
 	if a, err := ParseAccount([]byte(ok)); err != nil || a.Username != "dev-1" || a.Password != secret {
 		t.Errorf("ParseAccount(comments, any order) = %+v, %v", a, err)
 	}
@@ -296,7 +296,7 @@ func parseCert(t *testing.T, data []byte) *x509.Certificate {
 func FuzzParseAccount(f *testing.F) {
 	a := Account{Username: "dev-1", Password: "pw"}
 	f.Add(a.Marshal())
-	f.Add([]byte("# x\nEKEM_MQTT_PASSWORD=a=b\nEKEM_MQTT_USERNAME=ekem-issuer\n"))
+	f.Add([]byte("# x\nEKEM_PASSWORD=a=b\nEKEM_USERNAME=ekem-issuer\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		got, err := ParseAccount(data)
 		if err != nil {
