@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -259,5 +261,79 @@ func TestPersistBeforePublish(t *testing.T) {
 	res := d.accept(stored, storedRoot, e.pins, e.clock.Now())
 	if !res.Gap || res.State.Epoch != 2 {
 		t.Fatalf("gap %v epoch %d", res.Gap, res.State.Epoch)
+	}
+}
+
+// TestRun: the epoch clock issues the first epoch at once on a new store
+// and then one every Period; Run returns nil when its context ends.
+func TestRun(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b := startBroker(t, "")
+	e := newEnv(t, func(c *Config) {
+		c.Broker = "tcp://" + b.addr
+		c.Period = time.Second
+		c.Now = time.Now
+	})
+	e.register(newDevice(t, "dev-1"))
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- e.iss.Run(runCtx) }()
+	if _, err := e.iss.WaitFor(ctx, "dev-1", func(d DeviceInfo) bool { return d.LastEpoch >= 2 }); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if e.counter("epochs") < 2 {
+		t.Fatalf("counters %v", e.iss.Counters())
+	}
+}
+
+// TestOldRootsCleared: roots beyond KeepRoots are cleared on the broker
+// with an empty retained publish; a revoked device's ticket topic too.
+func TestOldRootsCleared(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b := startBroker(t, "")
+	e := newEnv(t, func(c *Config) { c.Broker = "tcp://" + b.addr; c.KeepRoots = 2 })
+	e.register(newDevice(t, "dev-1"))
+	e.register(newDevice(t, "dev-2"))
+	if err := e.iss.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		e.issue()
+	}
+	tp := e.iss.topics
+	await(t, ctx, b.next, "root/1 cleared", func(m mqttc.Message) bool { return m.Topic == tp.Root(1) && len(m.Payload) == 0 })
+	if err := e.iss.Revoke("dev-2"); err != nil {
+		t.Fatal(err)
+	}
+	await(t, ctx, b.next, "ticket/dev-2 cleared", func(m mqttc.Message) bool { return m.Topic == tp.Ticket("dev-2") && len(m.Payload) == 0 })
+}
+
+func TestMetricsAndHealth(t *testing.T) {
+	e := newEnv(t)
+	e.register(newDevice(t, "dev-1"))
+	e.issue()
+	rec := httptest.NewRecorder()
+	e.iss.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	for _, want := range []string{
+		`ekem_issuer_events_total{event="registrations_pinned",reason=""} 1`,
+		`ekem_issuer_events_total{event="tickets_issued",reason=""} 1`,
+		"ekem_issuer_epoch 1",
+		"ekem_issuer_connected 0",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q:\n%s", want, body)
+		}
+	}
+	rec = httptest.NewRecorder()
+	e.iss.HealthHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+	if rec.Code != 503 {
+		t.Fatalf("health while not connected: %d", rec.Code)
 	}
 }

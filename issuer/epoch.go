@@ -226,12 +226,12 @@ func (i *Issuer) Run(ctx context.Context) error {
 	if err := i.Start(ctx); err != nil {
 		return err
 	}
-	wait := i.Period() // until the first epoch
-	if _, info, err := i.store.LastEpoch(); err != nil {
+	_, info, err := i.store.LastEpoch()
+	if err != nil {
 		return err
-	} else if info == nil {
-		wait = 0
-	} else {
+	}
+	var wait time.Duration // a new store: the first epoch at once
+	if info != nil {
 		due := time.Unix(int64(info.IssuedAt), 0).Add(i.cfg.Period)
 		wait = min(max(due.Sub(i.cfg.Now()), 0), i.cfg.Period)
 	}

@@ -39,7 +39,7 @@ func (c *clock) Set(t time.Time) {
 }
 
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	cfg   Config
 	clock *clock
 	pins  *signature.KeySet
@@ -56,7 +56,7 @@ func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-func newEnv(t *testing.T, mods ...func(*Config)) *env {
+func newEnv(t testing.TB, mods ...func(*Config)) *env {
 	t.Helper()
 	key, err := signature.NewKeyFromSeed(signature.MLDSA65, testSeed)
 	if err != nil {
@@ -161,14 +161,14 @@ func u64(v uint64) []byte {
 
 // device plays the device side with pkg/accept.
 type device struct {
-	t      *testing.T
+	t      testing.TB
 	id     string
 	st     *accept.State
 	seq    uint64
 	cohort cohort.Secret
 }
 
-func newDevice(t *testing.T, id string) *device {
+func newDevice(t testing.TB, id string) *device {
 	t.Helper()
 	sch, _ := kem.Lookup(kem.MLKEM768)
 	k, err := sch.GenerateKey()
@@ -243,3 +243,5 @@ func (e *env) register(d *device) {
 		e.t.Fatalf("device %s not registered", d.id)
 	}
 }
+
+func withStore(path string) func(*Config) { return func(c *Config) { c.StorePath = path } }

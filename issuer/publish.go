@@ -40,6 +40,12 @@ func (i *Issuer) Start(ctx context.Context) error {
 	if !i.started.CompareAndSwap(false, true) {
 		return ErrStarted
 	}
+	ok := false
+	defer func() {
+		if !ok {
+			i.started.Store(false) // Start may be tried again
+		}
+	}()
 	i.since = i.cfg.Now()
 	will, err := i.online(false)
 	if err != nil {
@@ -59,6 +65,7 @@ func (i *Issuer) Start(ctx context.Context) error {
 			return fmt.Errorf("issuer: subscribe %s: %w", f, err)
 		}
 	}
+	ok = true
 	i.client.Store(c)
 	close(i.ready)
 	i.wg.Add(1)

@@ -1,0 +1,558 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/entropykem/entropykem/issuer"
+	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+const usageText = `Usage:
+  ekem-issuer run [flags]                       run the issuer (flags below, or EKEM_* variables)
+  ekem-issuer keygen -out FILE -pub FILE [-alg ML-DSA-87|ML-DSA-65]
+                                                 create the issuer signing key pair
+  ekem-issuer devices -store FILE [-json]       list the devices in the store (read-only)
+  ekem-issuer reset   -store FILE ID            forget ID's pinned key: its next registration is pinned anew
+  ekem-issuer revoke  -store FILE ID            stop issuing tickets to ID
+  ekem-issuer release -store FILE ID            make a quarantined or revoked ID active again
+
+The store commands need the issuer stopped (the store is locked while it runs).
+
+run flags (each also read from the environment variable named after it;
+a flag on the command line wins):
+  -broker URL          EKEM_BROKER         tcp://host:1883 or ssl://host:8883 (required)
+  -username NAME       EKEM_USERNAME       broker account (usually ekem-issuer)
+  -password-file FILE  EKEM_PASSWORD_FILE  file holding the broker password
+                       EKEM_PASSWORD       the password itself (never a flag: argv is public)
+  -key FILE            EKEM_KEY            issuer secret key PEM from keygen (required)
+  -store FILE          EKEM_STORE          bbolt store, created if missing (required)
+  -period DURATION     EKEM_PERIOD         epoch period, 1s..744h (default 1h)
+  -ttl DURATION        EKEM_TTL            ticket lifetime, whole seconds (default 2 x period)
+  -prefix PREFIX       EKEM_PREFIX         topic prefix (default ekem/v1)
+  -purpose LABEL       EKEM_PURPOSE        ticket purpose label (default "default")
+  -group LABEL         EKEM_GROUP          ticket group label (default "default")
+  -keep-roots N        EKEM_KEEP_ROOTS     root topics kept retained, at least 2 (default 4)
+  -client-id ID        EKEM_CLIENT_ID      MQTT client id (default ekem-issuer)
+  -ca FILE             EKEM_CA             CA certificates for a TLS broker
+  -cert FILE           EKEM_CERT           TLS client certificate (with -keyfile)
+  -keyfile FILE        EKEM_KEYFILE        TLS client key (with -cert)
+  -metrics ADDR        EKEM_METRICS        serve /metrics and /healthz on ADDR (default off)
+  -log-level LEVEL     EKEM_LOG_LEVEL      debug, info, warn or error (default info)
+  -log-format FORMAT   EKEM_LOG_FORMAT     text or json (default text)
+
+Examples:
+  ekem-issuer keygen -out issuer.key -pub issuer.pub
+  EKEM_PASSWORD_FILE=/run/secrets/issuer ekem-issuer run -broker tcp://localhost:1883 \
+      -username ekem-issuer -key issuer.key -store issuer.db -period 1h
+  ekem-issuer run -broker ssl://mqtt.example:8883 -ca ca.pem -cert issuer.crt -keyfile issuer-tls.key \
+      -key issuer.key -store /var/lib/ekem/issuer.db -period 15m -metrics 127.0.0.1:9100
+  ekem-issuer devices -store issuer.db
+  ekem-issuer release -store issuer.db sensor-0042
+`
+
+// errUsage marks an error after which the usage hint is printed.
+var errUsage = errors.New("usage")
+
+// run is the whole command; it returns the exit status (0 ok, 1 failure,
+// 2 usage error).
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usageText)
+		return 2
+	}
+	var err error
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "run":
+		err = cmdRun(rest, stderr)
+	case "keygen":
+		err = cmdKeygen(rest, stdout)
+	case "devices":
+		err = cmdDevices(rest, stdout)
+	case "reset", "revoke", "release":
+		err = cmdOperator(cmd, rest, stdout)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usageText)
+		return 0
+	default:
+		err = fmt.Errorf("%w: unknown command %q", errUsage, cmd)
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usageText)
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "ekem-issuer: %s\nRun \"ekem-issuer help\" for usage.\n", strings.TrimPrefix(err.Error(), "usage: "))
+		return 2
+	default:
+		fmt.Fprintf(stderr, "ekem-issuer: %v\n", err)
+		return 1
+	}
+}
+
+// newFlagSet returns a flag set that reports errors to the caller instead
+// of printing usage or exiting.
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return fs
+}
+
+// parse parses args, then fills every flag not given on the command line
+// from its environment variable (env maps flag name to variable), through
+// the same flag.Value so both are validated alike.
+func parse(fs *flag.FlagSet, args []string, env map[string]string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %s: %v", errUsage, fs.Name(), err)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for name, variable := range env {
+		v, ok := os.LookupEnv(variable)
+		if set[name] || !ok {
+			continue
+		}
+		if err := fs.Set(name, v); err != nil {
+			return fmt.Errorf("%w: %s=%q: invalid value for -%s: %v", errUsage, variable, v, name, err)
+		}
+	}
+	return nil
+}
+
+// runFlags are the run command's settings.
+type runFlags struct {
+	broker, username, passwordFile, key, store string
+	period, ttl                                time.Duration
+	prefix, purpose, group, clientID           string
+	keepRoots                                  int
+	ca, cert, keyfile, metrics                 string
+	logLevel, logFormat                        string
+}
+
+var runEnv = map[string]string{
+	"broker": "EKEM_BROKER", "username": "EKEM_USERNAME", "password-file": "EKEM_PASSWORD_FILE",
+	"key": "EKEM_KEY", "store": "EKEM_STORE", "period": "EKEM_PERIOD", "ttl": "EKEM_TTL",
+	"prefix": "EKEM_PREFIX", "purpose": "EKEM_PURPOSE", "group": "EKEM_GROUP", "keep-roots": "EKEM_KEEP_ROOTS",
+	"client-id": "EKEM_CLIENT_ID", "ca": "EKEM_CA", "cert": "EKEM_CERT", "keyfile": "EKEM_KEYFILE",
+	"metrics": "EKEM_METRICS", "log-level": "EKEM_LOG_LEVEL", "log-format": "EKEM_LOG_FORMAT",
+}
+
+func parseRun(args []string) (*runFlags, error) {
+	f := &runFlags{}
+	fs := newFlagSet("run")
+	fs.StringVar(&f.broker, "broker", "", "")
+	fs.StringVar(&f.username, "username", "", "")
+	fs.StringVar(&f.passwordFile, "password-file", "", "")
+	fs.StringVar(&f.key, "key", "", "")
+	fs.StringVar(&f.store, "store", "", "")
+	fs.DurationVar(&f.period, "period", time.Hour, "")
+	fs.DurationVar(&f.ttl, "ttl", 0, "")
+	fs.StringVar(&f.prefix, "prefix", wire.DefaultPrefix, "")
+	fs.StringVar(&f.purpose, "purpose", issuer.DefaultLabel, "")
+	fs.StringVar(&f.group, "group", issuer.DefaultLabel, "")
+	fs.IntVar(&f.keepRoots, "keep-roots", issuer.DefaultKeepRoots, "")
+	fs.StringVar(&f.clientID, "client-id", issuer.DefaultClientID, "")
+	fs.StringVar(&f.ca, "ca", "", "")
+	fs.StringVar(&f.cert, "cert", "", "")
+	fs.StringVar(&f.keyfile, "keyfile", "", "")
+	fs.StringVar(&f.metrics, "metrics", "", "")
+	fs.StringVar(&f.logLevel, "log-level", "info", "")
+	fs.StringVar(&f.logFormat, "log-format", "text", "")
+	if err := parse(fs, args, runEnv); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("%w: run: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	return f, f.check()
+}
+
+// check validates the flags with messages that name the flag.
+func (f *runFlags) check() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{errUsage}, a...)...)
+	}
+	switch {
+	case f.broker == "":
+		return bad("-broker is required (or EKEM_BROKER)")
+	case f.key == "":
+		return bad("-key is required (or EKEM_KEY)")
+	case f.store == "":
+		return bad("-store is required (or EKEM_STORE)")
+	case f.period < time.Second:
+		return bad("-period must be at least 1s, got %v", f.period)
+	case f.period > wire.MaxTTL*time.Second:
+		return bad("-period must be at most %v, got %v", wire.MaxTTL*time.Second, f.period)
+	case f.ttl != 0 && (f.ttl < time.Second || f.ttl > wire.MaxTTL*time.Second):
+		return bad("-ttl must be between 1s and %v, got %v", wire.MaxTTL*time.Second, f.ttl)
+	case f.ttl%time.Second != 0:
+		return bad("-ttl must be a whole number of seconds, got %v", f.ttl)
+	case f.keepRoots < issuer.MinKeepRoots:
+		return bad("-keep-roots must be at least %d, got %d", issuer.MinKeepRoots, f.keepRoots)
+	case (f.cert == "") != (f.keyfile == ""):
+		return bad("-cert and -keyfile go together")
+	case f.logFormat != "text" && f.logFormat != "json":
+		return bad("-log-format must be text or json, got %q", f.logFormat)
+	}
+	if err := issuer.ValidateBrokerURL(f.broker); err != nil {
+		return bad("-broker: %v", err)
+	}
+	if _, err := parseLevel(f.logLevel); err != nil {
+		return bad("-log-level: %v", err)
+	}
+	if f.ca != "" || f.cert != "" {
+		if s := strings.SplitN(f.broker, "://", 2)[0]; s != "ssl" && s != "tls" && s != "mqtts" && s != "wss" {
+			return bad("-ca, -cert and -keyfile need an ssl://, tls://, mqtts:// or wss:// broker, got %q", f.broker)
+		}
+	}
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	switch s {
+	case "debug", "info", "warn", "error":
+		return l, l.UnmarshalText([]byte(s))
+	}
+	return l, fmt.Errorf("must be debug, info, warn or error, got %q", s)
+}
+
+func cmdRun(args []string, stderr io.Writer) error {
+	f, err := parseRun(args)
+	if err != nil {
+		return err
+	}
+	level, _ := parseLevel(f.logLevel)
+	hopts := &slog.HandlerOptions{Level: level}
+	var log *slog.Logger
+	if f.logFormat == "json" {
+		log = slog.New(slog.NewJSONHandler(stderr, hopts))
+	} else {
+		log = slog.New(slog.NewTextHandler(stderr, hopts))
+	}
+	cfg, err := f.config(log)
+	if err != nil {
+		return err
+	}
+	iss, err := issuer.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer iss.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if f.metrics != "" {
+		srv, err := serveMetrics(f.metrics, iss, log)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
+	if err := iss.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("shutting down")
+	return nil
+}
+
+// config builds the issuer configuration, reading the key, password and
+// TLS files.
+func (f *runFlags) config(log *slog.Logger) (issuer.Config, error) {
+	key, err := readKey(f.key, log)
+	if err != nil {
+		return issuer.Config{}, err
+	}
+	password, err := readPassword(f.passwordFile)
+	if err != nil {
+		return issuer.Config{}, err
+	}
+	tlsCfg, err := loadTLS(f.ca, f.cert, f.keyfile)
+	if err != nil {
+		return issuer.Config{}, err
+	}
+	cfg := issuer.Config{
+		Broker: f.broker, Username: f.username, Password: password, TLS: tlsCfg, ClientID: f.clientID,
+		Prefix: f.prefix, Key: key, StorePath: f.store, Period: f.period, TTL: f.ttl,
+		Purpose: f.purpose, Group: f.group, KeepRoots: f.keepRoots, Logger: log,
+	}
+	return cfg, cfg.Validate()
+}
+
+func readLimited(path string, limit int64) ([]byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	b, err := io.ReadAll(io.LimitReader(fh, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, limit)
+	}
+	return b, nil
+}
+
+func readKey(path string, log *slog.Logger) (*signature.PrivateKey, error) {
+	b, err := readLimited(path, signature.MaxKeyFileSize)
+	if err != nil {
+		return nil, fmt.Errorf("-key: %w", err)
+	}
+	k, err := signature.ParsePrivateKeyPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("-key %s: %w", path, err)
+	}
+	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+		log.Warn("issuer secret key file is readable by others; chmod 600 it", "file", path, "mode", st.Mode().Perm().String())
+	}
+	return k, nil
+}
+
+// readPassword returns the broker password from -password-file /
+// EKEM_PASSWORD_FILE or EKEM_PASSWORD; setting both is an error.
+func readPassword(file string) (string, error) {
+	env, inEnv := os.LookupEnv("EKEM_PASSWORD")
+	if file == "" {
+		return env, nil
+	}
+	if inEnv {
+		return "", fmt.Errorf("%w: set either EKEM_PASSWORD or -password-file (EKEM_PASSWORD_FILE), not both", errUsage)
+	}
+	b, err := readLimited(file, 4096)
+	if err != nil {
+		return "", fmt.Errorf("-password-file: %w", err)
+	}
+	p := strings.TrimRight(string(b), "\r\n")
+	if p == "" {
+		return "", fmt.Errorf("-password-file %s: empty", file)
+	}
+	return p, nil
+}
+
+func loadTLS(ca, cert, key string) (*tls.Config, error) {
+	if ca == "" && cert == "" {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if ca != "" {
+		b, err := readLimited(ca, 1<<20)
+		if err != nil {
+			return nil, fmt.Errorf("-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("-ca %s: no PEM certificates", ca)
+		}
+		c.RootCAs = pool
+	}
+	if cert != "" {
+		kp, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("-cert/-keyfile: %w", err)
+		}
+		c.Certificates = []tls.Certificate{kp}
+	}
+	return c, nil
+}
+
+func serveMetrics(addr string, iss *issuer.Issuer, log *slog.Logger) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", iss.MetricsHandler())
+	mux.Handle("/healthz", iss.HealthHandler())
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("-metrics: %w", err)
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	log.Info("serving /metrics and /healthz", "addr", ln.Addr().String())
+	return srv, nil
+}
+
+func cmdKeygen(args []string, stdout io.Writer) error {
+	fs := newFlagSet("keygen")
+	out := fs.String("out", "", "")
+	pub := fs.String("pub", "", "")
+	algName := fs.String("alg", signature.Default.String(), "")
+	if err := parse(fs, args, nil); err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("%w: keygen: unexpected argument %q", errUsage, fs.Arg(0))
+	case *out == "" || *pub == "":
+		return fmt.Errorf("%w: keygen needs -out and -pub", errUsage)
+	case *out == *pub:
+		return fmt.Errorf("%w: keygen: -out and -pub must differ", errUsage)
+	}
+	var alg signature.Alg
+	for _, a := range []signature.Alg{signature.MLDSA87, signature.MLDSA65} {
+		if a.String() == *algName {
+			alg = a
+		}
+	}
+	if alg == 0 {
+		return fmt.Errorf("%w: -alg must be ML-DSA-87 or ML-DSA-65, got %q", errUsage, *algName)
+	}
+	for _, p := range []string{*out, *pub} {
+		if _, err := os.Lstat(p); err == nil {
+			return fmt.Errorf("keygen: %s exists; refusing to overwrite", p)
+		}
+	}
+	priv, pubPEM, err := issuer.Keygen(alg)
+	if err != nil {
+		return err
+	}
+	if err := writeNew(*out, priv, 0o600); err != nil {
+		return err
+	}
+	if err := writeNew(*pub, pubPEM, 0o644); err != nil {
+		os.Remove(*out)
+		return err
+	}
+	pk, err := signature.ParsePublicKeyPEM(pubPEM)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s (secret, mode 0600) and %s (%s, kid %x)\n", *out, *pub, alg, pk.KID())
+	return nil
+}
+
+// writeNew creates path (failing if it exists), writes b and syncs.
+func writeNew(path string, b []byte, mode os.FileMode) error {
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return fmt.Errorf("keygen: %w", err)
+	}
+	if _, err := fh.Write(b); err != nil {
+		fh.Close()
+		os.Remove(path)
+		return fmt.Errorf("keygen: %w", err)
+	}
+	if err := fh.Sync(); err != nil {
+		fh.Close()
+		os.Remove(path)
+		return fmt.Errorf("keygen: %w", err)
+	}
+	return fh.Close()
+}
+
+func storeFlag(name string, args []string) (*flag.FlagSet, *string, error) {
+	fs := newFlagSet(name)
+	store := fs.String("store", "", "")
+	if err := parse(fs, args, map[string]string{"store": "EKEM_STORE"}); err != nil {
+		return nil, nil, err
+	}
+	if *store == "" {
+		return nil, nil, fmt.Errorf("%w: %s needs -store (or EKEM_STORE)", errUsage, name)
+	}
+	return fs, store, nil
+}
+
+func cmdDevices(args []string, stdout io.Writer) error {
+	fs := newFlagSet("devices")
+	store := fs.String("store", "", "")
+	asJSON := fs.Bool("json", false, "")
+	if err := parse(fs, args, map[string]string{"store": "EKEM_STORE"}); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: devices: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	if *store == "" {
+		return fmt.Errorf("%w: devices needs -store (or EKEM_STORE)", errUsage)
+	}
+	st, err := issuer.OpenStore(*store, true)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	devs, err := st.Devices()
+	if err != nil {
+		return err
+	}
+	last, _, err := st.LastEpoch()
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			LastEpoch uint64              `json:"last_epoch"`
+			Devices   []issuer.DeviceInfo `json:"devices"`
+		}{last, devs})
+	}
+	fmt.Fprintf(stdout, "last epoch: %d, devices: %d\n", last, len(devs))
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tKEM\tPINNED\tEPOCH\tCONFIRMED\tNEXT_KEY\tSTATUS\tSEQ")
+	for _, d := range devs {
+		pinned := "-"
+		if d.PinnedKeyHash != nil {
+			pinned = fmt.Sprintf("%x", d.PinnedKeyHash[:8])
+		}
+		status := "-"
+		if d.HasStatus {
+			status = fmt.Sprintf("%s/%d@%d", d.StatusState, d.StatusReason, d.StatusEpoch)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\t%s\t%d\n", d.ID, d.State, d.KEMAlg, pinned, d.LastEpoch,
+			d.ConfirmedEpoch, d.NextKeyReady, status, d.StatusSeq)
+	}
+	return tw.Flush()
+}
+
+func cmdOperator(name string, args []string, stdout io.Writer) error {
+	fs, store, err := storeFlag(name, args)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("%w: %s needs exactly one device id", errUsage, name)
+	}
+	id := fs.Arg(0)
+	if err := wire.ValidateDeviceID(id); err != nil {
+		return fmt.Errorf("%w: %s: %v", errUsage, name, err)
+	}
+	st, err := issuer.OpenStore(*store, true)
+	if err != nil {
+		return err
+	}
+	st.Close() // it exists and is a store; now open it for writing
+	if st, err = issuer.OpenStore(*store, false); err != nil {
+		return err
+	}
+	defer st.Close()
+	op := map[string]func(string) error{"reset": st.Reset, "revoke": st.Revoke, "release": st.Release}[name]
+	if err := op(id); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: %s done\n", id, name)
+	return nil
+}

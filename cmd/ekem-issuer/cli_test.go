@@ -1,0 +1,252 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/entropykem/entropykem/issuer"
+	"github.com/entropykem/entropykem/pkg/kem"
+	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = run(args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+// clearEnv makes sure no EKEM_* variable of the environment leaks in.
+func clearEnv(t *testing.T) {
+	for _, v := range append([]string{"EKEM_PASSWORD"}, mapValues(runEnv)...) {
+		t.Setenv(v, "")
+		os.Unsetenv(v)
+	}
+}
+
+func mapValues(m map[string]string) []string {
+	var out []string
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+func TestRunFlagErrors(t *testing.T) {
+	clearEnv(t)
+	base := []string{"run", "-broker", "tcp://127.0.0.1:1", "-key", "k.pem", "-store", "s.db"}
+	cases := []struct {
+		args []string
+		env  map[string]string
+		want string
+		code int
+	}{
+		{[]string{"run", "-bogus"}, nil, "flag provided but not defined: -bogus", 2},
+		{[]string{"run"}, nil, "-broker is required", 2},
+		{append(base, "-period", "0s"), nil, "ekem-issuer: -period must be at least 1s, got 0s", 2},
+		{append(base, "-period", "abc"), nil, `invalid value "abc" for flag -period`, 2},
+		{base, map[string]string{"EKEM_PERIOD": "500ms"}, "-period must be at least 1s, got 500ms", 2},
+		{base, map[string]string{"EKEM_PERIOD": "abc"}, `EKEM_PERIOD="abc": invalid value for -period`, 2},
+		{append(base, "-ttl", "1500ms"), nil, "-ttl must be a whole number of seconds", 2},
+		{append(base, "-ttl", "800h"), nil, "-ttl must be between 1s and", 2},
+		{append(base, "-keep-roots", "1"), nil, "-keep-roots must be at least 2, got 1", 2},
+		{append(base, "-cert", "c.pem"), nil, "-cert and -keyfile go together", 2},
+		{append(base, "-ca", "ca.pem"), nil, "need an ssl://", 2},
+		{append(base, "-log-level", "loud"), nil, "-log-level", 2},
+		{append(base, "extra"), nil, `unexpected argument "extra"`, 2},
+		{[]string{"run", "-broker", "http://x:1", "-key", "k", "-store", "s"}, nil, "scheme must be", 2},
+		{base, nil, "-key: open k.pem", 1},
+		{[]string{"frobnicate"}, nil, `unknown command "frobnicate"`, 2},
+	}
+	for _, c := range cases {
+		for k, v := range c.env {
+			t.Setenv(k, v)
+		}
+		code, _, stderr := runCmd(t, c.args...)
+		if code != c.code || !strings.Contains(stderr, c.want) || !strings.HasPrefix(stderr, "ekem-issuer: ") {
+			t.Errorf("%v %v: code %d stderr %q, want %d containing %q", c.args, c.env, code, stderr, c.code, c.want)
+		}
+		for k := range c.env {
+			os.Unsetenv(k)
+		}
+	}
+}
+
+func TestRunFlagsFromEnv(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("EKEM_BROKER", "ssl://mqtt.example:8883")
+	t.Setenv("EKEM_KEY", "k.pem")
+	t.Setenv("EKEM_STORE", "env.db")
+	t.Setenv("EKEM_PERIOD", "15m")
+	t.Setenv("EKEM_PREFIX", "fleet/v1")
+	f, err := parseRun([]string{"-store", "flag.db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.broker != "ssl://mqtt.example:8883" || f.period != 15*time.Minute || f.prefix != "fleet/v1" || f.store != "flag.db" {
+		t.Fatalf("%+v", f)
+	}
+}
+
+func TestPasswordSources(t *testing.T) {
+	clearEnv(t)
+	dir := t.TempDir()
+	pf := filepath.Join(dir, "pw")
+	os.WriteFile(pf, []byte("s3cret\n"), 0o600)
+	if p, err := readPassword(pf); err != nil || p != "s3cret" {
+		t.Fatalf("%q %v", p, err)
+	}
+	t.Setenv("EKEM_PASSWORD", "other")
+	if _, err := readPassword(pf); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Fatalf("both sources: %v", err)
+	}
+	if p, err := readPassword(""); err != nil || p != "other" {
+		t.Fatalf("%q %v", p, err)
+	}
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, []byte("\n"), 0o600)
+	os.Unsetenv("EKEM_PASSWORD")
+	if _, err := readPassword(empty); err == nil {
+		t.Fatal("empty password file accepted")
+	}
+}
+
+func TestKeygen(t *testing.T) {
+	dir := t.TempDir()
+	out, pub := filepath.Join(dir, "issuer.key"), filepath.Join(dir, "issuer.pub")
+	code, stdout, stderr := runCmd(t, "keygen", "-out", out, "-pub", pub, "-alg", "ML-DSA-65")
+	if code != 0 {
+		t.Fatalf("keygen: %d %s", code, stderr)
+	}
+	if !strings.Contains(stdout, "ML-DSA-65") {
+		t.Fatalf("stdout %q", stdout)
+	}
+	st, err := os.Stat(out)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("secret file mode %v %v", st.Mode(), err)
+	}
+	privPEM, _ := os.ReadFile(out)
+	pubPEM, _ := os.ReadFile(pub)
+	k, err := signature.ParsePrivateKeyPEM(privPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := signature.ParsePublicKeyPEM(pubPEM)
+	if err != nil || !p.Equal(k.Public()) || k.Alg() != signature.MLDSA65 {
+		t.Fatal("key files do not match")
+	}
+	// Never overwrite.
+	code, _, stderr = runCmd(t, "keygen", "-out", out, "-pub", filepath.Join(dir, "other.pub"))
+	if code != 1 || !strings.Contains(stderr, "refusing to overwrite") {
+		t.Fatalf("overwrite: %d %s", code, stderr)
+	}
+	if again, _ := os.ReadFile(out); !bytes.Equal(again, privPEM) {
+		t.Fatal("secret key file changed")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "other.pub")); err == nil {
+		t.Fatal("public file written although the secret exists")
+	}
+	for _, args := range [][]string{
+		{"keygen", "-out", filepath.Join(dir, "a"), "-pub", filepath.Join(dir, "b"), "-alg", "RSA"},
+		{"keygen", "-out", filepath.Join(dir, "a")},
+	} {
+		if code, _, _ := runCmd(t, args...); code != 2 {
+			t.Fatalf("%v: code %d", args, code)
+		}
+	}
+}
+
+// makeStore creates a store with two devices, one with an epoch.
+func makeStore(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "issuer.db")
+	key, err := signature.NewKeyFromSeed(signature.MLDSA65, bytes.Repeat([]byte{1}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := issuer.New(issuer.Config{Key: key, StorePath: path, Period: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer iss.Close()
+	sch, _ := kem.Lookup(kem.MLKEM768)
+	for _, id := range []string{"dev-a", "dev-b"} {
+		k, _ := sch.GenerateKey()
+		r := &wire.Registration{Version: 1, DeviceID: id, KEMAlg: kem.MLKEM768, PublicKey: k.PublicKey().Bytes(), CreatedAt: 1}
+		b, _ := r.Marshal()
+		iss.HandleMessage("ekem/v1/reg/"+id, b)
+	}
+	if _, err := iss.IssueEpoch(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestStoreCommands(t *testing.T) {
+	clearEnv(t)
+	path := makeStore(t)
+	before, _ := os.ReadFile(path)
+	code, stdout, stderr := runCmd(t, "devices", "-store", path)
+	if code != 0 || !strings.Contains(stdout, "last epoch: 1, devices: 2") || !strings.Contains(stdout, "dev-b") {
+		t.Fatalf("devices: %d %q %q", code, stdout, stderr)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Fatal("devices modified the store")
+	}
+	t.Setenv("EKEM_STORE", path)
+	code, stdout, _ = runCmd(t, "devices", "-json")
+	if code != 0 || !strings.Contains(stdout, `"last_epoch": 1`) {
+		t.Fatalf("devices -json: %d %q", code, stdout)
+	}
+	if code, _, stderr := runCmd(t, "revoke", "dev-a"); code != 0 {
+		t.Fatalf("revoke: %s", stderr)
+	}
+	st, _ := issuer.OpenStore(path, true)
+	d, _, _ := st.Device("dev-a")
+	st.Close()
+	if d.State != issuer.StateRevoked {
+		t.Fatalf("state %s", d.State)
+	}
+	if code, _, _ := runCmd(t, "release", "dev-a"); code != 0 {
+		t.Fatal("release failed")
+	}
+	if code, _, _ := runCmd(t, "reset", "dev-b"); code != 0 {
+		t.Fatal("reset failed")
+	}
+	st, _ = issuer.OpenStore(path, true)
+	a, _, _ := st.Device("dev-a")
+	b, _, _ := st.Device("dev-b")
+	st.Close()
+	if a.State != issuer.StateActive || b.PinnedKeyHash != nil || b.LastEpoch != 1 {
+		t.Fatalf("after release/reset: %+v %+v", a, b)
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"reset", "nobody"}, 1, "unknown device"},
+		{[]string{"reset"}, 2, "exactly one device id"},
+		{[]string{"reset", "bad/id"}, 2, "invalid device id"},
+		{[]string{"devices", "-store", filepath.Join(t.TempDir(), "none.db")}, 1, "no such file"},
+	} {
+		code, _, stderr := runCmd(t, c.args...)
+		if code != c.code || !strings.Contains(stderr, c.want) {
+			t.Errorf("%v: %d %q", c.args, code, stderr)
+		}
+	}
+	// A store in use (a running issuer) is refused with a clear error.
+	held, err := issuer.OpenStore(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if code, _, stderr := runCmd(t, "revoke", "dev-a"); code != 1 || !strings.Contains(stderr, "in use") {
+		t.Fatalf("locked store: %d %q", code, stderr)
+	}
+}
