@@ -344,7 +344,6 @@ func poll(ctx context.Context, timeout time.Duration, done func() bool) error {
 	return nil
 }
 
-
 // printer serialises progress lines from many goroutines.
 type printer struct {
 	mu sync.Mutex
