@@ -1,0 +1,14 @@
+# entropykem binaries: ekem-issuer, ekem-device, ekemctl, mkcreds.
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -o /out/ ./cmd/ekem-issuer ./cmd/ekem-device ./cmd/ekemctl ./broker-config/mkcreds
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin ekem
+COPY --from=build /out/ /usr/local/bin/
+COPY broker-config/mosquitto.conf broker-config/acl /opt/entropykem/broker-config/
+USER ekem
+ENTRYPOINT []
