@@ -320,8 +320,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("device: %w", err)
 	}
 	defer cl.Close()
-	// Roots first, so a retained ticket usually finds its root waiting.
-	for _, f := range []string{a.topics.AllRoots(), a.topics.Ticket(a.cfg.ID)} {
+	// The ticket first: its one retained message is acknowledged before
+	// the roots' subscription. (mochi, the embedded broker, refuses a
+	// SUBSCRIBE whose packet id equals that of a QoS 1 message it is still
+	// delivering, with a SUBACK that paho reports as success; subscribing
+	// to root/+ first made that race likely.) A ticket that arrives before
+	// its root waits for it.
+	for _, f := range []string{a.topics.Ticket(a.cfg.ID), a.topics.AllRoots()} {
 		if err := cl.Subscribe(f); err != nil {
 			a.log.Warn("subscribe failed; retried on reconnect", "filter", f, "err", err)
 		}

@@ -3,7 +3,6 @@ package device
 import (
 	"bytes"
 	"errors"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -253,7 +252,7 @@ func newEnv(t testing.TB, mod func(*Config)) *env {
 func (e *env) config() Config {
 	c := Config{
 		ID: devID, StateDir: e.dir, Cohort: e.cohort, IssuerKeys: e.is.pins, KEM: kem.MLKEM768,
-		Broker: "tcp://127.0.0.1:1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Broker: "tcp://127.0.0.1:1", Logger: slog.New(slog.DiscardHandler),
 		Now: e.clock.Now, OnEvent: func(ev Event) { e.events = append(e.events, ev) },
 	}
 	if e.mod != nil {

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sync"
+
+	"github.com/entropykem/entropykem/device"
+	"github.com/entropykem/entropykem/pkg/accept"
+)
+
+var commonFlags = []string{"broker", "password", "password-file", "issuer-pub", "cohort-file", "kem",
+	"prefix", "log-level", "ca", "cert", "key", "skew", "max-jump"}
+
+// printer writes one line per agent event; safe for concurrent agents.
+type printer struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (p *printer) event(e device.Event) {
+	var line string
+	switch e.Kind {
+	case device.EventAccepted:
+		line = fmt.Sprintf("%s accepted epoch=%d state=%s key=%s", e.DeviceID, e.Epoch, e.State, e.Fingerprint)
+		if e.Gap {
+			line += fmt.Sprintf(" prev_epoch=%d", e.PrevEpoch)
+		}
+	case device.EventRejected:
+		line = fmt.Sprintf("%s rejected reason=%s ticket_epoch=%d epoch=%d", e.DeviceID, e.Reason, e.TicketEpoch, e.Epoch)
+	case device.EventStale:
+		line = fmt.Sprintf("%s stale epoch=%d", e.DeviceID, e.Epoch)
+	case device.EventFailed:
+		line = fmt.Sprintf("%s failed reason=%s epoch=%d", e.DeviceID, accept.ReasonInternal, e.Epoch)
+	default:
+		return // duplicates are routine retained re-deliveries
+	}
+	p.mu.Lock()
+	fmt.Fprintln(p.w, line)
+	p.mu.Unlock()
+}
+
+// cmdRun runs one agent until ctx ends.
+func cmdRun(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	o := newOpts("run", "Run one device agent until interrupted.", stderr, append([]string{"id", "state"}, commonFlags...)...)
+	if err := o.parse(args, getenv); err != nil {
+		return err
+	}
+	id, err := o.deviceID()
+	if err != nil {
+		return err
+	}
+	dir, err := o.state()
+	if err != nil {
+		return err
+	}
+	pw, err := o.brokerPassword()
+	if err != nil {
+		return err
+	}
+	c, err := o.baseConfig(stderr)
+	if err != nil {
+		return err
+	}
+	p := &printer{w: stdout}
+	c.ID, c.StateDir, c.Password, c.OnEvent = id, dir, pw, p.event
+	a, err := device.New(c)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	fmt.Fprintf(stdout, "%s epoch=%d state dir %s, broker %s\n", id, a.Epoch(), dir, c.Broker)
+	return a.Run(ctx)
+}
+
+// maxFleet bounds the fleet size (ids are prefix plus a 4-digit index, and
+// each device holds a connection).
+const maxFleet = 10000
+
+// cmdFleet runs n agents in one process, sharing one root cache.
+func cmdFleet(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	o := newOpts("fleet", "Run N simulated devices, each with its own id (prefix + 4-digit index), state\ndirectory (under -state) and MQTT connection, sharing one verified-root cache.",
+		stderr, append([]string{"n", "id-prefix", "passwords", "state"}, commonFlags...)...)
+	if err := o.parse(args, getenv); err != nil {
+		return err
+	}
+	if o.n < 1 || o.n > maxFleet {
+		return usageErr("-n: %d is not between 1 and %d", o.n, maxFleet)
+	}
+	base, err := o.state()
+	if err != nil {
+		return err
+	}
+	ids, err := fleetIDs(o.idPrefix, o.n)
+	if err != nil {
+		return err
+	}
+	pws, err := fleetPasswords(o, ids)
+	if err != nil {
+		return err
+	}
+	c, err := o.baseConfig(stderr)
+	if err != nil {
+		return err
+	}
+	p := &printer{w: stdout}
+	c.Roots = accept.NewRootCache(2 * device.DefaultRootEpochs)
+	c.OnEvent = p.event
+	agents := make([]*device.Agent, 0, len(ids))
+	defer func() {
+		for _, a := range agents {
+			a.Close()
+		}
+	}()
+	for i, id := range ids {
+		dc := c
+		dc.ID, dc.StateDir, dc.Password = id, deviceDir(base, id), pws[i]
+		dc.Logger = c.Logger.With("fleet_index", i+1)
+		a, err := device.New(dc)
+		if err != nil {
+			return err
+		}
+		agents = append(agents, a)
+	}
+	fmt.Fprintf(stdout, "fleet of %d devices (%s … %s) under %s, broker %s\n", len(ids), ids[0], ids[len(ids)-1], base, c.Broker)
+	var wg sync.WaitGroup
+	errs := make(chan error, len(agents))
+	for _, a := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.Run(ctx); err != nil {
+				errs <- fmt.Errorf("%s: %w", a.ID(), err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs // nil if every agent stopped cleanly
+}
+
+func fleetIDs(prefix string, n int) ([]string, error) {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s%04d", prefix, i+1)
+	}
+	for _, id := range []string{ids[0], ids[n-1]} {
+		if err := validID(id); err != nil {
+			return nil, usageErr("-id-prefix: %q gives device id %q: %v", prefix, id, err)
+		}
+	}
+	return ids, nil
+}
+
+// fleetPasswords returns one password per id: all the same (-password,
+// -password-file) or one file per id in -passwords.
+func fleetPasswords(o *opts, ids []string) ([]string, error) {
+	pws := make([]string, len(ids))
+	if o.passwords == "" {
+		pw, err := o.brokerPassword()
+		if err != nil {
+			return nil, err
+		}
+		for i := range pws {
+			pws[i] = pw
+		}
+		return pws, nil
+	}
+	if o.password != "" || o.passwordFile != "" {
+		return nil, usageErr("-passwords excludes %s and %s", o.src("password"), o.src("password-file"))
+	}
+	for i, id := range ids {
+		pw, err := o.passwordFrom("passwords", filepath.Join(o.passwords, id))
+		if err != nil {
+			return nil, err
+		}
+		pws[i] = pw
+	}
+	return pws, nil
+}
+
+// cmdNextKey advances the ratchet of a device from its state directory.
+func cmdNextKey(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	o := newOpts("next-key", "Advance the ratchet of the device in -state and print the key's name and\nfingerprint (never the key). No network is used; the agent must not be running.",
+		stderr, "id", "state", "cohort-file", "allow-stale", "skew")
+	if err := o.parse(args, getenv); err != nil {
+		return err
+	}
+	id, err := o.deviceID()
+	if err != nil {
+		return err
+	}
+	dir, err := o.state()
+	if err != nil {
+		return err
+	}
+	coh, err := o.cohortSecret(stderr)
+	if err != nil {
+		return err
+	}
+	a, err := device.New(device.Config{ID: id, StateDir: dir, Cohort: coh, MustExist: true,
+		AllowStale: o.allowStale, Skew: o.skew, Logger: discardLogger()})
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	k, err := a.NextKey()
+	if err != nil {
+		return err
+	}
+	defer k.Wipe()
+	fmt.Fprintf(stdout, "%s epoch=%d ctr=%d fingerprint=%s\n", id, k.Epoch, k.Ctr, device.Fingerprint(k.Bytes))
+	return nil
+}

@@ -1,0 +1,400 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/entropykem/entropykem/device"
+	"github.com/entropykem/entropykem/pkg/accept"
+	"github.com/entropykem/entropykem/pkg/cohort"
+	"github.com/entropykem/entropykem/pkg/kem"
+	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+// maxSecretFile bounds password and cohort files before they are read.
+const maxSecretFile = 4096
+
+// opts are the raw flag values of every command.
+type opts struct {
+	fs      *flag.FlagSet
+	usage   func()
+	envOf   map[string]string // flag name → environment variable
+	fromEnv map[string]bool   // flag value came from the environment
+
+	id, broker, password, passwordFile, stateDir     string
+	issuerPub, cohortFile, kemName, prefix, logLevel string
+	ca, cert, key                                    string
+	skew                                             time.Duration
+	maxJump                                          uint64
+	allowStale                                       bool
+	// fleet
+	n         int
+	idPrefix  string
+	passwords string
+}
+
+// newOpts defines the flags named in which (a subset of the known ones)
+// on a new FlagSet for cmd.
+func newOpts(cmd, synopsis string, stderr io.Writer, which ...string) *opts {
+	o := &opts{fs: flag.NewFlagSet(cmd, flag.ContinueOnError), envOf: map[string]string{}, fromEnv: map[string]bool{}}
+	// The flag package's own messages are off: parse reports errors
+	// (prefixed, exit 2) and prints the usage only for -h.
+	o.fs.SetOutput(io.Discard)
+	o.fs.Usage = func() {}
+	o.usage = func() {
+		o.fs.SetOutput(stderr)
+		fmt.Fprintf(stderr, "usage: ekem-device %s [flags]\n\n%s\n\nflags:\n", cmd, synopsis)
+		o.fs.PrintDefaults()
+		fmt.Fprintf(stderr, "\n%s", examplesOf(cmd))
+	}
+	defs := map[string]func(){
+		"id": func() {
+			o.str(&o.id, "id", "EKEM_DEVICE_ID", "", "device id = broker username (1-64 of [A-Za-z0-9._-])")
+		},
+		"broker":   func() { o.str(&o.broker, "broker", "EKEM_BROKER", "", "broker URL: tcp://host:1883, ssl://host:8883") },
+		"password": func() { o.str(&o.password, "password", "EKEM_PASSWORD", "", "broker password (prefer -password-file)") },
+		"password-file": func() {
+			o.str(&o.passwordFile, "password-file", "EKEM_PASSWORD_FILE", "", "file holding the broker password")
+		},
+		"state": func() { o.str(&o.stateDir, "state", "EKEM_STATE_DIR", "", "state directory") },
+		"issuer-pub": func() {
+			o.str(&o.issuerPub, "issuer-pub", "EKEM_ISSUER_PUB", "", "pinned issuer public key PEM file(s), comma separated")
+		},
+		"cohort-file": func() {
+			o.str(&o.cohortFile, "cohort-file", "EKEM_COHORT_FILE", "", "cohort secret file, 32 raw bytes or 64 hex chars (development only)")
+		},
+		"kem":    func() { o.str(&o.kemName, "kem", "EKEM_KEM", kem.Default.String(), "KEM of a new device: "+kemNames()) },
+		"prefix": func() { o.str(&o.prefix, "prefix", "EKEM_PREFIX", wire.DefaultPrefix, "topic prefix") },
+		"log-level": func() {
+			o.str(&o.logLevel, "log-level", "EKEM_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+		},
+		"ca": func() {
+			o.str(&o.ca, "ca", "EKEM_CA", "", "CA certificate PEM file that signs the broker's certificate")
+		},
+		"cert": func() { o.str(&o.cert, "cert", "EKEM_CERT", "", "client certificate PEM file (with -key)") },
+		"key":  func() { o.str(&o.key, "key", "EKEM_KEY", "", "client private key PEM file (with -cert)") },
+		"skew": func() {
+			o.fs.DurationVar(&o.skew, "skew", device.DefaultSkew, "clock skew allowed around a ticket's validity (EKEM_SKEW)")
+			o.envOf["skew"] = "EKEM_SKEW"
+		},
+		"max-jump": func() {
+			o.fs.Uint64Var(&o.maxJump, "max-jump", accept.DefaultMaxJump, "most epochs a ticket may jump ahead (EKEM_MAX_JUMP)")
+			o.envOf["max-jump"] = "EKEM_MAX_JUMP"
+		},
+		"allow-stale": func() {
+			o.fs.BoolVar(&o.allowStale, "allow-stale", false, "hand out a key even if the last ticket expired")
+		},
+		"n": func() { o.fs.IntVar(&o.n, "n", 0, "number of simulated devices (1-10000)") },
+		"id-prefix": func() {
+			o.fs.StringVar(&o.idPrefix, "id-prefix", "dev-", "device ids are this prefix and a 4-digit index: dev-0001")
+		},
+		"passwords": func() {
+			o.fs.StringVar(&o.passwords, "passwords", "", "directory of password files, one per device id")
+		},
+	}
+	for _, w := range which {
+		defs[w]()
+	}
+	return o
+}
+
+func (o *opts) str(p *string, name, env, def, help string) {
+	o.fs.StringVar(p, name, def, help+" ("+env+")")
+	o.envOf[name] = env
+}
+
+// parse parses args, then fills every flag not given from its environment
+// variable. Errors name the flag or variable.
+func (o *opts) parse(args []string, getenv func(string) string) error {
+	if err := o.fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			o.usage()
+			return err
+		}
+		return usageErr("%v (see 'ekem-device %s -h')", err, o.fs.Name())
+	}
+	if o.fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", o.fs.Arg(0))
+	}
+	set := map[string]bool{}
+	o.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for name, env := range o.envOf {
+		v := getenv(env)
+		if set[name] || v == "" {
+			continue
+		}
+		if err := o.fs.Set(name, v); err != nil {
+			return usageErr("%s: %v", env, err)
+		}
+		o.fromEnv[name] = true
+	}
+	return nil
+}
+
+// src names where flag name's value came from, for error messages.
+func (o *opts) src(name string) string {
+	if o.fromEnv[name] {
+		return o.envOf[name]
+	}
+	return "-" + name
+}
+
+func kemNames() string {
+	var n []string
+	for _, id := range kem.IDs() {
+		n = append(n, id.String())
+	}
+	return strings.Join(n, ", ")
+}
+
+func (o *opts) kemID() (kem.ID, error) {
+	for _, id := range kem.IDs() {
+		if strings.EqualFold(o.kemName, id.String()) {
+			return id, nil
+		}
+	}
+	return 0, usageErr("%s: unknown KEM %q (allowed: %s)", o.src("kem"), o.kemName, kemNames())
+}
+
+func (o *opts) deviceID() (string, error) {
+	if o.id == "" {
+		return "", usageErr("%s is required", o.src("id"))
+	}
+	if err := wire.ValidateDeviceID(o.id); err != nil {
+		return "", usageErr("%s: %v", o.src("id"), err)
+	}
+	return o.id, nil
+}
+
+func (o *opts) state() (string, error) {
+	if o.stateDir == "" {
+		return "", usageErr("%s is required", o.src("state"))
+	}
+	return o.stateDir, nil
+}
+
+func (o *opts) brokerURL() (string, error) {
+	if o.broker == "" {
+		return "", usageErr("%s is required", o.src("broker"))
+	}
+	u, err := url.Parse(o.broker)
+	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return "", usageErr("%s: %q is not a broker URL like tcp://host:1883", o.src("broker"), o.broker)
+	}
+	switch u.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
+		return o.broker, nil
+	}
+	return "", usageErr("%s: unsupported scheme %q (tcp, ssl, tls, mqtt, mqtts, ws, wss)", o.src("broker"), u.Scheme)
+}
+
+func (o *opts) secure() bool {
+	u, _ := url.Parse(o.broker)
+	return u != nil && (u.Scheme == "ssl" || u.Scheme == "tls" || u.Scheme == "mqtts" || u.Scheme == "wss")
+}
+
+// readSecret reads a small secret file named by flag name.
+func (o *opts) readSecret(name, path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, usageErr("%s: %v", o.src(name), err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
+	if err != nil {
+		return nil, usageErr("%s: %v", o.src(name), err)
+	}
+	if len(b) > maxSecretFile {
+		return nil, usageErr("%s: %s is larger than %d bytes", o.src(name), path, maxSecretFile)
+	}
+	return b, nil
+}
+
+// brokerPassword returns the password from -password or -password-file.
+func (o *opts) brokerPassword() (string, error) {
+	if o.password != "" && o.passwordFile != "" {
+		return "", usageErr("%s and %s are exclusive", o.src("password"), o.src("password-file"))
+	}
+	if o.passwordFile != "" {
+		return o.passwordFrom("password-file", o.passwordFile)
+	}
+	if o.password == "" && o.cert == "" {
+		return "", usageErr("a broker password is required: %s or %s (or a client certificate, -cert)", o.src("password-file"), o.src("password"))
+	}
+	return o.password, nil
+}
+
+func (o *opts) passwordFrom(name, path string) (string, error) {
+	b, err := o.readSecret(name, path)
+	if err != nil {
+		return "", err
+	}
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" {
+		return "", usageErr("%s: %s is empty", o.src(name), path)
+	}
+	return pw, nil
+}
+
+// issuerKeys parses the pinned issuer public keys.
+func (o *opts) issuerKeys() (*signature.KeySet, error) {
+	if o.issuerPub == "" {
+		return nil, usageErr("%s is required", o.src("issuer-pub"))
+	}
+	var keys []*signature.PublicKey
+	for _, p := range strings.Split(o.issuerPub, ",") {
+		p = strings.TrimSpace(p)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, usageErr("%s: %v", o.src("issuer-pub"), err)
+		}
+		k, err := signature.ParsePublicKeyPEM(b)
+		if err != nil {
+			return nil, usageErr("%s: %s: %v", o.src("issuer-pub"), p, err)
+		}
+		keys = append(keys, k)
+	}
+	ks, err := signature.NewKeySet(keys...)
+	if err != nil {
+		return nil, usageErr("%s: %v", o.src("issuer-pub"), err)
+	}
+	return ks, nil
+}
+
+// cohortSecret loads the file-backed development cohort secret and warns
+// loudly on stderr.
+func (o *opts) cohortSecret(stderr io.Writer) (cohort.Secret, error) {
+	if o.cohortFile == "" {
+		return nil, usageErr("%s is required", o.src("cohort-file"))
+	}
+	b, err := o.readSecret("cohort-file", o.cohortFile)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(b)
+	secret := b
+	if len(b) != cohort.SecretSize {
+		t := bytes.TrimSpace(b)
+		secret = make([]byte, cohort.SecretSize)
+		defer clear(secret)
+		if len(t) != 2*cohort.SecretSize {
+			return nil, usageErr("%s: %s must hold 32 raw bytes or 64 hex characters", o.src("cohort-file"), o.cohortFile)
+		}
+		if _, err := hex.Decode(secret, t); err != nil {
+			return nil, usageErr("%s: %s must hold 32 raw bytes or 64 hex characters", o.src("cohort-file"), o.cohortFile)
+		}
+	}
+	s, err := cohort.NewSoftware(secret)
+	if err != nil {
+		return nil, usageErr("%s: %v", o.src("cohort-file"), err)
+	}
+	msg := "WARNING: cohort secret held in a file (development only): " + o.cohortFile +
+		". Anyone who reads it and records the issuer's tickets can compute this cohort's keys; production devices keep it in a TPM."
+	if fi, err := os.Stat(o.cohortFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		msg += fmt.Sprintf(" The file is readable by other users (mode %v).", fi.Mode().Perm())
+	}
+	fmt.Fprintln(stderr, msg)
+	return s, nil
+}
+
+// tlsConfig builds the TLS configuration from -ca, -cert and -key, or nil
+// for a plain connection with no TLS flags.
+func (o *opts) tlsConfig() (*tls.Config, error) {
+	if o.ca == "" && o.cert == "" && o.key == "" && !o.secure() {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.ca != "" {
+		pem, err := os.ReadFile(o.ca)
+		if err != nil {
+			return nil, usageErr("%s: %v", o.src("ca"), err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, usageErr("%s: %s holds no PEM certificate", o.src("ca"), o.ca)
+		}
+	}
+	if (o.cert == "") != (o.key == "") {
+		return nil, usageErr("%s and %s go together", o.src("cert"), o.src("key"))
+	}
+	if o.cert != "" {
+		pair, err := tls.LoadX509KeyPair(o.cert, o.key)
+		if err != nil {
+			return nil, usageErr("%s/%s: %v", o.src("cert"), o.src("key"), err)
+		}
+		c.Certificates = []tls.Certificate{pair}
+	}
+	return c, nil
+}
+
+func (o *opts) logger(stderr io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, usageErr("%s: %q is not debug, info, warn or error", o.src("log-level"), o.logLevel)
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+// baseConfig builds what run and fleet share.
+func (o *opts) baseConfig(stderr io.Writer) (device.Config, error) {
+	var c device.Config
+	var err error
+	if _, err = o.brokerURL(); err != nil {
+		return c, err
+	}
+	if c.KEM, err = o.kemID(); err != nil {
+		return c, err
+	}
+	if _, err := wire.NewTopics(o.prefix); err != nil {
+		return c, usageErr("%s: %v", o.src("prefix"), err)
+	}
+	if o.skew < 0 {
+		return c, usageErr("%s: negative skew", o.src("skew"))
+	}
+	if o.maxJump == 0 {
+		return c, usageErr("%s: must be at least 1", o.src("max-jump"))
+	}
+	if c.IssuerKeys, err = o.issuerKeys(); err != nil {
+		return c, err
+	}
+	if c.TLS, err = o.tlsConfig(); err != nil {
+		return c, err
+	}
+	if c.Logger, err = o.logger(stderr); err != nil {
+		return c, err
+	}
+	if c.Cohort, err = o.cohortSecret(stderr); err != nil {
+		return c, err
+	}
+	c.Broker, c.Prefix, c.Skew, c.MaxJump = o.broker, o.prefix, o.skew, o.maxJump
+	return c, nil
+}
+
+func examplesOf(cmd string) string {
+	switch cmd {
+	case "run":
+		return "examples:\n  ekem-device run -id dev-0001 -broker tcp://localhost:1883 -password-file dev-0001.pw \\\n      -state /var/lib/ekem/dev-0001 -issuer-pub issuer.pub -cohort-file cohort.key\n"
+	case "fleet":
+		return "examples:\n  ekem-device fleet -n 100 -broker tcp://localhost:1883 -passwords ./pw -state ./fleet \\\n      -issuer-pub issuer.pub -cohort-file cohort.key\n"
+	}
+	return "examples:\n  ekem-device next-key -id dev-0001 -state /var/lib/ekem/dev-0001 -cohort-file cohort.key\n"
+}
+
+// deviceDir is the state directory of fleet device id under base.
+func deviceDir(base, id string) string { return filepath.Join(base, id) }
+
+func validID(id string) error { return wire.ValidateDeviceID(id) }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
