@@ -15,6 +15,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
 // ErrTimeout is returned when the broker does not answer in time.
@@ -70,7 +71,7 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 	cl := &Client{opts: o, inbox: newInbox()}
 	po := mqtt.NewClientOptions().AddBroker(o.Broker).SetClientID(o.ClientID).
 		SetUsername(o.Username).SetPassword(o.Password).SetCleanSession(true).
-		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(time.Second).
+		SetAutoReconnect(true).SetConnectRetry(false).
 		SetMaxReconnectInterval(5 * time.Second).SetKeepAlive(30 * time.Second).
 		SetConnectTimeout(o.Timeout).SetWriteTimeout(o.Timeout).SetOrderMatters(true).
 		SetOnConnectHandler(cl.onConnect).
@@ -84,17 +85,43 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 		po.SetBinaryWill(o.WillTopic, o.WillPayload, 1, true)
 	}
 	cl.c = mqtt.NewClient(po)
-	tok := cl.c.Connect()
-	select {
-	case <-tok.Done():
-		if err := tok.Error(); err != nil {
-			return nil, fmt.Errorf("mqttc: connect to %s: %w", o.Broker, err)
-		}
-	case <-ctx.Done():
-		cl.c.Disconnect(0)
-		return nil, fmt.Errorf("mqttc: connect to %s: %w", o.Broker, ctx.Err())
+	if err := cl.connect(ctx); err != nil {
+		return nil, err
 	}
 	return cl, nil
+}
+
+// ErrRefused is returned by Dial when the broker refuses the credentials:
+// retrying cannot help, so Dial does not.
+var ErrRefused = errors.New("mqttc: broker refused the connection")
+
+// connect makes the first connection, retrying (every second, until ctx
+// ends) while the broker is unreachable, but not when it refuses us.
+// Once connected, paho reconnects by itself.
+func (c *Client) connect(ctx context.Context) error {
+	for {
+		tok := c.c.Connect()
+		select {
+		case <-tok.Done():
+		case <-ctx.Done():
+			c.c.Disconnect(0)
+			return fmt.Errorf("mqttc: connect to %s: %w", c.opts.Broker, ctx.Err())
+		}
+		err := tok.Error()
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, packets.ErrorRefusedNotAuthorised), errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword),
+			errors.Is(err, packets.ErrorRefusedIDRejected):
+			return fmt.Errorf("%w: %s: %w (hint: check the username, password or client certificate)", ErrRefused, c.opts.Broker, err)
+		}
+		c.opts.Logger.Warn("mqtt connect failed, retrying", "broker", c.opts.Broker, "err", err)
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return fmt.Errorf("mqttc: connect to %s: %w (last error: %v)", c.opts.Broker, ctx.Err(), err)
+		}
+	}
 }
 
 // Inbox is where every subscribed message arrives.
@@ -105,7 +132,37 @@ func (c *Client) Subscribe(filter string) error {
 	c.mu.Lock()
 	c.filters = append(c.filters, filter)
 	c.mu.Unlock()
-	return c.wait(c.c.Subscribe(filter, 1, c.handle))
+	return c.subscribe(filter)
+}
+
+// ErrSubscribeRefused is returned when the broker's SUBACK refuses a
+// subscription (return code 0x80 or above), which paho reports as success.
+var ErrSubscribeRefused = errors.New("mqttc: broker refused the subscription")
+
+// subscribe subscribes at QoS 1 and checks the SUBACK's return code,
+// retrying a refusal a few times (some brokers refuse a SUBSCRIBE whose
+// packet id collides with a delivery in flight).
+func (c *Client) subscribe(filter string) error {
+	var err error
+	for try := range 3 {
+		if try > 0 {
+			time.Sleep(time.Duration(try) * 100 * time.Millisecond)
+		}
+		tok := c.c.Subscribe(filter, 1, c.handle)
+		if err = c.wait(tok); err != nil {
+			continue
+		}
+		st, ok := tok.(*mqtt.SubscribeToken)
+		if !ok {
+			return nil
+		}
+		if code, found := st.Result()[filter]; found && code >= 0x80 {
+			err = fmt.Errorf("%w: %s (code 0x%02x)", ErrSubscribeRefused, filter, code)
+			continue
+		}
+		return nil
+	}
+	return err
 }
 
 // onConnect runs in paho's handler: it must not block, so it only
@@ -116,7 +173,7 @@ func (c *Client) onConnect(mqtt.Client) {
 	c.mu.Unlock()
 	go func() {
 		for _, f := range filters {
-			if err := c.wait(c.c.Subscribe(f, 1, c.handle)); err != nil {
+			if err := c.subscribe(f); err != nil {
 				c.opts.Logger.Error("mqtt resubscribe failed", "filter", f, "err", err)
 			}
 		}
