@@ -767,7 +767,8 @@ func (a *Agent) StatusBytes() []byte {
 func (a *Agent) Registration() []byte { return bytes.Clone(a.reg) }
 
 // Counters returns a snapshot of the agent's counters: "accepted",
-// "duplicate", "rejected:<reason>" (one per rejection Status published),
+// "duplicate", "rejected:<reason>" (one per rejected ticket or root, also
+// when the Status it would publish repeats the last one and is not sent),
 // "stale", "failed" (local failures) and "publish_failed".
 func (a *Agent) Counters() map[string]uint64 {
 	a.mu.Lock()
