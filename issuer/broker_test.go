@@ -322,18 +322,18 @@ func TestMetricsAndHealth(t *testing.T) {
 	e.iss.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body := rec.Body.String()
 	for _, want := range []string{
-		`ekem_issuer_events_total{event="registrations_pinned",reason=""} 1`,
-		`ekem_issuer_events_total{event="tickets_issued",reason=""} 1`,
-		"ekem_issuer_epoch 1",
-		"ekem_issuer_connected 0",
+		`ekem_registrations_total{result="pinned"} 1`,
+		"ekem_tickets_issued_total 1",
+		"ekem_current_epoch 1",
+		"ekem_broker_connected 0",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q:\n%s", want, body)
 		}
 	}
 	rec = httptest.NewRecorder()
-	e.iss.HealthHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+	e.iss.ReadyHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
 	if rec.Code != 503 {
-		t.Fatalf("health while not connected: %d", rec.Code)
+		t.Fatalf("ready while not connected: %d", rec.Code)
 	}
 }

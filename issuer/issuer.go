@@ -75,6 +75,7 @@ type Issuer struct {
 	active  atomic.Int64
 
 	issueNanos atomic.Int64
+	prom       promState // Prometheus registry (metrics.go)
 
 	ctx       context.Context
 	cancel    context.CancelFunc

@@ -1,49 +1,394 @@
 package issuer
 
 import (
-	"fmt"
 	"net/http"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/entropykem/entropykem/pkg/wire"
 )
 
-// setEpochDuration records how long the last epoch took to build and
-// persist.
-func (i *Issuer) setEpochDuration(d time.Duration) { i.issueNanos.Store(int64(d)) }
+// Fleet standings exported as ekem_devices{standing=...}. Every device in
+// the store is in exactly one, judged from the issuer's record at scrape
+// time (t = Config.Now()):
+//
+//   - revoked: an operator revoked it (Issuer.Revoke); it gets no tickets.
+//   - quarantined: two different Status messages with one seq were seen
+//     (schema/PROTOCOL.md §10, a clone); it gets no tickets until an
+//     operator acts (Reset, Release).
+//   - unissued: active with a pinned key, but no ticket yet (it registered
+//     after the last epoch).
+//   - stale: active, and its latest ticket has expired (t ≥ issued_at +
+//     ttl_s of that ticket), confirmed or not: the device holds no fresh
+//     key (it refuses to hand out keys, device.ErrStale). Either the
+//     issuer stopped issuing or the device missed everything since.
+//   - current: active, it confirmed its latest ticket in a verified Status
+//     (ConfirmedEpoch = LastEpoch) and that ticket has not expired. Active
+//     devices get a ticket every epoch, so this is "confirmed the latest
+//     epoch".
+//   - lagging: active, its latest ticket has not expired, but it has not
+//     confirmed it: it confirmed an earlier epoch or none (offline, slow,
+//     or rejecting tickets). Right after an epoch is issued every device is
+//     lagging until its Status arrives.
+const (
+	StandingCurrent     = "current"
+	StandingLagging     = "lagging"
+	StandingStale       = "stale"
+	StandingUnissued    = "unissued"
+	StandingQuarantined = "quarantined"
+	StandingRevoked     = "revoked"
+)
 
-// MetricsHandler serves the counters, the last epoch and the last epoch's
-// issue duration in the Prometheus text exposition format. A counter
-// "name:reason" is exported as ekem_issuer_events_total{event="name",
-// reason="reason"}.
+// Standings lists every standing, in the order they are exported.
+var Standings = []string{StandingCurrent, StandingLagging, StandingStale, StandingUnissued, StandingQuarantined, StandingRevoked}
+
+// EpochIssueBuckets are the ekem_epoch_issue_duration_seconds histogram
+// buckets: an epoch of one device takes milliseconds, one of 100,000
+// devices tens of seconds (one ML-KEM encapsulation each).
+var EpochIssueBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250}
+
+// Version is reported in ekem_build_info; it defaults to the main module's
+// version from the build information ("(devel)" for a plain go build).
+var Version = ""
+
+// promState is the issuer's Prometheus registry, built on first use (the
+// zero value is ready).
+type promState struct {
+	once  sync.Once
+	reg   *prometheus.Registry
+	issue prometheus.Histogram
+}
+
+// registry returns the issuer's registry, building it once.
+func (i *Issuer) registry() *prometheus.Registry {
+	p := &i.prom
+	p.once.Do(func() {
+		p.issue = prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ekem_epoch_issue_duration_seconds",
+			Help:    "Time to plan, encapsulate, sign and persist one epoch (before publishing).",
+			Buckets: EpochIssueBuckets,
+		})
+		p.reg = prometheus.NewRegistry()
+		p.reg.MustRegister(p.issue, &issuerCollector{i: i}, buildInfo("issuer"))
+	})
+	return p.reg
+}
+
+// setEpochDuration records how long an epoch took to build and persist.
+func (i *Issuer) setEpochDuration(d time.Duration) {
+	i.issueNanos.Store(int64(d))
+	i.registry()
+	i.prom.issue.Observe(d.Seconds())
+}
+
+// Registry returns the Prometheus registry behind MetricsHandler, so an
+// embedding program can serve it with its own metrics or gather it.
+func (i *Issuer) Registry() *prometheus.Registry { return i.registry() }
+
+// MetricsHandler serves the issuer's metrics in the Prometheus exposition
+// formats. Every name starts with ekem_, counters end in _total, durations
+// are in seconds, and no label ever holds a device id (labels are bounded:
+// results, reasons, states). See issuerCollector for the list.
 func (i *Issuer) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(i.registry(), promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// HealthHandler is the liveness probe (/healthz): 200 "ok" while the issuer
+// is not closed, else 503. A broker outage does not make it fail (the
+// issuer reconnects by itself; restarting it would not help): that is
+// ReadyHandler's job.
+func (i *Issuer) HealthHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		var b strings.Builder
-		b.WriteString("# HELP ekem_issuer_events_total Issuer events by name and reason.\n# TYPE ekem_issuer_events_total counter\n")
-		c := i.Counters()
-		for _, name := range i.counterNames(c) {
-			event, reason, _ := strings.Cut(name, ":")
-			fmt.Fprintf(&b, "ekem_issuer_events_total{event=%q,reason=%q} %d\n", event, reason, c[name])
+		if i.ctx.Err() != nil {
+			http.Error(w, "closed", http.StatusServiceUnavailable)
+			return
 		}
-		fmt.Fprintf(&b, "# HELP ekem_issuer_epoch Last issued epoch.\n# TYPE ekem_issuer_epoch gauge\nekem_issuer_epoch %d\n", i.LastEpoch())
-		fmt.Fprintf(&b, "# HELP ekem_issuer_epoch_issue_seconds Time to build, sign and persist the last epoch.\n# TYPE ekem_issuer_epoch_issue_seconds gauge\nekem_issuer_epoch_issue_seconds %g\n",
-			time.Duration(i.issueNanos.Load()).Seconds())
-		connected := 0
-		if c := i.client.Load(); c != nil && c.Connected() {
-			connected = 1
-		}
-		fmt.Fprintf(&b, "# HELP ekem_issuer_connected Whether the broker connection is up.\n# TYPE ekem_issuer_connected gauge\nekem_issuer_connected %d\n", connected)
-		_, _ = w.Write([]byte(b.String()))
+		_, _ = w.Write([]byte("ok\n"))
 	})
 }
 
-// HealthHandler answers 200 while connected to the broker, else 503.
-func (i *Issuer) HealthHandler() http.Handler {
+// ReadyHandler is the readiness probe (/readyz): 200 "ready" when the
+// issuer is started and connected to the broker, its store answers a read
+// and its signing key is loaded; else 503 with one line per failed check
+// ("broker: not connected", "store: ...", "key: not loaded").
+func (i *Issuer) ReadyHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		if c := i.client.Load(); c != nil && c.Connected() && i.ctx.Err() == nil {
-			_, _ = w.Write([]byte("ok\n"))
+		if problems := i.readiness(); len(problems) > 0 {
+			http.Error(w, strings.Join(problems, "\n"), http.StatusServiceUnavailable)
 			return
 		}
-		http.Error(w, "not connected", http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("ready\n"))
 	})
+}
+
+// AdminHandler serves /metrics, /healthz and /readyz.
+func (i *Issuer) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", i.MetricsHandler())
+	mux.Handle("/healthz", i.HealthHandler())
+	mux.Handle("/readyz", i.ReadyHandler())
+	return mux
+}
+
+// readiness returns the failed readiness checks.
+func (i *Issuer) readiness() []string {
+	var out []string
+	if i.ctx.Err() != nil {
+		out = append(out, "issuer: closed")
+	}
+	if !i.brokerConnected() {
+		out = append(out, "broker: not connected")
+	}
+	if err := i.store.db.View(func(tx *bolt.Tx) error { _, err := lastEpoch(tx); return err }); err != nil {
+		out = append(out, "store: not readable")
+	}
+	if i.cfg.Key == nil {
+		out = append(out, "key: not loaded")
+	}
+	return out
+}
+
+func (i *Issuer) brokerConnected() bool {
+	c := i.client.Load()
+	return c != nil && c.Connected() && i.ctx.Err() == nil
+}
+
+// buildInfo is ekem_build_info{role, version, goversion, revision} 1.
+func buildInfo(role string) prometheus.Collector {
+	version, rev, gov := Version, "", ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		gov = bi.GoVersion
+		if version == "" {
+			version = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				rev = s.Value
+			}
+		}
+	}
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ekem_build_info", Help: "Build information; the value is always 1.",
+		ConstLabels: prometheus.Labels{"role": role, "version": version, "goversion": gov, "revision": rev},
+	})
+	g.Set(1)
+	return g
+}
+
+// Metric descriptions of issuerCollector. Label values are bounded sets:
+// fixed results and states, and the issuer's own reason strings (never
+// anything a message chose, except a device's reason code, which is
+// mapped to its name or "unknown").
+var (
+	descRegistrations = prometheus.NewDesc("ekem_registrations_total",
+		"Registrations handled, by result: pinned (first key), unchanged (same key again), rekeyed (valid re-key proof), rejected.",
+		[]string{"result"}, nil)
+	descRejects = prometheus.NewDesc("ekem_rejects_total",
+		"Messages the issuer refused, by kind (registration, status, message) and reason.",
+		[]string{"kind", "reason"}, nil)
+	descStatuses = prometheus.NewDesc("ekem_statuses_total",
+		"Status messages taken into the record, by the state the device reported (ok, gap: confirm verified; rejected, equivocation, stale: a problem report).",
+		[]string{"state"}, nil)
+	descDeviceReports = prometheus.NewDesc("ekem_device_reports_total",
+		"Problem reports (rejected, equivocation, stale Status) by state and the device's reason code name.",
+		[]string{"state", "reason"}, nil)
+	descDuplicates = prometheus.NewDesc("ekem_statuses_duplicate_total",
+		"Retained re-deliveries of a Status already recorded.", nil, nil)
+	descConfirmFailures = prometheus.NewDesc("ekem_confirm_failures_total",
+		"Status messages for the latest ticket whose confirm tag (check=confirm) or next-key tag (check=next_tag) failed verification.",
+		[]string{"check"}, nil)
+	descTickets = prometheus.NewDesc("ekem_tickets_issued_total", "Tickets issued (persisted), over all epochs.", nil, nil)
+	descEpochs  = prometheus.NewDesc("ekem_epochs_issued_total", "Epochs issued (persisted) by this process.", nil, nil)
+	descEpoch   = prometheus.NewDesc("ekem_current_epoch", "The last issued epoch (0: none yet).", nil, nil)
+	descLastDur = prometheus.NewDesc("ekem_epoch_last_issue_duration_seconds",
+		"Time to build, sign and persist the last epoch this process issued.", nil, nil)
+	descClone = prometheus.NewDesc("ekem_clone_alarms_total",
+		"ALARM: two different Status messages with one seq for one device (two devices share an id); the device was quarantined.", nil, nil)
+	descEquivocation = prometheus.NewDesc("ekem_equivocation_alarms_total",
+		"ALARM: a device reported equivocation (two different tickets for one epoch).", nil, nil)
+	descDevices = prometheus.NewDesc("ekem_devices",
+		"Devices by standing: current, lagging, stale, unissued, quarantined, revoked (defined in issuer/metrics.go).",
+		[]string{"standing"}, nil)
+	descConnected = prometheus.NewDesc("ekem_broker_connected", "1 while the broker connection is up.", nil, nil)
+	descPlain     = map[string]*prometheus.Desc{
+		"publish_failures": prometheus.NewDesc("ekem_publish_failures_total", "Publishes that failed after every retry (republished after reconnection).", nil, nil),
+		"publish_retries":  prometheus.NewDesc("ekem_publish_retries_total", "Publish retries.", nil, nil),
+		"republished":      prometheus.NewDesc("ekem_republished_messages_total", "Messages republished from the store after a (re)connection.", nil, nil),
+		"store_failures":   prometheus.NewDesc("ekem_store_failures_total", "Store transactions that failed.", nil, nil),
+		"store_bad_key":    prometheus.NewDesc("ekem_store_bad_keys_total", "Stored device keys found invalid while planning an epoch.", nil, nil),
+		"issue_failures":   prometheus.NewDesc("ekem_issue_failures_total", "Epochs that could not be issued.", nil, nil),
+	}
+)
+
+// registrationResults maps counter names to ekem_registrations_total results.
+var registrationResults = map[string]string{
+	"registrations_pinned": "pinned", "registrations_same": "unchanged", "registrations_rekeyed": "rekeyed",
+}
+
+// reportStates are the Status states of a problem report.
+var reportStates = []wire.State{wire.StateRejected, wire.StateEquivocation, wire.StateStale}
+
+// issuerCollector computes the issuer's metrics at scrape time from
+// Counters() and the store.
+type issuerCollector struct{ i *Issuer }
+
+func (c *issuerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRegistrations, descRejects, descStatuses, descDeviceReports, descDuplicates,
+		descConfirmFailures, descTickets, descEpochs, descEpoch, descLastDur, descClone, descEquivocation, descDevices, descConnected} {
+		ch <- d
+	}
+	for _, d := range descPlain {
+		ch <- d
+	}
+}
+
+func (c *issuerCollector) Collect(ch chan<- prometheus.Metric) {
+	i := c.i
+	counts := i.Counters()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	regs := map[string]uint64{"pinned": 0, "unchanged": 0, "rekeyed": 0, "rejected": 0}
+	states := map[string]uint64{}
+	for _, s := range []wire.State{wire.StateOK, wire.StateGap, wire.StateRejected, wire.StateEquivocation, wire.StateStale} {
+		states[s.String()] = 0
+	}
+	checks := map[string]uint64{"confirm": 0, "next_tag": 0}
+	gap := counts["device_reported:gap"]
+	states[wire.StateGap.String()] = gap
+	states[wire.StateOK.String()] = counts["statuses_verified"] - min(gap, counts["statuses_verified"])
+	for name, v := range counts {
+		if r, ok := registrationResults[name]; ok {
+			regs[r] += v
+			continue
+		}
+		kind, reason, _ := strings.Cut(name, ":")
+		switch kind {
+		case "registrations_rejected":
+			regs["rejected"] += v
+			counter(descRejects, v, "registration", reason)
+		case "status_rejected":
+			counter(descRejects, v, "status", reason)
+			switch reason {
+			case "bad_confirm":
+				checks["confirm"] += v
+			case "bad_next_tag":
+				checks["next_tag"] += v
+			}
+		case "messages_rejected":
+			counter(descRejects, v, "message", reason)
+		case "device_reported":
+			state, why, ok := strings.Cut(reason, ":")
+			if ok && isReportState(state) {
+				states[state] += v
+				counter(descDeviceReports, v, state, why)
+			}
+		}
+		if d, ok := descPlain[name]; ok {
+			counter(d, v)
+		}
+	}
+	for r, v := range regs {
+		counter(descRegistrations, v, r)
+	}
+	for s, v := range states {
+		counter(descStatuses, v, s)
+	}
+	for k, v := range checks {
+		counter(descConfirmFailures, v, k)
+	}
+	for name, d := range descPlain {
+		if _, seen := counts[name]; !seen {
+			counter(d, 0)
+		}
+	}
+	counter(descDuplicates, counts["statuses_duplicate"])
+	counter(descTickets, counts["tickets_issued"])
+	counter(descEpochs, counts["epochs"])
+	counter(descClone, counts["clone_detected"])
+	counter(descEquivocation, counts["equivocation_reported"])
+	gauge(descEpoch, float64(i.LastEpoch()))
+	gauge(descLastDur, time.Duration(i.issueNanos.Load()).Seconds())
+	connected := 0.0
+	if i.brokerConnected() {
+		connected = 1
+	}
+	gauge(descConnected, connected)
+	standings, err := i.standings(i.cfg.Now())
+	if err != nil {
+		i.log.Error("store read failed", "reason", "store_failure", "err", err)
+		ch <- prometheus.NewInvalidMetric(descDevices, err)
+		return
+	}
+	for _, s := range Standings {
+		gauge(descDevices, float64(standings[s]), s)
+	}
+}
+
+func isReportState(s string) bool {
+	for _, r := range reportStates {
+		if r.String() == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Standings counts the devices in the store by standing at time now (see
+// StandingCurrent and the others). It reads every record once: O(devices).
+func (i *Issuer) Standings(now time.Time) (map[string]int, error) { return i.standings(now) }
+
+func (i *Issuer) standings(now time.Time) (map[string]int, error) {
+	out := make(map[string]int, len(Standings))
+	for _, s := range Standings {
+		out[s] = 0
+	}
+	t := unixSeconds(now)
+	// Every ticket of one epoch has the epoch's issued_at and ttl_s
+	// (IssueEpoch), so one ticket per epoch is decoded.
+	expiry := map[uint64]uint64{}
+	err := i.store.db.View(func(tx *bolt.Tx) error {
+		return forEachRecord(tx, func(r *record) error {
+			out[standingOf(r, t, expiry)]++
+			return nil
+		})
+	})
+	return out, err
+}
+
+// standingOf classifies one record at Unix time t; expiry caches each
+// epoch's ticket expiry (0: its ticket did not decode, treated as expired).
+func standingOf(r *record, t uint64, expiry map[uint64]uint64) string {
+	switch {
+	case r.State == stateRevoked:
+		return StandingRevoked
+	case r.State == stateQuarantined:
+		return StandingQuarantined
+	case r.Epoch == 0 || r.Ticket == nil:
+		return StandingUnissued
+	}
+	exp, ok := expiry[r.Epoch]
+	if !ok {
+		if _, body, err := wire.ParseTicket(r.Ticket); err == nil {
+			exp = body.IssuedAt + body.TTL
+		}
+		expiry[r.Epoch] = exp
+	}
+	switch {
+	case t >= exp:
+		return StandingStale
+	case r.ConfirmedEpoch == r.Epoch:
+		return StandingCurrent
+	default:
+		return StandingLagging
+	}
 }

@@ -1,0 +1,179 @@
+package issuer
+
+import (
+	"bufio"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/entropykem/entropykem/pkg/accept"
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+// scrape GETs h and returns every sample as "name{labels}" → value, and
+// the whole body.
+func scrape(t testing.TB, h http.Handler) (map[string]float64, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != 200 {
+		t.Fatalf("/metrics: %d %s", rec.Code, rec.Body)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(strings.NewReader(rec.Body.String()))
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("bad sample %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
+	return out, rec.Body.String()
+}
+
+func wantSamples(t testing.TB, got map[string]float64, want map[string]float64) {
+	t.Helper()
+	for k, v := range want {
+		g, ok := got[k]
+		if !ok {
+			t.Errorf("no sample %s", k)
+			continue
+		}
+		if g != v {
+			t.Errorf("%s = %v, want %v", k, g, v)
+		}
+	}
+}
+
+func standingSamples(cur, lag, stale, unissued, quar, rev float64) map[string]float64 {
+	return map[string]float64{
+		`ekem_devices{standing="current"}`: cur, `ekem_devices{standing="lagging"}`: lag,
+		`ekem_devices{standing="stale"}`: stale, `ekem_devices{standing="unissued"}`: unissued,
+		`ekem_devices{standing="quarantined"}`: quar, `ekem_devices{standing="revoked"}`: rev,
+	}
+}
+
+// TestMetricsFleetStandings drives devices into every standing and checks
+// ekem_devices, the alarms, the reject and status counters, the histogram,
+// and that no device id appears anywhere in the exposition.
+func TestMetricsFleetStandings(t *testing.T) {
+	e := newEnv(t)
+	cur, lag, clone, rev, eq := newDevice(t, "dev-cur"), newDevice(t, "dev-lag"), newDevice(t, "dev-clone"), newDevice(t, "dev-rev"), newDevice(t, "dev-eq")
+	for _, d := range []*device{cur, lag, clone, rev, eq} {
+		e.register(d)
+	}
+	// A malformed registration is a reject with its reason.
+	e.iss.handle(e.iss.topics.Registration("dev-x"), []byte{0xa0})
+	if err := e.iss.Revoke("dev-rev"); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := scrape(t, e.iss.MetricsHandler())
+	wantSamples(t, got, standingSamples(0, 0, 0, 4, 0, 1))
+	wantSamples(t, got, map[string]float64{"ekem_current_epoch": 0, "ekem_epoch_issue_duration_seconds_count": 0})
+
+	e.issue()
+	for _, d := range []*device{cur, clone, eq} {
+		e.iss.handle(e.iss.topics.Status(d.id), d.status(e.deliver(d)))
+	}
+	// dev-clone: a second, different Status with the same seq.
+	clone.seq--
+	e.iss.handle(e.iss.topics.Status(clone.id), clone.statusProblem(wire.StateStale, accept.ReasonStale, 1, e.record(clone.id).TicketHash))
+	// dev-eq: reports equivocation (an alarm) with the next seq.
+	e.iss.handle(e.iss.topics.Status(eq.id), eq.statusProblem(wire.StateEquivocation, accept.ReasonEquivocation, 1, e.record(eq.id).TicketHash))
+	// dev-lag: a Status with a bad confirm tag is refused.
+	r := e.deliver(lag)
+	e.iss.handle(e.iss.topics.Status(lag.id), lag.status(r, func(s *wire.Status) { s.Confirm[0] ^= 1 }))
+	// A device registered after the epoch has no ticket yet.
+	e.register(newDevice(t, "dev-new"))
+
+	got, body := scrape(t, e.iss.MetricsHandler())
+	// dev-eq reported a problem after confirming, so its record still
+	// says it confirmed epoch 1: current.
+	wantSamples(t, got, standingSamples(2, 1, 0, 1, 1, 1))
+	wantSamples(t, got, map[string]float64{
+		"ekem_current_epoch":                                                    1,
+		"ekem_epochs_issued_total":                                              1,
+		"ekem_tickets_issued_total":                                             4,
+		"ekem_epoch_issue_duration_seconds_count":                               1,
+		"ekem_clone_alarms_total":                                               1,
+		"ekem_equivocation_alarms_total":                                        1,
+		`ekem_registrations_total{result="pinned"}`:                             6,
+		`ekem_registrations_total{result="rejected"}`:                           1,
+		`ekem_rejects_total{kind="registration",reason="malformed"}`:            1,
+		`ekem_rejects_total{kind="status",reason="bad_confirm"}`:                1,
+		`ekem_confirm_failures_total{check="confirm"}`:                          1,
+		`ekem_confirm_failures_total{check="next_tag"}`:                         0,
+		`ekem_statuses_total{state="ok"}`:                                       3,
+		`ekem_statuses_total{state="equivocation"}`:                             1,
+		`ekem_statuses_total{state="stale"}`:                                    0,
+		`ekem_device_reports_total{reason="equivocation",state="equivocation"}`: 1,
+		"ekem_broker_connected":                                                 0,
+	})
+	if !strings.Contains(body, `ekem_build_info{goversion="go`) {
+		t.Errorf("no ekem_build_info:\n%s", body)
+	}
+	if strings.Contains(body, "dev-") {
+		t.Errorf("a device id appears in the metrics:\n%s", body)
+	}
+
+	// Past the tickets' ttl (default 2 periods), every issued device that
+	// is still active is stale, confirmed or not.
+	e.clock.Set(e.clock.Now().Add(2*time.Hour + time.Second))
+	got, _ = scrape(t, e.iss.MetricsHandler())
+	wantSamples(t, got, standingSamples(0, 0, 3, 1, 1, 1))
+	// One second earlier they were not.
+	e.clock.Set(e.clock.Now().Add(-2 * time.Second))
+	got, _ = scrape(t, e.iss.MetricsHandler())
+	wantSamples(t, got, standingSamples(2, 1, 0, 1, 1, 1))
+}
+
+// statusProblem returns the next Status (seq advanced) reporting state
+// with reason for epoch, whose accepted ticket hashed to ticketHash.
+func (d *device) statusProblem(state wire.State, reason accept.Reason, epoch uint64, ticketHash []byte) []byte {
+	d.t.Helper()
+	d.seq++
+	st := &wire.Status{Version: 1, DeviceID: d.id, Epoch: epoch, State: state, Reason: uint64(reason), Time: 1767225620, Seq: d.seq, TicketHash: ticketHash}
+	b, err := st.Marshal()
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return b
+}
+
+func TestHealthAndReadiness(t *testing.T) {
+	e := newEnv(t)
+	h := e.iss.AdminHandler()
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Fatalf("/healthz of a live issuer: %d", code)
+	}
+	code, body := get("/readyz")
+	if code != 503 || !strings.Contains(body, "broker: not connected") || strings.Contains(body, "store") || strings.Contains(body, "key") {
+		t.Fatalf("/readyz before Start: %d %q", code, body)
+	}
+	if code, _ := get("/metrics"); code != 200 {
+		t.Fatalf("/metrics: %d", code)
+	}
+	if err := e.iss.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := get("/healthz"); code != 503 {
+		t.Fatalf("/healthz of a closed issuer: %d", code)
+	}
+	code, body = get("/readyz")
+	if code != 503 || !strings.Contains(body, "issuer: closed") || !strings.Contains(body, "store: not readable") {
+		t.Fatalf("/readyz after Close: %d %q", code, body)
+	}
+}
