@@ -19,13 +19,19 @@ commands:
             state directory and MQTT connection
   next-key  advance a device's ratchet and print the key's name (epoch, ctr)
             and fingerprint, never the key; works without the network
+  provision-cohort
+            load the cohort secret into the device's TPM once and keep only
+            the TPM's blob of it in the state directory (cohort.blob)
 
 Run 'ekem-device <command> -h' for a command's flags. Every flag of the form
 -name also reads the environment variable shown in its help when the flag is
 not given. A bad flag or environment value exits with status 2.
 
-The cohort secret file (-cohort-file) is the development provider: 32 raw
-bytes or 64 hex characters. Production devices keep the secret in a TPM.
+Production devices keep the cohort secret in a TPM: provision-cohort loads it
+once, then run, fleet and next-key use it with -tpm (EKEM_TPM), reading the
+blob from the state directory. The cohort secret file (-cohort-file) is the
+development provider: 32 raw bytes or 64 hex characters. -tpm and
+-cohort-file are exclusive.
 
 examples:
   ekem-device run -id dev-0001 -broker tcp://localhost:1883 \
@@ -37,6 +43,10 @@ examples:
   ekem-device fleet -n 100 -broker tcp://localhost:1883 -passwords ./pw \
       -state ./fleet -issuer-pub issuer.pub -cohort-file cohort.key
   ekem-device next-key -id dev-0001 -state /var/lib/ekem/dev-0001 -cohort-file cohort.key
+  ekem-device provision-cohort -state /var/lib/ekem/dev-0001 -tpm /dev/tpmrm0 \
+      -secret-file cohort.key
+  ekem-device run -id dev-0001 -broker ssl://broker:8883 -ca ca.pem -cert dev.pem \
+      -key dev.key -state /var/lib/ekem/dev-0001 -issuer-pub issuer.pub -tpm /dev/tpmrm0
 `
 
 // errUsage marks errors that exit with status 2.
@@ -68,6 +78,8 @@ func execute(ctx context.Context, args []string, getenv func(string) string, std
 		err = cmdFleet(ctx, args[1:], getenv, stdout, stderr)
 	case "next-key":
 		err = cmdNextKey(args[1:], getenv, stdout, stderr)
+	case "provision-cohort":
+		err = cmdProvisionCohort(args[1:], getenv, stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -11,7 +11,7 @@ import (
 	"github.com/entropykem/entropykem/pkg/accept"
 )
 
-var commonFlags = []string{"broker", "password", "password-file", "issuer-pub", "cohort-file", "kem",
+var commonFlags = []string{"broker", "password", "password-file", "issuer-pub", "cohort-file", "tpm", "kem",
 	"prefix", "log-level", "ca", "cert", "key", "skew", "max-jump"}
 
 // printer writes one line per agent event; safe for concurrent agents.
@@ -48,6 +48,7 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err := o.parse(args, getenv); err != nil {
 		return err
 	}
+	defer o.closeAll()
 	id, err := o.deviceID()
 	if err != nil {
 		return err
@@ -86,6 +87,7 @@ func cmdFleet(ctx context.Context, args []string, getenv func(string) string, st
 	if err := o.parse(args, getenv); err != nil {
 		return err
 	}
+	defer o.closeAll()
 	if o.n < 1 || o.n > maxFleet {
 		return usageErr("-n: %d is not between 1 and %d", o.n, maxFleet)
 	}
@@ -184,10 +186,11 @@ func fleetPasswords(o *opts, ids []string) ([]string, error) {
 // cmdNextKey advances the ratchet of a device from its state directory.
 func cmdNextKey(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	o := newOpts("next-key", "Advance the ratchet of the device in -state and print the key's name and\nfingerprint (never the key). No network is used; the agent must not be running.",
-		stderr, "id", "state", "cohort-file", "allow-stale", "skew")
+		stderr, "id", "state", "cohort-file", "tpm", "allow-stale", "skew")
 	if err := o.parse(args, getenv); err != nil {
 		return err
 	}
+	defer o.closeAll()
 	id, err := o.deviceID()
 	if err != nil {
 		return err
@@ -196,7 +199,7 @@ func cmdNextKey(args []string, getenv func(string) string, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	coh, err := o.cohortSecret(stderr)
+	coh, err := o.cohortProvider(stderr)
 	if err != nil {
 		return err
 	}

@@ -36,6 +36,8 @@ type opts struct {
 	id, broker, password, passwordFile, stateDir     string
 	issuerPub, cohortFile, kemName, prefix, logLevel string
 	ca, cert, key                                    string
+	tpm                                              string      // TPM holding the cohort key (tpm.go)
+	closers                                          []io.Closer // closed by closeAll when the command ends
 	skew                                             time.Duration
 	maxJump                                          uint64
 	allowStale                                       bool
@@ -74,6 +76,9 @@ func newOpts(cmd, synopsis string, stderr io.Writer, which ...string) *opts {
 		},
 		"cohort-file": func() {
 			o.str(&o.cohortFile, "cohort-file", "EKEM_COHORT_FILE", "", "cohort secret file, 32 raw bytes or 64 hex chars (development only)")
+		},
+		"tpm": func() {
+			o.str(&o.tpm, "tpm", "EKEM_TPM", "", "TPM holding the cohort key: /dev/tpmrm0 or a swtpm socket (blob: -state dir/"+blobFileName+", see provision-cohort)")
 		},
 		"kem":    func() { o.str(&o.kemName, "kem", "EKEM_KEM", kem.Default.String(), "KEM of a new device: "+kemNames()) },
 		"prefix": func() { o.str(&o.prefix, "prefix", "EKEM_PREFIX", wire.DefaultPrefix, "topic prefix") },
@@ -375,7 +380,7 @@ func (o *opts) baseConfig(stderr io.Writer) (device.Config, error) {
 	if c.Logger, err = o.logger(stderr); err != nil {
 		return c, err
 	}
-	if c.Cohort, err = o.cohortSecret(stderr); err != nil {
+	if c.Cohort, err = o.cohortProvider(stderr); err != nil {
 		return c, err
 	}
 	c.Broker, c.Prefix, c.Skew, c.MaxJump = o.broker, o.prefix, o.skew, o.maxJump
@@ -388,6 +393,8 @@ func examplesOf(cmd string) string {
 		return "examples:\n  ekem-device run -id dev-0001 -broker tcp://localhost:1883 -password-file dev-0001.pw \\\n      -state /var/lib/ekem/dev-0001 -issuer-pub issuer.pub -cohort-file cohort.key\n"
 	case "fleet":
 		return "examples:\n  ekem-device fleet -n 100 -broker tcp://localhost:1883 -passwords ./pw -state ./fleet \\\n      -issuer-pub issuer.pub -cohort-file cohort.key\n"
+	case "provision-cohort":
+		return provisionExamples
 	}
 	return "examples:\n  ekem-device next-key -id dev-0001 -state /var/lib/ekem/dev-0001 -cohort-file cohort.key\n"
 }
