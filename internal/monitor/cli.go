@@ -1,0 +1,358 @@
+package monitor
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/entropykem/entropykem/internal/mqttc"
+	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+// Exit codes of Command.
+const (
+	ExitOK    = 0
+	ExitError = 1
+	ExitUsage = 2
+	// ExitAlarm: the one-shot status saw an alarm (a root that failed
+	// verification, a clone, reported equivocation).
+	ExitAlarm = 3
+)
+
+// Usage is the help text of "ekemctl fleet".
+const Usage = `usage: ekemctl fleet status -broker URL -issuer-pub FILE[,FILE] [flags]
+
+Connects with the read-only monitor account, reads every device's retained
+Status, the epoch roots (verifying each signature under the pinned issuer
+keys: a root that fails is an ALARM on stderr), the tickets, the announced
+epoch and the broker's $SYS figures, and prints the fleet: device, epoch,
+lag, last seen, state, reason, then totals.
+
+States: revoked, quarantined, equivocation, stale, rejected, lagging,
+current, pending (most severe first; see internal/monitor).
+
+flags:
+  -broker URL          tcp://host:1883 or ssl://host:8883 (required)
+  -username NAME       broker account (default ekem-monitor; not needed with -cert)
+  -password-file FILE  file holding the broker password
+  -ca FILE             CA certificate(s) for ssl:// brokers
+  -cert FILE, -key FILE  client certificate and key (TLS listener)
+  -issuer-pub FILES    pinned issuer public key(s), comma separated (required)
+  -prefix P            topic prefix (default ekem/v1)
+  -json                print one JSON document instead of the table
+  -watch               redraw the table every -interval until interrupted
+  -interval D          refresh period with -watch (default 2s)
+  -prometheus ADDR     serve /metrics (fleet and broker $SYS figures) and
+                       /healthz on ADDR until interrupted, e.g. :9101
+  -limit N             table rows (most severe first; default 0 = all)
+  -settle D            one-shot: print once no message came for D (default 1s)
+  -timeout D           one-shot: print after D at the latest (default 60s)
+  -tickets             also read ticket/+ to tell quarantined and revoked
+                       devices and ticket expiry (default true)
+
+exit status: 0 ok, 1 error, 2 usage, 3 (one-shot) an alarm was seen.
+
+examples:
+  ekemctl fleet status -broker ssl://broker:8883 -ca ca.crt -cert ekem-monitor.crt \
+      -key ekem-monitor.key -issuer-pub issuer.pub
+  ekemctl fleet status -broker tcp://127.0.0.1:1883 -username ekem-monitor \
+      -password-file monitor.pw -issuer-pub issuer.pub -json
+  ekemctl fleet status ... -prometheus :9101
+`
+
+// Options are the parsed flags of "fleet status".
+type Options struct {
+	Broker, Username, PasswordFile, CA, Cert, Key, IssuerPub, Prefix, Prometheus string
+	JSON, Watch, Tickets                                                         bool
+	Interval, Settle, Timeout                                                    time.Duration
+	Limit                                                                        int
+}
+
+// ParseOptions parses the flags of "fleet status" (args after "status").
+func ParseOptions(args []string, stderr io.Writer) (Options, error) {
+	var o Options
+	fs := flag.NewFlagSet("ekemctl fleet status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, Usage) }
+	fs.StringVar(&o.Broker, "broker", "", "")
+	fs.StringVar(&o.Username, "username", "", "")
+	fs.StringVar(&o.PasswordFile, "password-file", "", "")
+	fs.StringVar(&o.CA, "ca", "", "")
+	fs.StringVar(&o.Cert, "cert", "", "")
+	fs.StringVar(&o.Key, "key", "", "")
+	fs.StringVar(&o.IssuerPub, "issuer-pub", "", "")
+	fs.StringVar(&o.Prefix, "prefix", wire.DefaultPrefix, "")
+	fs.StringVar(&o.Prometheus, "prometheus", "", "")
+	fs.BoolVar(&o.JSON, "json", false, "")
+	fs.BoolVar(&o.Watch, "watch", false, "")
+	fs.BoolVar(&o.Tickets, "tickets", true, "")
+	fs.DurationVar(&o.Interval, "interval", 2*time.Second, "")
+	fs.DurationVar(&o.Settle, "settle", time.Second, "")
+	fs.DurationVar(&o.Timeout, "timeout", time.Minute, "")
+	fs.IntVar(&o.Limit, "limit", 0, "")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	case o.Broker == "":
+		return o, errors.New("-broker is required")
+	case o.IssuerPub == "":
+		return o, errors.New("-issuer-pub is required: the issuer public key(s) every root must verify under")
+	case (o.Cert == "") != (o.Key == ""):
+		return o, errors.New("-cert and -key go together")
+	case o.PasswordFile == "" && o.Cert == "":
+		return o, errors.New("a credential is required: -password-file (with -username) or -cert/-key")
+	case o.JSON && o.Watch:
+		return o, errors.New("-json and -watch exclude each other")
+	case o.Interval < 100*time.Millisecond || o.Settle <= 0 || o.Timeout <= 0 || o.Limit < 0:
+		return o, errors.New("-interval must be at least 100ms; -settle and -timeout positive; -limit not negative")
+	}
+	if _, err := wire.NewTopics(o.Prefix); err != nil {
+		return o, fmt.Errorf("-prefix: %w", err)
+	}
+	if o.Username == "" && o.Cert == "" {
+		o.Username = "ekem-monitor"
+	}
+	return o, nil
+}
+
+// Command runs "ekemctl fleet ARGS" and returns its exit status. ctx ends
+// -watch and -prometheus.
+func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "status" {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help") {
+			fmt.Fprint(stdout, Usage)
+			return ExitOK
+		}
+		fmt.Fprint(stderr, Usage)
+		return ExitUsage
+	}
+	o, err := ParseOptions(args[1:], stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return ExitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ekemctl fleet: %v\nhint: ekemctl fleet -h\n", err)
+		return ExitUsage
+	}
+	code, err := Run(ctx, o, stdout, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "ekemctl fleet: %v\n", err)
+	}
+	return code
+}
+
+// Run connects, feeds a Fleet and prints or serves it as o says.
+func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) {
+	pins, err := loadPins(o.IssuerPub)
+	if err != nil {
+		return ExitUsage, err
+	}
+	tlsConf, err := loadTLS(o)
+	if err != nil {
+		return ExitUsage, err
+	}
+	password := ""
+	if o.PasswordFile != "" {
+		b, err := readSmall(o.PasswordFile)
+		if err != nil {
+			return ExitUsage, fmt.Errorf("-password-file: %w", err)
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+	}
+	topics, _ := wire.NewTopics(o.Prefix)
+	fleet := NewFleet(Config{Topics: topics, Pins: pins, TrackTickets: o.Tickets})
+	id := make([]byte, 4)
+	rand.Read(id)
+	dialCtx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	c, err := mqttc.Dial(dialCtx, mqttc.Options{
+		Broker: o.Broker, ClientID: "ekem-monitor-" + hex.EncodeToString(id), Username: o.Username, Password: password,
+		TLS: tlsConf, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		return ExitError, err
+	}
+	defer c.Close()
+	filters := []string{topics.AllStatuses(), topics.AllRoots(), topics.Epoch(), "$SYS/#"}
+	if o.Tickets {
+		filters = append(filters, topics.Prefix+"/ticket/+")
+	}
+	for _, f := range filters {
+		if err := c.Subscribe(f); err != nil {
+			return ExitError, fmt.Errorf("subscribe %s: %w", f, err)
+		}
+	}
+	alarms := 0
+	feed := func(m mqttc.Message) {
+		if a := fleet.Handle(m.Topic, m.Payload, time.Now()); a != nil {
+			alarms++
+			fmt.Fprintln(stderr, a.String())
+		}
+	}
+	if o.Prometheus == "" && !o.Watch {
+		settle(ctx, c.Inbox(), o.Settle, o.Timeout, feed)
+		s := fleet.Snapshot(time.Now())
+		if o.JSON {
+			err = WriteJSON(stdout, s)
+		} else {
+			err = WriteTable(stdout, s, o.Limit)
+		}
+		if err != nil {
+			return ExitError, err
+		}
+		if alarms > 0 || len(s.RootFailures) > 0 {
+			return ExitAlarm, nil
+		}
+		return ExitOK, nil
+	}
+	return serve(ctx, o, c, fleet, feed, stdout, stderr)
+}
+
+// settle feeds messages until none came for quiet, or total passed, or ctx
+// ended.
+func settle(ctx context.Context, in *mqttc.Inbox, quiet, total time.Duration, feed func(mqttc.Message)) {
+	ctx, cancel := context.WithTimeout(ctx, total)
+	defer cancel()
+	for {
+		qctx, qcancel := context.WithTimeout(ctx, quiet)
+		m, ok := in.Next(qctx)
+		qcancel()
+		if !ok {
+			return
+		}
+		feed(m)
+	}
+}
+
+// serve runs -watch and/or -prometheus until ctx ends.
+func serve(ctx context.Context, o Options, c *mqttc.Client, fleet *Fleet, feed func(mqttc.Message), stdout, stderr io.Writer) (int, error) {
+	if o.Prometheus != "" {
+		reg := NewRegistry(&Collector{Fleet: fleet, Connected: c.Connected})
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		ln, err := net.Listen("tcp", o.Prometheus)
+		if err != nil {
+			return ExitError, fmt.Errorf("-prometheus: %w", err)
+		}
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		fmt.Fprintf(stderr, "ekemctl fleet: serving /metrics on %s\n", ln.Addr())
+	}
+	msgs := make(chan struct{})
+	go func() {
+		defer close(msgs)
+		for {
+			m, ok := c.Inbox().Next(ctx)
+			if !ok {
+				return
+			}
+			feed(m)
+		}
+	}()
+	if !o.Watch {
+		<-ctx.Done()
+		<-msgs
+		return ExitOK, nil
+	}
+	t := time.NewTicker(o.Interval)
+	defer t.Stop()
+	for {
+		fmt.Fprint(stdout, "\x1b[H\x1b[2J") // home, clear screen
+		if err := WriteTable(stdout, fleet.Snapshot(time.Now()), o.Limit); err != nil {
+			return ExitError, err
+		}
+		select {
+		case <-ctx.Done():
+			<-msgs
+			return ExitOK, nil
+		case <-t.C:
+		}
+	}
+}
+
+// loadPins reads the comma-separated issuer public key files.
+func loadPins(list string) (*signature.KeySet, error) {
+	var keys []*signature.PublicKey
+	for _, p := range strings.Split(list, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		b, err := readSmall(p)
+		if err != nil {
+			return nil, fmt.Errorf("-issuer-pub: %w", err)
+		}
+		k, err := signature.ParsePublicKeyPEM(b)
+		if err != nil {
+			return nil, fmt.Errorf("-issuer-pub %s: %w", p, err)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("-issuer-pub: no key")
+	}
+	return signature.NewKeySet(keys...)
+}
+
+func loadTLS(o Options) (*tls.Config, error) {
+	if o.CA == "" && o.Cert == "" {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.CA != "" {
+		b, err := readSmall(o.CA)
+		if err != nil {
+			return nil, fmt.Errorf("-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("-ca %s: no PEM certificates", o.CA)
+		}
+		c.RootCAs = pool
+	}
+	if o.Cert != "" {
+		kp, err := tls.LoadX509KeyPair(o.Cert, o.Key)
+		if err != nil {
+			return nil, fmt.Errorf("-cert/-key: %w", err)
+		}
+		c.Certificates = []tls.Certificate{kp}
+	}
+	return c, nil
+}
+
+// readSmall reads a key, certificate or password file of at most 1 MiB.
+func readSmall(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 1<<20+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > 1<<20 {
+		return nil, fmt.Errorf("%s is larger than 1 MiB", path)
+	}
+	return b, nil
+}

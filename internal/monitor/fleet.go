@@ -1,0 +1,522 @@
+// Package monitor is entropykem's read-only fleet monitor (DESIGN.md
+// §Observability): a Fleet model fed with the messages the ekem-monitor
+// account reads (schema/PROTOCOL.md §3: status/+, root/+, epoch, ticket/+,
+// and the broker's $SYS/#), which shows which device is on which epoch,
+// who is lagging or stale, who failed and why, and raises alarms for roots
+// that fail signature verification (pkg/accept.VerifyRoot), clones (two
+// different Status messages with one seq, §5.6) and reported equivocation.
+//
+// The model is pure (no I/O, the clock is a parameter) and O(n) in memory
+// (a fixed-size record per device, no payload kept); each message costs
+// O(1) plus its decoding. Nothing it receives is trusted beyond what it
+// verifies: EpochRoot signatures are checked against the pinned issuer
+// keys, and only verified roots set the fleet's epoch; EpochInfo is shown
+// as announced, never used to judge devices.
+package monitor
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/entropykem/entropykem/pkg/accept"
+	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+// Device states in the monitor's view, from most to least severe. Each
+// device is in exactly one (see stateOf):
+//
+//   - revoked: the issuer cleared the device's retained ticket (an empty
+//     ticket/{id} publish seen live), or, with tickets tracked, the device
+//     reported an accepted epoch but has no ticket at all.
+//   - quarantined: the monitor saw two different Status messages with one
+//     seq (a clone), or, with tickets tracked, the issuer withheld the
+//     latest epoch from it (its ticket is older than the latest verified
+//     root while the announced epoch says the epoch is fully published).
+//   - equivocation: the device reports two tickets for one epoch.
+//   - stale: the device reports its latest ticket expired, or (tickets
+//     tracked) its latest ticket's issued_at + ttl_s is past.
+//   - rejected: the device reports it rejected a ticket or root (Reason
+//     says why).
+//   - current: its last Status (ok or gap) is for the latest verified epoch.
+//   - lagging: its last Status is for an earlier epoch (Lag says by how
+//     many).
+//   - pending: no Status yet, or no verified root yet to compare with.
+const (
+	StateRevoked      = "revoked"
+	StateQuarantined  = "quarantined"
+	StateEquivocation = "equivocation"
+	StateStale        = "stale"
+	StateRejected     = "rejected"
+	StateCurrent      = "current"
+	StateLagging      = "lagging"
+	StatePending      = "pending"
+)
+
+// States lists every state, most severe first.
+var States = []string{StateRevoked, StateQuarantined, StateEquivocation, StateStale, StateRejected, StateLagging, StateCurrent, StatePending}
+
+// severity orders states for display: lower is more severe.
+var severity = func() map[string]int {
+	m := map[string]int{}
+	for k, s := range States {
+		m[s] = k
+	}
+	return m
+}()
+
+// Bounds on what the model keeps besides the per-device records.
+const (
+	// MaxRootFailures is how many failed roots are kept for display (all
+	// are counted).
+	MaxRootFailures = 32
+	// MaxRoots is how many verified roots are kept.
+	MaxRoots = 64
+)
+
+// AlarmKind names an alarm.
+type AlarmKind string
+
+// Alarms.
+const (
+	AlarmRoot         AlarmKind = "root_verification_failed"
+	AlarmClone        AlarmKind = "clone"
+	AlarmEquivocation AlarmKind = "equivocation"
+)
+
+// Alarm is something an operator must look at now.
+type Alarm struct {
+	Kind   AlarmKind `json:"kind"`
+	Topic  string    `json:"topic"`
+	Device string    `json:"device,omitempty"`
+	Detail string    `json:"detail"`
+	At     time.Time `json:"at"`
+}
+
+func (a Alarm) String() string {
+	s := fmt.Sprintf("ALARM %s on %s", a.Kind, a.Topic)
+	if a.Device != "" {
+		s += " (device " + a.Device + ")"
+	}
+	return s + ": " + a.Detail
+}
+
+// ticket presence as the monitor knows it.
+const (
+	ticketUnseen  = 0
+	ticketPresent = 1
+	ticketCleared = 2
+)
+
+// deviceRec is the fixed-size record kept per device.
+type deviceRec struct {
+	hasStatus bool
+	clone     bool
+	ticket    uint8
+	state     wire.State
+	reason    uint64
+	epoch     uint64
+	seq       uint64
+	time      uint64
+	hash      [sha256.Size]byte
+
+	ticketEpoch  uint64
+	ticketExpiry uint64
+}
+
+// Config configures a Fleet.
+type Config struct {
+	// Topics names the protocol's topics (default prefix if zero).
+	Topics wire.Topics
+	// Pins are the pinned issuer public keys every root must verify under.
+	Pins *signature.KeySet
+	// TrackTickets says ticket/+ is subscribed, so issuer-side standings
+	// (quarantined, revoked) and ticket expiry can be inferred.
+	TrackTickets bool
+}
+
+// Fleet is the monitor's model. Its methods are safe for concurrent use.
+type Fleet struct {
+	cfg Config
+
+	mu      sync.Mutex
+	devices map[string]*deviceRec
+	roots   map[uint64]uint64 // verified epoch → issued_at
+	latest  uint64            // highest verified root epoch
+	info    *wire.EpochInfo
+	failed  []RootFailure
+	sys     map[string]float64
+	sysText map[string]string
+	counts  map[string]uint64
+}
+
+// RootFailure is one root that did not verify.
+type RootFailure struct {
+	Topic string    `json:"topic"`
+	Error string    `json:"error"`
+	At    time.Time `json:"at"`
+}
+
+// NewFleet returns an empty model.
+func NewFleet(cfg Config) *Fleet {
+	if cfg.Topics.Prefix == "" {
+		cfg.Topics = wire.Topics{Prefix: wire.DefaultPrefix}
+	}
+	return &Fleet{
+		cfg: cfg, devices: map[string]*deviceRec{}, roots: map[uint64]uint64{},
+		sys: map[string]float64{}, sysText: map[string]string{}, counts: map[string]uint64{},
+	}
+}
+
+// Counter names of Fleet.Counters.
+const (
+	CountMessages     = "messages"
+	CountMalformed    = "malformed"
+	CountRootFailures = "root_failures"
+	CountClones       = "clone_alarms"
+	CountEquivocation = "equivocation_alarms"
+)
+
+// Counters returns a copy of the model's counters (CountMessages and the
+// others).
+func (f *Fleet) Counters() map[string]uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[string]uint64, len(f.counts))
+	for k, v := range f.counts {
+		out[k] = v
+	}
+	return out
+}
+
+// Handle takes one message received at now and returns the alarm it
+// raises, if any. Malformed input is counted and otherwise ignored; it
+// never panics.
+func (f *Fleet) Handle(topic string, payload []byte, now time.Time) *Alarm {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.counts[CountMessages]++
+	p := f.cfg.Topics.Prefix + "/"
+	switch {
+	case strings.HasPrefix(topic, "$SYS/"):
+		f.onSys(topic, payload)
+	case strings.HasPrefix(topic, p+"status/"):
+		return f.onStatus(topic, payload, now)
+	case strings.HasPrefix(topic, p+"root/"):
+		return f.onRoot(topic, payload, now)
+	case strings.HasPrefix(topic, p+"ticket/"):
+		f.onTicket(topic, payload)
+	case topic == f.cfg.Topics.Epoch():
+		if len(payload) == 0 {
+			return nil
+		}
+		if info, err := wire.ParseEpochInfo(payload); err == nil {
+			f.info = info
+		} else {
+			f.counts[CountMalformed]++
+		}
+	}
+	return nil
+}
+
+func (f *Fleet) device(id string) *deviceRec {
+	d := f.devices[id]
+	if d == nil {
+		d = &deviceRec{}
+		f.devices[id] = d
+	}
+	return d
+}
+
+func (f *Fleet) onStatus(topic string, payload []byte, now time.Time) *Alarm {
+	if len(payload) == 0 {
+		return nil // a cleared retained topic
+	}
+	id, err := f.cfg.Topics.DeviceOf("status", topic)
+	if err != nil || len(payload) > wire.MaxStatus {
+		f.counts[CountMalformed]++
+		return nil
+	}
+	st, err := wire.ParseStatus(payload)
+	if err != nil || st.DeviceID != id {
+		f.counts[CountMalformed]++
+		return nil
+	}
+	h := sha256.Sum256(payload)
+	d := f.device(id)
+	if d.hasStatus && st.Seq <= d.seq {
+		if st.Seq == d.seq && h == d.hash {
+			return nil // a retained re-delivery
+		}
+		d.clone = true
+		f.counts[CountClones]++
+		return &Alarm{Kind: AlarmClone, Topic: topic, Device: id, At: now,
+			Detail: fmt.Sprintf("two different Status messages with seq %d (last seq %d): two devices share this id", st.Seq, d.seq)}
+	}
+	d.hasStatus, d.state, d.reason, d.epoch, d.seq, d.time, d.hash = true, st.State, st.Reason, st.Epoch, st.Seq, st.Time, h
+	if st.State == wire.StateEquivocation {
+		f.counts[CountEquivocation]++
+		return &Alarm{Kind: AlarmEquivocation, Topic: topic, Device: id, At: now,
+			Detail: fmt.Sprintf("device reports two different tickets for one epoch (accepted epoch %d)", st.Epoch)}
+	}
+	return nil
+}
+
+func (f *Fleet) onRoot(topic string, payload []byte, now time.Time) *Alarm {
+	if len(payload) == 0 {
+		return nil // an old epoch's root, cleared by the issuer
+	}
+	fail := func(why string) *Alarm {
+		f.counts[CountRootFailures]++
+		if len(f.failed) == MaxRootFailures {
+			copy(f.failed, f.failed[1:])
+			f.failed = f.failed[:MaxRootFailures-1]
+		}
+		f.failed = append(f.failed, RootFailure{Topic: topic, Error: why, At: now})
+		return &Alarm{Kind: AlarmRoot, Topic: topic, At: now, Detail: why}
+	}
+	e, err := f.cfg.Topics.EpochOf(topic)
+	if err != nil {
+		return fail(err.Error())
+	}
+	r, _, err := accept.VerifyRoot(payload, f.cfg.Pins)
+	if err != nil {
+		return fail(err.Error())
+	}
+	if r.Epoch != e {
+		return fail(fmt.Sprintf("signed root is for epoch %d, published on the topic of epoch %d", r.Epoch, e))
+	}
+	f.roots[e] = r.IssuedAt
+	if e > f.latest {
+		f.latest = e
+	}
+	for len(f.roots) > MaxRoots {
+		oldest := e
+		for k := range f.roots {
+			oldest = min(oldest, k)
+		}
+		delete(f.roots, oldest)
+	}
+	return nil
+}
+
+func (f *Fleet) onTicket(topic string, payload []byte) {
+	id, err := f.cfg.Topics.DeviceOf("ticket", topic)
+	if err != nil {
+		f.counts[CountMalformed]++
+		return
+	}
+	if len(payload) == 0 {
+		if d := f.devices[id]; d != nil {
+			d.ticket, d.ticketEpoch, d.ticketExpiry = ticketCleared, 0, 0
+		}
+		return
+	}
+	if len(payload) > wire.MaxTicket {
+		f.counts[CountMalformed]++
+		return
+	}
+	_, body, err := wire.ParseTicket(payload)
+	if err != nil || body.Aud != id {
+		f.counts[CountMalformed]++
+		return
+	}
+	d := f.device(id)
+	d.ticket, d.ticketEpoch, d.ticketExpiry = ticketPresent, body.Epoch, body.IssuedAt+body.TTL
+}
+
+// sysMetrics maps the Mosquitto $SYS topics the monitor keeps to metric
+// names (ekem_broker_...); the set is fixed, so memory is bounded.
+var sysMetrics = map[string]string{
+	"$SYS/broker/clients/connected":           "clients_connected",
+	"$SYS/broker/clients/disconnected":        "clients_disconnected",
+	"$SYS/broker/clients/total":               "clients_known",
+	"$SYS/broker/clients/maximum":             "clients_maximum",
+	"$SYS/broker/messages/received":           "messages_received_total",
+	"$SYS/broker/messages/sent":               "messages_sent_total",
+	"$SYS/broker/publish/messages/dropped":    "publish_dropped_total",
+	"$SYS/broker/bytes/received":              "received_bytes_total",
+	"$SYS/broker/bytes/sent":                  "sent_bytes_total",
+	"$SYS/broker/retained messages/count":     "retained_messages",
+	"$SYS/broker/subscriptions/count":         "subscriptions",
+	"$SYS/broker/store/messages/count":        "stored_messages",
+	"$SYS/broker/messages/inflight":           "inflight_messages",
+	"$SYS/broker/uptime":                      "uptime_seconds",
+	"$SYS/broker/load/messages/received/1min": "load_messages_received_1min",
+	"$SYS/broker/load/messages/sent/1min":     "load_messages_sent_1min",
+}
+
+// sysTexts are the $SYS topics kept as text.
+var sysTexts = map[string]string{"$SYS/broker/version": "version"}
+
+// onSys keeps the $SYS figures of sysMetrics; others are ignored.
+func (f *Fleet) onSys(topic string, payload []byte) {
+	if name, ok := sysTexts[topic]; ok && len(payload) <= 128 {
+		f.sysText[name] = string(payload)
+		return
+	}
+	name, ok := sysMetrics[topic]
+	if !ok || len(payload) > 64 {
+		return
+	}
+	s := strings.TrimSuffix(strings.TrimSpace(string(payload)), " seconds")
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		f.counts[CountMalformed]++
+		return
+	}
+	f.sys[name] = v
+}
+
+// stateOf classifies one device at Unix time t (see the State constants)
+// and returns its state, lag and reason.
+func (f *Fleet) stateOf(d *deviceRec, t uint64) (state string, lag uint64, reason string) {
+	if d.hasStatus && f.latest > d.epoch {
+		lag = f.latest - d.epoch
+	}
+	published := f.info != nil && f.info.Epoch >= f.latest
+	track := f.cfg.TrackTickets
+	switch {
+	case d.ticket == ticketCleared:
+		return StateRevoked, lag, "ticket cleared by the issuer"
+	case track && d.ticket == ticketUnseen && d.hasStatus && d.epoch > 0:
+		return StateRevoked, lag, "no ticket although the device accepted one"
+	case d.clone:
+		return StateQuarantined, lag, fmt.Sprintf("clone: two Status messages with seq %d", d.seq)
+	case track && d.ticket == ticketPresent && published && d.ticketEpoch < f.latest:
+		return StateQuarantined, lag, fmt.Sprintf("issuer withheld epochs after %d", d.ticketEpoch)
+	case d.hasStatus && d.state == wire.StateEquivocation:
+		return StateEquivocation, lag, accept.Reason(d.reason).String()
+	case d.hasStatus && d.state == wire.StateStale:
+		return StateStale, lag, accept.Reason(d.reason).String()
+	case track && d.ticket == ticketPresent && t >= d.ticketExpiry:
+		return StateStale, lag, "latest ticket expired"
+	case d.hasStatus && d.state == wire.StateRejected:
+		return StateRejected, lag, accept.Reason(d.reason).String()
+	case !d.hasStatus || f.latest == 0:
+		return StatePending, lag, ""
+	case lag > 0:
+		return StateLagging, lag, ""
+	}
+	return StateCurrent, 0, ""
+}
+
+// Totals counts devices by state at now, O(devices), without sorting.
+func (f *Fleet) Totals(now time.Time) (byState map[string]int, maxLag uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.totalsLocked(unix(now))
+}
+
+func (f *Fleet) totalsLocked(t uint64) (map[string]int, uint64) {
+	out := make(map[string]int, len(States))
+	for _, s := range States {
+		out[s] = 0
+	}
+	var maxLag uint64
+	for _, d := range f.devices {
+		s, lag, _ := f.stateOf(d, t)
+		out[s]++
+		maxLag = max(maxLag, lag)
+	}
+	return out, maxLag
+}
+
+// Row is one device in a Snapshot.
+type Row struct {
+	ID string `json:"id"`
+	// Epoch is the epoch of the device's latest accepted ticket, from its
+	// last Status (0: none or no Status).
+	Epoch uint64 `json:"epoch"`
+	// Lag is how many epochs Epoch is behind the latest verified root.
+	Lag uint64 `json:"lag"`
+	// LastSeen is the time in the device's last Status (its own clock).
+	LastSeen    *time.Time `json:"last_seen,omitempty"`
+	State       string     `json:"state"`
+	Reason      string     `json:"reason,omitempty"`
+	Seq         uint64     `json:"seq"`
+	TicketEpoch uint64     `json:"ticket_epoch,omitempty"`
+}
+
+// Snapshot is the fleet at one moment.
+type Snapshot struct {
+	At time.Time `json:"at"`
+	// Epoch is the latest epoch whose root verified under the pinned keys
+	// (0: none seen); EpochIssuedAt is that root's issued_at.
+	Epoch         uint64     `json:"epoch"`
+	EpochIssuedAt *time.Time `json:"epoch_issued_at,omitempty"`
+	// Announced is the unsigned EpochInfo (informational only).
+	Announced *Announced `json:"announced,omitempty"`
+	Devices   []Row      `json:"devices"`
+	// Totals counts devices by state; every state is present.
+	Totals       map[string]int     `json:"totals"`
+	MaxLag       uint64             `json:"max_lag"`
+	RootFailures []RootFailure      `json:"root_failures"`
+	Counters     map[string]uint64  `json:"counters"`
+	Broker       map[string]float64 `json:"broker,omitempty"`
+	BrokerInfo   map[string]string  `json:"broker_info,omitempty"`
+}
+
+// Announced is the EpochInfo as published (unsigned).
+type Announced struct {
+	Epoch   uint64    `json:"epoch"`
+	PeriodS uint64    `json:"period_s"`
+	NextAt  time.Time `json:"next_at"`
+}
+
+// Snapshot returns every device (most severe state first, then by id)
+// and the fleet's totals at now.
+func (f *Fleet) Snapshot(now time.Time) Snapshot {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t := unix(now)
+	s := Snapshot{At: now.UTC(), Epoch: f.latest, Devices: make([]Row, 0, len(f.devices)),
+		RootFailures: append([]RootFailure{}, f.failed...), Counters: map[string]uint64{},
+		Broker: map[string]float64{}, BrokerInfo: map[string]string{}}
+	if at, ok := f.roots[f.latest]; ok && f.latest > 0 {
+		tt := time.Unix(int64(at), 0).UTC()
+		s.EpochIssuedAt = &tt
+	}
+	if f.info != nil {
+		s.Announced = &Announced{Epoch: f.info.Epoch, PeriodS: f.info.PeriodS, NextAt: time.Unix(int64(f.info.NextAt), 0).UTC()}
+	}
+	for id, d := range f.devices {
+		st, lag, reason := f.stateOf(d, t)
+		r := Row{ID: id, Epoch: d.epoch, Lag: lag, State: st, Reason: reason, Seq: d.seq, TicketEpoch: d.ticketEpoch}
+		if d.hasStatus {
+			ls := time.Unix(int64(d.time), 0).UTC()
+			r.LastSeen = &ls
+		}
+		s.Devices = append(s.Devices, r)
+	}
+	sort.Slice(s.Devices, func(a, b int) bool {
+		x, y := s.Devices[a], s.Devices[b]
+		if severity[x.State] != severity[y.State] {
+			return severity[x.State] < severity[y.State]
+		}
+		return x.ID < y.ID
+	})
+	s.Totals, s.MaxLag = f.totalsLocked(t)
+	for k, v := range f.counts {
+		s.Counters[k] = v
+	}
+	for k, v := range f.sys {
+		s.Broker[k] = v
+	}
+	for k, v := range f.sysText {
+		s.BrokerInfo[k] = v
+	}
+	return s
+}
+
+func unix(t time.Time) uint64 {
+	if s := t.Unix(); s > 0 {
+		return uint64(s)
+	}
+	return 0
+}
