@@ -81,6 +81,9 @@ type Options struct {
 	JSON, Watch, Tickets                                                         bool
 	Interval, Settle, Timeout                                                    time.Duration
 	Limit                                                                        int
+	// Now is the clock that judges ticket expiry and last-seen ages (not a
+	// flag; default time.Now).
+	Now func() time.Time
 }
 
 // ParseOptions parses the flags of "fleet status" (args after "status").
@@ -161,6 +164,9 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // Run connects, feeds a Fleet and prints or serves it as o says.
 func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	pins, err := loadPins(o.IssuerPub)
 	if err != nil {
 		return ExitUsage, err
@@ -202,14 +208,14 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) 
 	}
 	alarms := 0
 	feed := func(m mqttc.Message) {
-		if a := fleet.Handle(m.Topic, m.Payload, time.Now()); a != nil {
+		if a := fleet.Handle(m.Topic, m.Payload, o.Now()); a != nil {
 			alarms++
 			fmt.Fprintln(stderr, a.String())
 		}
 	}
 	if o.Prometheus == "" && !o.Watch {
 		settle(ctx, c.Inbox(), o.Settle, o.Timeout, feed)
-		s := fleet.Snapshot(time.Now())
+		s := fleet.Snapshot(o.Now())
 		if o.JSON {
 			err = WriteJSON(stdout, s)
 		} else {
@@ -245,7 +251,7 @@ func settle(ctx context.Context, in *mqttc.Inbox, quiet, total time.Duration, fe
 // serve runs -watch and/or -prometheus until ctx ends.
 func serve(ctx context.Context, o Options, c *mqttc.Client, fleet *Fleet, feed func(mqttc.Message), stdout, stderr io.Writer) (int, error) {
 	if o.Prometheus != "" {
-		reg := NewRegistry(&Collector{Fleet: fleet, Connected: c.Connected})
+		reg := NewRegistry(&Collector{Fleet: fleet, Now: o.Now, Connected: c.Connected})
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -278,7 +284,7 @@ func serve(ctx context.Context, o Options, c *mqttc.Client, fleet *Fleet, feed f
 	defer t.Stop()
 	for {
 		fmt.Fprint(stdout, "\x1b[H\x1b[2J") // home, clear screen
-		if err := WriteTable(stdout, fleet.Snapshot(time.Now()), o.Limit); err != nil {
+		if err := WriteTable(stdout, fleet.Snapshot(o.Now()), o.Limit); err != nil {
 			return ExitError, err
 		}
 		select {
