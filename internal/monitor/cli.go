@@ -48,8 +48,10 @@ current, pending (most severe first; see internal/monitor).
 
 flags:
   -broker URL          tcp://host:1883 or ssl://host:8883 (required)
-  -username NAME       broker account (default ekem-monitor; not needed with -cert)
-  -password-file FILE  file holding the broker password
+  -username NAME       broker account (default $EKEM_USERNAME, else ekem-monitor;
+                       not needed with -cert)
+  -password-file FILE  file holding the broker password (default: $EKEM_PASSWORD,
+                       as in the account files mkcreds writes)
   -ca FILE             CA certificate(s) for ssl:// brokers
   -cert FILE, -key FILE  client certificate and key (TLS listener)
   -issuer-pub FILES    pinned issuer public key(s), comma separated (required)
@@ -81,6 +83,9 @@ type Options struct {
 	JSON, Watch, Tickets                                                         bool
 	Interval, Settle, Timeout                                                    time.Duration
 	Limit                                                                        int
+	// Password is the broker password when there is no -password-file:
+	// the environment's EKEM_PASSWORD (never a flag: argv is public).
+	Password string
 	// Now is the clock that judges ticket expiry and last-seen ages (not a
 	// flag; default time.Now).
 	Now func() time.Time
@@ -120,8 +125,8 @@ func ParseOptions(args []string, stderr io.Writer) (Options, error) {
 		return o, errors.New("-issuer-pub is required: the issuer public key(s) every root must verify under")
 	case (o.Cert == "") != (o.Key == ""):
 		return o, errors.New("-cert and -key go together")
-	case o.PasswordFile == "" && o.Cert == "":
-		return o, errors.New("a credential is required: -password-file (with -username) or -cert/-key")
+	case o.PasswordFile == "" && o.Cert == "" && os.Getenv("EKEM_PASSWORD") == "":
+		return o, errors.New("a credential is required: -password-file or EKEM_PASSWORD (with -username), or -cert/-key")
 	case o.JSON && o.Watch:
 		return o, errors.New("-json and -watch exclude each other")
 	case o.Interval < 100*time.Millisecond || o.Settle <= 0 || o.Timeout <= 0 || o.Limit < 0:
@@ -129,6 +134,12 @@ func ParseOptions(args []string, stderr io.Writer) (Options, error) {
 	}
 	if _, err := wire.NewTopics(o.Prefix); err != nil {
 		return o, fmt.Errorf("-prefix: %w", err)
+	}
+	if o.PasswordFile == "" {
+		o.Password = os.Getenv("EKEM_PASSWORD")
+	}
+	if o.Username == "" {
+		o.Username = os.Getenv("EKEM_USERNAME")
 	}
 	if o.Username == "" && o.Cert == "" {
 		o.Username = "ekem-monitor"
@@ -175,7 +186,7 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) 
 	if err != nil {
 		return ExitUsage, err
 	}
-	password := ""
+	password := o.Password
 	if o.PasswordFile != "" {
 		b, err := readSmall(o.PasswordFile)
 		if err != nil {
