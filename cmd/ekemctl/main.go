@@ -12,6 +12,7 @@ const usage = `usage: ekemctl <command> [flags]
 
 commands:
   demo     run an issuer and a fleet of devices end to end on an embedded broker
+  bench    measure broker floor, issuer epoch, crypto, device and fleet rotation on Mosquitto
   fleet    fleet status: every device's epoch, lag and state, read-only (-json, -watch, -prometheus)
 
 Run 'ekemctl <command> -h' for a command's flags.
@@ -31,6 +32,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "demo":
 		return demo(args[1:], stdout, stderr)
+	case "bench":
+		return runBench(args[1:], stdout, stderr)
 	case "fleet":
 		return fleet(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
