@@ -143,6 +143,7 @@ var zeroHash = make([]byte, wire.HashSize)
 
 func buildLeaf(p Params, d Device, l *leaf) error {
 	ct, ss, err := d.Key.Encapsulate()
+	cleanAVX()
 	if err != nil {
 		return fmt.Errorf("batch: encapsulate for %q: %w", d.ID, err)
 	}
