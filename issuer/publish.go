@@ -161,43 +161,70 @@ func (i *Issuer) publishAll(msgs []pubMsg) int {
 	return len(todo)
 }
 
-// publishRound publishes msgs once in windows and returns those that failed.
-// The publishes of one window share one deadline (the configured timeout),
-// so a dead broker costs one timeout per window, not one per message.
+// publishRound publishes msgs once, keeping at most publishWindow
+// publishes in flight (a sliding window: each PUBACK lets the next message
+// go, so the pipeline never drains between windows), and returns those that
+// failed. Each wait for the oldest publish is bounded by the configured
+// timeout since the last progress; once that expires the broker is taken to
+// be stalled: what is still in flight and everything not yet sent fail for
+// this round (publishAll retries them), so a stalled broker costs one
+// timeout per round, not one per message.
 func (i *Issuer) publishRound(c *mqttc.Client, msgs []pubMsg) []pubMsg {
 	var failed []pubMsg
-	for start := 0; start < len(msgs); start += publishWindow {
-		win := msgs[start:min(start+publishWindow, len(msgs))]
-		toks := make([]mqtt.Token, len(win))
-		for k, m := range win {
-			toks[k] = c.PublishAsync(m.topic, m.payload, true)
-		}
-		deadline := time.NewTimer(i.cfg.Timeout)
-		expired := false
-		for k, t := range toks {
-			if !expired {
-				select {
-				case <-t.Done():
-				case <-deadline.C:
-					expired = true
-				}
-			}
-			done := false
+	type inflight struct {
+		tok mqtt.Token
+		k   int
+	}
+	ring := make([]inflight, 0, min(publishWindow, len(msgs)))
+	head := 0 // ring[head:] are in flight, oldest first
+	deadline := time.NewTimer(i.cfg.Timeout)
+	defer deadline.Stop()
+	stalled := false
+	settle := func(f inflight, wait bool) {
+		done := false
+		if wait && !stalled {
 			select {
-			case <-t.Done():
+			case <-f.tok.Done():
+				done = true
+				deadline.Reset(i.cfg.Timeout)
+			case <-deadline.C:
+				stalled = true
+			}
+		}
+		if !done {
+			select {
+			case <-f.tok.Done():
 				done = true
 			default:
 			}
-			if !done || t.Error() != nil {
-				var err error
-				if done {
-					err = t.Error()
-				}
-				i.log.Debug("publish failed", "topic", win[k].topic, "timed_out", !done, "err", err)
-				failed = append(failed, win[k])
+		}
+		if !done || f.tok.Error() != nil {
+			var err error
+			if done {
+				err = f.tok.Error()
+			}
+			i.log.Debug("publish failed", "topic", msgs[f.k].topic, "timed_out", !done, "err", err)
+			failed = append(failed, msgs[f.k])
+		}
+	}
+	for k := range msgs {
+		if stalled {
+			failed = append(failed, msgs[k:]...)
+			break
+		}
+		if len(ring)-head == publishWindow {
+			settle(ring[head], true)
+			ring[head] = inflight{}
+			head++
+			if head == len(ring) || head >= publishWindow {
+				ring = append(ring[:0], ring[head:]...)
+				head = 0
 			}
 		}
-		deadline.Stop()
+		ring = append(ring, inflight{c.PublishAsync(msgs[k].topic, msgs[k].payload, true), k})
+	}
+	for _, f := range ring[head:] {
+		settle(f, true)
 	}
 	return failed
 }
