@@ -2,12 +2,15 @@ package issuer
 
 import (
 	"bufio"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/wire"
@@ -175,5 +178,36 @@ func TestHealthAndReadiness(t *testing.T) {
 	code, body = get("/readyz")
 	if code != 503 || !strings.Contains(body, "issuer: closed") || !strings.Contains(body, "store: not readable") {
 		t.Fatalf("/readyz after Close: %d %q", code, body)
+	}
+}
+
+// BenchmarkStandings10k measures one ekem_devices computation over 10,000
+// stored devices (a scrape reads every record once; one ticket per epoch
+// is decoded).
+func BenchmarkStandings10k(b *testing.B) {
+	e := newEnv(b)
+	e.register(newDevice(b, "dev-0"))
+	e.issue()
+	tmpl := e.record("dev-0")
+	err := e.iss.store.db.Update(func(tx *bolt.Tx) error {
+		for k := 1; k < 10_000; k++ {
+			r := *tmpl
+			r.ID = fmt.Sprintf("dev-%d", k)
+			if err := putRecord(tx, &r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := e.clock.Now()
+	b.ResetTimer()
+	for b.Loop() {
+		s, err := e.iss.Standings(now)
+		if err != nil || s[StandingLagging] != 10_000 {
+			b.Fatalf("%v %v", s, err)
+		}
 	}
 }
