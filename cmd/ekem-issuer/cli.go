@@ -53,7 +53,7 @@ a flag on the command line wins):
   -ca FILE             EKEM_CA             CA certificates for a TLS broker
   -cert FILE           EKEM_CERT           TLS client certificate (with -keyfile)
   -keyfile FILE        EKEM_KEYFILE        TLS client key (with -cert)
-  -metrics ADDR        EKEM_METRICS        serve /metrics and /healthz on ADDR (default off)
+  -metrics ADDR        EKEM_METRICS        serve /metrics, /healthz, /readyz on ADDR (default off)
   -log-level LEVEL     EKEM_LOG_LEVEL      debug, info, warn or error (default info)
   -log-format FORMAT   EKEM_LOG_FORMAT     text or json (default text)
 
@@ -379,10 +379,7 @@ func loadTLS(ca, cert, key string) (*tls.Config, error) {
 }
 
 func serveMetrics(addr string, iss *issuer.Issuer, log *slog.Logger) (*http.Server, error) {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", iss.MetricsHandler())
-	mux.Handle("/healthz", iss.HealthHandler())
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Addr: addr, Handler: iss.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("-metrics: %w", err)
@@ -392,7 +389,7 @@ func serveMetrics(addr string, iss *issuer.Issuer, log *slog.Logger) (*http.Serv
 			log.Error("metrics server stopped", "err", err)
 		}
 	}()
-	log.Info("serving /metrics and /healthz", "addr", ln.Addr().String())
+	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
 	return srv, nil
 }
 
