@@ -384,6 +384,7 @@ func serveMetrics(addr string, iss *issuer.Issuer, log *slog.Logger) (*http.Serv
 	if err != nil {
 		return nil, fmt.Errorf("-metrics: %w", err)
 	}
+	srv.Addr = ln.Addr().String() // the bound address, for ":0"
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server stopped", "err", err)
