@@ -120,6 +120,8 @@ type Report struct {
 	Duration time.Duration `json:"duration_ns"`
 	Rows     []Row         `json:"rows"`
 	Goals    []Goal        `json:"goals"`
+	// FleetError says why the fleet measurement failed, if it did.
+	FleetError string `json:"fleet_error,omitempty"`
 }
 
 // Row returns the row with key k.
@@ -201,7 +203,16 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 	}
 	keys = nil // the fleet makes its own keys
 	if err := benchFleet(ctx, c, b, fleetIDs, dir, rep, logf); err != nil {
-		return nil, err
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		logf("fleet: %v", err) // the other measurements still stand
+		rep.FleetError = err.Error()
+	}
+	for _, k := range RowKeys {
+		if _, ok := rep.Row(k); !ok {
+			rep.add(Row{Key: k, Label: k, Value: -1, Note: "not measured: " + rep.FleetError})
+		}
 	}
 	rep.Machine.LoadAvgEnd = loadAvg()
 	rep.Duration = time.Since(rep.Started)
@@ -209,12 +220,24 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 	return rep, nil
 }
 
-// raiseFileLimit lifts RLIMIT_NOFILE to its hard limit, for this process
-// and the broker it starts (which inherits it): a fleet of M agents needs
-// M descriptors on each side.
+// raiseFileLimit lifts RLIMIT_NOFILE for this process and the broker it
+// starts (which inherits it): a fleet of M in-process agents needs 2M
+// descriptors here (a socket and a state-directory lock each) and M in the
+// broker. As root it also raises the hard limit to minFiles; otherwise the
+// soft limit goes up to the hard one.
 func raiseFileLimit() {
+	const minFiles = 1 << 17
 	var l syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < l.Max {
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) != nil {
+		return
+	}
+	if l.Max < minFiles {
+		want := syscall.Rlimit{Cur: minFiles, Max: minFiles}
+		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want) == nil {
+			return
+		}
+	}
+	if l.Cur < l.Max {
 		l.Cur = l.Max
 		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l) // best effort: the fleet reports what failed
 	}

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -26,15 +27,21 @@ import (
 // measurement. Its value is the agent's JSON configuration.
 const ChildEnv = "EKEM_BENCH_CHILD"
 
-// childConfig is what the parent hands the agent process. The password and
-// cohort secret are benchmark-only throwaway values.
+// childConfig is what the parent hands an agent process: one agent (for
+// the RSS measurement) or a share of the fleet (when one process would run
+// out of file descriptors). Passwords and cohort secrets are
+// benchmark-only throwaway values.
 type childConfig struct {
-	Broker    string `json:"broker"`
-	ID        string `json:"id"`
-	Password  string `json:"password"`
-	StateDir  string `json:"state_dir"`
-	IssuerPEM []byte `json:"issuer_pem"`
-	Cohort    []byte `json:"cohort"`
+	Broker    string       `json:"broker"`
+	IssuerPEM []byte       `json:"issuer_pem"`
+	Agents    []childAgent `json:"agents"`
+}
+
+type childAgent struct {
+	ID       string `json:"id"`
+	Password string `json:"password"`
+	StateDir string `json:"state_dir"`
+	Cohort   []byte `json:"cohort"`
 }
 
 // IsChild reports whether this process was started as a benchmark agent.
@@ -65,24 +72,33 @@ func runChild(c childConfig, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	co, err := cohort.NewSoftware(c.Cohort)
-	if err != nil {
-		return err
-	}
-	a, err := device.New(device.Config{ID: c.ID, Broker: c.Broker, Password: c.Password, StateDir: c.StateDir,
-		Cohort: co, IssuerKeys: pins, Timeout: 60 * time.Second, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		return err
-	}
-	defer a.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	go func() { // the parent closing our stdin (or dying) ends the agent
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for n, ca := range c.Agents {
+		if n > 0 && n%wave == 0 {
+			time.Sleep(250 * time.Millisecond) // pace connections like the parent's waves
+		}
+		co, err := cohort.NewSoftware(ca.Cohort)
+		if err != nil {
+			return err
+		}
+		a, err := device.New(device.Config{ID: ca.ID, Broker: c.Broker, Password: ca.Password, StateDir: ca.StateDir,
+			Cohort: co, IssuerKeys: pins, Timeout: 60 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		wg.Go(func() { _ = a.Run(ctx) })
+	}
+	go func() { // the parent closing our stdin (or dying) ends the agents
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		stop()
 	}()
 	fmt.Fprintln(stdout, "ready")
-	return a.Run(ctx)
+	<-ctx.Done()
+	return nil
 }
 
 // childProc is a running agent process.
@@ -130,7 +146,7 @@ func startChild(c childConfig) (*childProc, error) {
 		if ok {
 			return p, nil
 		}
-	case <-time.After(30 * time.Second):
+	case <-time.After(5 * time.Minute):
 	}
 	p.stop()
 	return nil, errors.New("bench: agent process did not start")

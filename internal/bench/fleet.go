@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	brokerconfig "github.com/entropykem/entropykem/broker-config"
@@ -25,13 +26,16 @@ import (
 const wave = 250
 
 // fleet is the simulated devices: agent 0 in its own process (for its
-// RSS) unless Config.SkipChild, the others in this process, each with its
-// own MQTT connection, state directory and root cache.
+// RSS) unless Config.SkipChild, as many others in this process as its file
+// descriptor limit allows (two per agent: the MQTT socket and the state
+// directory lock), and the rest in further agent processes. Each agent has
+// its own MQTT connection, state directory and root cache.
 type fleet struct {
-	agents []*device.Agent
-	child  *childProc
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	agents   []*device.Agent
+	child    *childProc   // the one-agent process
+	children []*childProc // processes holding the overflow
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // benchFleet registers Fleet agents with a fresh issuer through the
@@ -69,7 +73,7 @@ func benchFleet(ctx context.Context, c Config, b *broker, ids []string, dir stri
 	rss0, _, _ := procMemory("self")
 	f := &fleet{}
 	defer f.close()
-	logf("fleet: starting %d device agents in waves of %d", len(ids), wave)
+	logf("fleet: starting %d device agents (at most %d in this process, in waves of %d)", len(ids), inProcessCapacity(), wave)
 	t := time.Now()
 	if err := f.start(ctx, c, b, iss, key.Public(), ids, states); err != nil {
 		return err
@@ -106,8 +110,25 @@ func benchFleet(ctx context.Context, c Config, b *broker, ids []string, dir stri
 	return nil
 }
 
-// start creates and runs the agents in waves, each wave waiting until the
-// issuer has pinned every registration so far.
+// inProcessCapacity is how many agents fit this process's descriptor limit.
+func inProcessCapacity() int {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) != nil {
+		return 1000
+	}
+	return max(int(l.Cur)-2048, 0) / 2
+}
+
+func newChildAgent(id, password, states string) childAgent {
+	secret := make([]byte, cohort.SecretSize)
+	rand.Read(secret)
+	return childAgent{ID: id, Password: password, StateDir: filepath.Join(states, id), Cohort: secret}
+}
+
+// start creates and runs the agents: the in-process ones in waves, each
+// wave waiting until the issuer has pinned every registration so far, then
+// the overflow processes (which pace themselves), and waits until every
+// registration is pinned.
 func (f *fleet) start(ctx context.Context, c Config, b *broker, iss *issuer.Issuer, pub *signature.PublicKey, ids []string, states string) error {
 	pins, err := signature.NewKeySet(pub)
 	if err != nil {
@@ -115,27 +136,27 @@ func (f *fleet) start(ctx context.Context, c Config, b *broker, iss *issuer.Issu
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
+	pem := signature.MarshalPublicKeyPEM(pub)
 	first := 0
 	if !c.SkipChild {
-		secret := make([]byte, cohort.SecretSize)
-		rand.Read(secret)
-		p, err := startChild(childConfig{Broker: b.url(), ID: ids[0], Password: b.password(ids[0]),
-			StateDir: filepath.Join(states, ids[0]), IssuerPEM: signature.MarshalPublicKeyPEM(pub), Cohort: secret})
+		p, err := startChild(childConfig{Broker: b.url(), IssuerPEM: pem, Agents: []childAgent{newChildAgent(ids[0], b.password(ids[0]), states)}})
 		if err != nil {
 			return err
 		}
 		f.child = p
 		first = 1
 	}
-	for lo := first; lo < len(ids) || lo == first; lo += wave {
-		for _, id := range ids[lo:min(lo+wave, len(ids))] {
-			secret := make([]byte, cohort.SecretSize)
-			rand.Read(secret)
-			co, err := cohort.NewSoftware(secret)
+	capacity := inProcessCapacity()
+	local := ids[first:min(first+capacity, len(ids))]
+	pinned := first
+	for lo := 0; lo < len(local); lo += wave {
+		for _, id := range local[lo:min(lo+wave, len(local))] {
+			ca := newChildAgent(id, b.password(id), states)
+			co, err := cohort.NewSoftware(ca.Cohort)
 			if err != nil {
 				return err
 			}
-			a, err := device.New(device.Config{ID: id, Broker: b.url(), Password: b.password(id), StateDir: filepath.Join(states, id),
+			a, err := device.New(device.Config{ID: id, Broker: b.url(), Password: ca.Password, StateDir: ca.StateDir,
 				Cohort: co, IssuerKeys: pins, Timeout: 60 * time.Second, Logger: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				return err
@@ -143,12 +164,26 @@ func (f *fleet) start(ctx context.Context, c Config, b *broker, iss *issuer.Issu
 			f.agents = append(f.agents, a)
 			f.wg.Go(func() { _ = a.Run(runCtx) })
 		}
-		if err := waitCounter(ctx, iss, "registrations_pinned", uint64(min(lo+wave, len(ids))), 60*time.Second); err != nil {
+		pinned = first + min(lo+wave, len(local))
+		if err := waitCounter(ctx, iss, "registrations_pinned", uint64(pinned), 60*time.Second); err != nil {
 			return fmt.Errorf("bench: fleet registration: %w", err)
 		}
-		if lo+wave >= len(ids) {
-			break
+	}
+	for rest := ids[first+len(local):]; len(rest) > 0; {
+		n := min(max(capacity, 1), len(rest))
+		cc := childConfig{Broker: b.url(), IssuerPEM: pem}
+		for _, id := range rest[:n] {
+			cc.Agents = append(cc.Agents, newChildAgent(id, b.password(id), states))
 		}
+		p, err := startChild(cc)
+		if err != nil {
+			return err
+		}
+		f.children = append(f.children, p)
+		rest = rest[n:]
+	}
+	if err := waitCounter(ctx, iss, "registrations_pinned", uint64(len(ids)), 120*time.Second); err != nil {
+		return fmt.Errorf("bench: fleet registration: %w", err)
 	}
 	return nil
 }
@@ -165,8 +200,10 @@ func (f *fleet) close() {
 		wg.Go(func() { _ = a.Close(); <-sem })
 	}
 	wg.Wait()
-	if f.child != nil {
-		f.child.stop()
+	for _, p := range append(f.children, f.child) {
+		if p != nil {
+			p.stop()
+		}
 	}
 }
 

@@ -57,7 +57,7 @@ func goals(r *Report) []Goal {
 	if rss <= 0 {
 		per := r.value("device.rss_fleet_per_agent")
 		g.Measured = fmt.Sprintf("%.2f MB per agent in the fleet process (no agent process measured)", per)
-		g.Pass = per <= GoalAgentRSSMB
+		g.Pass = per > 0 && per <= GoalAgentRSSMB
 	}
 	out = append(out, g)
 	return out
