@@ -232,4 +232,3 @@ func ctxFor(t testing.TB) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
-
