@@ -37,17 +37,25 @@ func TestFaultBrokerStopAndKill(t *testing.T) {
 	iss := f.startIssuer(t, nil)
 	f.startDevices(t, ids...)
 	sampler := startEpochSampler(f.agents())
+	start := time.Now()
 	f.issue(t, 1)
+	issueTook := time.Since(start) // only sizes the window of a "mid" fault
 	f.converge(t, 1, ids...)
 	e := uint64(1)
 
-	faults := []brokerFault{
+	once := []brokerFault{
 		{"SIGTERM after publish", syscall.SIGTERM, "after"},
 		{"SIGKILL after publish", syscall.SIGKILL, "after"},
 		{"SIGTERM mid-publish", syscall.SIGTERM, "mid"},
 		{"SIGKILL mid-publish", syscall.SIGKILL, "mid"},
 		{"SIGKILL back to an older save", syscall.SIGKILL, "older-save"},
 		{"SIGKILL mid-publish again", syscall.SIGKILL, "mid"},
+		{"SIGTERM mid-publish again", syscall.SIGTERM, "mid"},
+		{"SIGKILL mid-publish a third time", syscall.SIGKILL, "mid"},
+	}
+	var faults []brokerFault // the list once in CI, five times in a soak
+	for range faultCount(1, 5) {
+		faults = append(faults, once...)
 	}
 	for _, fl := range faults {
 		switch fl.when {
@@ -62,7 +70,11 @@ func TestFaultBrokerStopAndKill(t *testing.T) {
 			}
 			ch := make(chan res, 1)
 			go func() { got, err := f.issueBounded(t); ch <- res{got, err} }()
-			time.Sleep(randDuration(20 * time.Millisecond)) // a random point of the publishing
+			// A random point of the epoch: the window is how long the
+			// last fault-free IssueEpoch took (signing, persisting,
+			// publishing), so the stop lands before, during or just
+			// after the publishing.
+			time.Sleep(randDuration(issueTook + issueTook/2))
 			f.stopBroker(t, fl.sig)
 			f.restartBroker(t, fl.name)
 			r := <-ch
@@ -73,7 +85,7 @@ func TestFaultBrokerStopAndKill(t *testing.T) {
 			if r.e != e {
 				t.Fatalf("%s: IssueEpoch issued epoch %d, want %d (%v)", fl.name, r.e, e, r.err)
 			}
-			t.Logf("%s: IssueEpoch(%d) returned %v", fl.name, e, r.err)
+			t.Logf("%s: IssueEpoch(%d) returned %v (window %v; issuer publish retries so far %d)", fl.name, e, r.err, issueTook+issueTook/2, f.iss.Counters()["publish_retries"])
 		case "older-save":
 			f.stopBroker(t, syscall.SIGTERM) // the save holds epoch e
 			f.restartBroker(t, fl.name+" (save)")
@@ -90,7 +102,9 @@ func TestFaultBrokerStopAndKill(t *testing.T) {
 		// the current epoch, then follows one more epoch.
 		f.converge(t, e, ids...)
 		e++
+		start := time.Now()
 		f.issue(t, e)
+		issueTook = time.Since(start)
 		f.converge(t, e, ids...)
 	}
 
@@ -107,8 +121,8 @@ func TestFaultBrokerStopAndKill(t *testing.T) {
 	}
 	f.checkCleanCounters(t)
 	c := iss.Counters()
-	t.Logf("%d broker faults (%d SIGKILL) over %d epochs; issuer republished %d messages, %d publish failures; device rejections of re-delivered old tickets %v",
-		len(faults), countKills(faults), e, c["republished"], c["publish_failures"], rejected)
+	t.Logf("%d broker faults (%d SIGKILL) over %d epochs; issuer republished %d messages, %d publish retries, %d publish failures; device rejections of re-delivered old tickets %v",
+		len(faults), countKills(faults), e, c["republished"], c["publish_retries"], c["publish_failures"], rejected)
 }
 
 func countKills(fs []brokerFault) int {

@@ -71,7 +71,7 @@ func mustUint(t testing.TB, s, line string) uint64 {
 }
 
 func TestFaultDeviceKilled(t *testing.T) {
-	kills := faultCount(200, 1000)
+	kills := faultCount(300, 1500)
 	const id = "crash-1"
 	f := newSysFleet(t, id)
 	bin := binary(t, "crashdevice")

@@ -28,7 +28,7 @@ import (
 const issuerCrashPeriod = time.Second
 
 func TestFaultIssuerKilled(t *testing.T) {
-	kills := faultCount(20, 100)
+	kills := faultCount(40, 200)
 	ids := faultIDs("iss-", 3)
 	f := newSysFleet(t, ids...)
 	bin := binary(t, "ekem-issuer")

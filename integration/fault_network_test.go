@@ -121,8 +121,16 @@ func TestFaultNetworkPauseAndCut(t *testing.T) {
 			return wait()
 		}},
 	}
-	for _, s := range steps {
-		got := s.run()
+	var all []func() uint64 // the steps once in CI, three times in a soak
+	var names []string
+	for range faultCount(1, 3) {
+		for _, s := range steps {
+			all, names = append(all, s.run), append(names, s.name)
+		}
+	}
+	for k, run := range all {
+		s := struct{ name string }{names[k]}
+		got := run()
 		e++
 		if got != e {
 			t.Fatalf("%s: issued epoch %d, want %d", s.name, got, e)
