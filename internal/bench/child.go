@@ -23,8 +23,9 @@ import (
 )
 
 // ChildEnv names the environment variable that turns a re-executed
-// ekemctl (or test binary) into one device agent process for the RSS
-// measurement. Its value is the agent's JSON configuration.
+// ekemctl (or test binary) into a device agent process. Its value is the
+// path of the agents' JSON configuration (a file, since a fleet's share
+// does not fit in the environment).
 const ChildEnv = "EKEM_BENCH_CHILD"
 
 // childConfig is what the parent hands an agent process: one agent (for
@@ -52,7 +53,11 @@ func IsChild() bool { return os.Getenv(ChildEnv) != "" }
 // It returns the process exit code.
 func RunChild(stdout, stderr io.Writer) int {
 	var c childConfig
-	if err := json.Unmarshal([]byte(os.Getenv(ChildEnv)), &c); err != nil {
+	data, err := os.ReadFile(os.Getenv(ChildEnv))
+	if err == nil {
+		err = json.Unmarshal(data, &c)
+	}
+	if err != nil {
 		fmt.Fprintf(stderr, "bench child: %v\n", err)
 		return 2
 	}
@@ -108,8 +113,9 @@ type childProc struct {
 	done  chan struct{}
 }
 
-// startChild re-executes this binary as one device agent.
-func startChild(c childConfig) (*childProc, error) {
+// startChild re-executes this binary as a process of device agents, with
+// its configuration in a file in dir.
+func startChild(c childConfig, dir string) (*childProc, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -118,8 +124,19 @@ func startChild(c childConfig) (*childProc, error) {
 	if err != nil {
 		return nil, err
 	}
+	f, err := os.CreateTemp(dir, "agents-*.json")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Write(js); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(exe, "bench")
-	cmd.Env = append(os.Environ(), ChildEnv+"="+string(js))
+	cmd.Env = append(os.Environ(), ChildEnv+"="+f.Name())
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

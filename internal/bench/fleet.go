@@ -139,7 +139,7 @@ func (f *fleet) start(ctx context.Context, c Config, b *broker, iss *issuer.Issu
 	pem := signature.MarshalPublicKeyPEM(pub)
 	first := 0
 	if !c.SkipChild {
-		p, err := startChild(childConfig{Broker: b.url(), IssuerPEM: pem, Agents: []childAgent{newChildAgent(ids[0], b.password(ids[0]), states)}})
+		p, err := startChild(childConfig{Broker: b.url(), IssuerPEM: pem, Agents: []childAgent{newChildAgent(ids[0], b.password(ids[0]), states)}}, states)
 		if err != nil {
 			return err
 		}
@@ -175,7 +175,7 @@ func (f *fleet) start(ctx context.Context, c Config, b *broker, iss *issuer.Issu
 		for _, id := range rest[:n] {
 			cc.Agents = append(cc.Agents, newChildAgent(id, b.password(id), states))
 		}
-		p, err := startChild(cc)
+		p, err := startChild(cc, states)
 		if err != nil {
 			return err
 		}
