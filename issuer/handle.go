@@ -284,16 +284,30 @@ func (i *Issuer) onStatus(tx *bolt.Tx, topic string, payload []byte) (outcome, e
 		return outcome{}, nil
 	}
 	h := sum256(payload)
+	older := false
 	if rec.HasStatus && st.Seq <= rec.StatusSeq {
-		if st.Seq == rec.StatusSeq && bytes.Equal(h, rec.StatusHash) {
+		switch {
+		case st.Seq == rec.StatusSeq && bytes.Equal(h, rec.StatusHash):
 			i.count("statuses_duplicate", 1)
 			return outcome{}, nil // a retained re-delivery
+		case st.Seq == rec.StatusSeq:
+			rec.State = stateQuarantined
+			i.count("clone_detected", 1)
+			i.log.Error("two different Status messages with one seq for one device: possible clone; device quarantined",
+				"reason", "clone_detected", "device", id, "seq", st.Seq)
+			return outcome{changed: true, rec: rec}, nil
+		case !st.State.Accepted() || rec.ConfirmedEpoch == rec.Epoch:
+			// An older Status: a broker restored from an older save
+			// re-delivers what it had. It says nothing new.
+			i.count("statuses_older", 1)
+			i.log.Debug("older Status ignored", "device", id, "seq", st.Seq, "last_seq", rec.StatusSeq)
+			return outcome{}, nil
 		}
-		rec.State = stateQuarantined
-		i.count("clone_detected", 1)
-		i.log.Error("two different Status messages for one device: possible clone; device quarantined",
-			"reason", "clone_detected", "device", id, "seq", st.Seq, "last_seq", rec.StatusSeq)
-		return outcome{changed: true, rec: rec}, nil
+		// An older acceptance of the latest, unconfirmed ticket: a device
+		// republishes it after a later Status went out first (its
+		// confirm tag authenticates it, whatever its seq). It is verified
+		// like any other, but does not move the recorded seq back.
+		older = true
 	}
 	if st.State.Accepted() {
 		if ok := i.verifyAccepted(rec, topic, st); !ok {
@@ -302,8 +316,10 @@ func (i *Issuer) onStatus(tx *bolt.Tx, topic string, payload []byte) (outcome, e
 	} else {
 		i.reportProblem(id, st)
 	}
-	rec.HasStatus, rec.StatusSeq, rec.StatusHash = true, st.Seq, h
-	rec.StatusState, rec.StatusReason, rec.StatusEpoch = uint64(st.State), st.Reason, st.Epoch
+	if !older {
+		rec.HasStatus, rec.StatusSeq, rec.StatusHash = true, st.Seq, h
+		rec.StatusState, rec.StatusReason, rec.StatusEpoch = uint64(st.State), st.Reason, st.Epoch
+	}
 	return outcome{changed: true, rec: rec}, nil
 }
 
