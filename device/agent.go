@@ -111,14 +111,17 @@ type Agent struct {
 	reg    []byte // registration bytes, as stored and published
 	lock   *os.File
 
-	mu       sync.Mutex
-	key      []byte // state key (secret)
-	st       *accept.State
-	seq      uint64
-	status   []byte // last Status, persisted before it was published
-	counters map[string]uint64
-	changed  chan struct{} // closed and replaced when the epoch changes
-	closed   bool
+	mu     sync.Mutex
+	key    []byte // state key (secret)
+	st     *accept.State
+	seq    uint64
+	status []byte // last Status, persisted before it was published
+	// accepted is the Status of the last accepted ticket (state.bin's),
+	// which a later rejection may have followed before it could be sent.
+	acceptedStatus []byte
+	counters       map[string]uint64
+	changed        chan struct{} // closed and replaced when the epoch changes
+	closed         bool
 	// staleEpoch is the epoch whose expiry was last reported (stale).
 	staleEpoch    uint64
 	staleReported bool
@@ -200,6 +203,7 @@ func (a *Agent) open() error {
 		return err
 	}
 	a.st = l.st
+	a.acceptedStatus = l.status
 	if a.status != nil {
 		if s, err := wire.ParseStatus(a.status); err == nil && s.State == wire.StateStale && s.Epoch == a.st.Epoch {
 			a.staleEpoch, a.staleReported = s.Epoch, true
@@ -406,8 +410,14 @@ func (a *Agent) onConnect(pub publisher) {
 		a.log.Warn("registration publish failed; retried on reconnect", "err", err)
 	}
 	a.mu.Lock()
-	status := a.status
+	status, accepted := a.status, a.acceptedStatus
 	a.mu.Unlock()
+	// The last acceptance first: if the connection dropped before it was
+	// sent and a rejection followed, the issuer still needs its confirm tag
+	// and next key (the issuer verifies it even though its seq is lower).
+	if accepted != nil && !bytes.Equal(accepted, status) {
+		a.publishStatus(pub, accepted)
+	}
 	if status != nil {
 		a.publishStatus(pub, status)
 	}
@@ -572,7 +582,7 @@ func (a *Agent) commitState(st *accept.State, s *wire.Status) ([]byte, error) {
 	if old := a.st; old != st && old.Ratchet != nil && old.Ratchet != st.Ratchet {
 		old.Ratchet.Wipe()
 	}
-	a.st, a.seq, a.status = st, seq, status
+	a.st, a.seq, a.status, a.acceptedStatus = st, seq, status, status
 	return sb, nil
 }
 
