@@ -142,8 +142,7 @@ func encapsulateAll(p Params, devs []Device) ([]leaf, error) {
 var zeroHash = make([]byte, wire.HashSize)
 
 func buildLeaf(p Params, d Device, l *leaf) error {
-	ct, ss, err := d.Key.Encapsulate()
-	cleanAVX()
+	ct, ss, err := d.Key.Encapsulate() // pkg/kem cleans circl's AVX state
 	if err != nil {
 		return fmt.Errorf("batch: encapsulate for %q: %w", d.ID, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"github.com/entropykem/entropykem/internal/avx"
 
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 	"github.com/cloudflare/circl/sign/mldsa/mldsa87"
@@ -89,6 +90,7 @@ func (k *PublicKey) verify(msg, sig []byte) bool {
 	if len(sig) != k.alg.SignatureSize() {
 		return false
 	}
+	defer avx.Clean() // see internal/avx
 	switch k.alg {
 	case MLDSA65:
 		return mldsa65.Verify(k.pk65, msg, nil, sig)
@@ -157,6 +159,7 @@ func (k *PrivateKey) Seed() []byte { return bytes.Clone(k.seed[:]) }
 // sign returns a hedged ML-DSA signature (FIPS 204 Algorithm 2 with fresh
 // randomness rnd from crypto/rand, §3.4) over msg with an empty context.
 func (k *PrivateKey) sign(msg []byte) ([]byte, error) {
+	defer avx.Clean() // see internal/avx
 	sig := make([]byte, k.alg.SignatureSize())
 	var err error
 	switch k.alg {

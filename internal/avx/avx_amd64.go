@@ -1,4 +1,5 @@
-package batch
+// Package avx works around a CPU state problem of circl's assembly.
+package avx
 
 import "golang.org/x/sys/cpu"
 
@@ -10,7 +11,7 @@ func vzeroupper()
 // hasAVX says whether VZEROUPPER exists on this CPU.
 var hasAVX = cpu.X86.HasAVX
 
-// cleanAVX clears the upper halves of the YMM/ZMM registers. circl's AVX2
+// Clean clears the upper halves of the YMM/ZMM registers. circl's AVX2
 // assembly (ML-KEM's NTT and friends in v1.6.5) returns without
 // VZEROUPPER, and while the upper state is dirty every legacy-SSE
 // instruction pays a transition penalty: Go's SHA-NI SHA-256, which hashes
@@ -18,7 +19,7 @@ var hasAVX = cpu.X86.HasAVX
 // ~80 times slower on this project's AMD EPYC VMs (100 µs instead of 1.2 µs
 // for a 1.7 KB leaf). Call it after every circl call on the same goroutine
 // that goes on to hash.
-func cleanAVX() {
+func Clean() {
 	if hasAVX {
 		vzeroupper()
 	}
