@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/entropykem/entropykem/device/internal/testbroker"
+	"github.com/entropykem/entropykem/internal/testbroker"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/wire"

@@ -1,6 +1,6 @@
 // Package testbroker runs an in-process mochi MQTT broker that allows every
 // client, and a watcher client that records what is published, for the
-// device package's and ekem-device's tests.
+// tests of the device package and of ekem-device.
 package testbroker
 
 import (
