@@ -122,7 +122,6 @@ func (i *Issuer) reject(kind, reason, topic, device string, attrs ...any) {
 	if prefix == "" {
 		prefix = "messages_rejected"
 	}
-	i.count(prefix+":"+reason, 1)
 	a := append([]any{"reason", reason, "topic", clip(topic)}, attrs...)
 	if device != "" {
 		a = append(a, "device", device)
@@ -132,6 +131,9 @@ func (i *Issuer) reject(kind, reason, topic, device string, attrs ...any) {
 		level = slog.LevelInfo // a late Status after the next epoch: normal
 	}
 	i.log.Log(i.ctx, level, kind+" rejected", a...)
+	// Counted after the log line is written: whoever sees the counter
+	// move finds the record with its reason.
+	i.count(prefix+":"+reason, 1)
 }
 
 // clip bounds attacker-controlled strings in logs.

@@ -152,11 +152,11 @@ func runDemo(ctx context.Context, c demoConfig, stdout, stderr io.Writer) error 
 	keys := map[string]string{} // device id → hash of the KEM key its latest ticket used
 	for e := 1; e <= c.epochs; e++ {
 		start := time.Now()
+		out.say("epoch    %d issuing to %d devices: one signature over a Merkle tree of %d tickets", iss.LastEpoch()+1, c.devices, c.devices)
 		epoch, err := iss.IssueEpoch(ctx)
 		if err != nil {
 			return fmt.Errorf("issue epoch %d: %w", e, err)
 		}
-		out.say("epoch    %d issued to %d devices, one signature over a Merkle tree of %d tickets", epoch, c.devices, c.devices)
 		if err := waitEpoch(ctx, iss, agents, epoch, max(10*time.Second, 5*c.period)); err != nil {
 			return report(view, agents, err)
 		}
