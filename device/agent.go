@@ -412,14 +412,16 @@ func (a *Agent) onConnect(pub publisher) {
 	a.mu.Lock()
 	status, accepted := a.status, a.acceptedStatus
 	a.mu.Unlock()
-	// The last acceptance first: if the connection dropped before it was
-	// sent and a rejection followed, the issuer still needs its confirm tag
-	// and next key (the issuer verifies it even though its seq is lower).
-	if accepted != nil && !bytes.Equal(accepted, status) {
-		a.publishStatus(pub, accepted)
-	}
 	if status != nil {
 		a.publishStatus(pub, status)
+	}
+	// Then the last acceptance, so that it is what the retained topic
+	// holds: if the connection dropped before it was sent and a rejection
+	// followed (say, of an old ticket a restored broker re-delivered), the
+	// issuer still needs its confirm tag and next key. The issuer verifies
+	// it though its seq is lower; the rejection was reported just before.
+	if accepted != nil && !bytes.Equal(accepted, status) {
+		a.publishStatus(pub, accepted)
 	}
 	a.checkStale(pub)
 }
@@ -595,7 +597,7 @@ func (a *Agent) commitState(st *accept.State, s *wire.Status) ([]byte, error) {
 // a.mu held; releases it.
 func (a *Agent) rejected(pub publisher, rerr error) {
 	reason := accept.ReasonOf(rerr)
-	epoch, te := a.st.Epoch, a.ticketEpoch
+	epoch, te, accepted := a.st.Epoch, a.ticketEpoch, a.acceptedStatus
 	s := a.newStatus(a.st, accept.StateOf(rerr), reason)
 	var sb []byte
 	repeat := a.repeats(s)
@@ -613,6 +615,11 @@ func (a *Agent) rejected(pub publisher, rerr error) {
 	a.log.Warn("ticket rejected", "reason", reason.String(), "ticket_epoch", te, "epoch", epoch, "reported", !repeat, "err", rerr)
 	if !repeat {
 		a.publishStatus(pub, sb)
+		if te > 0 && te < epoch && accepted != nil {
+			// An old ticket (a broker restored from an older save): the
+			// retained topic goes back to the acceptance the issuer needs.
+			a.publishStatus(pub, accepted)
+		}
 	}
 	a.emit(Event{Kind: EventRejected, Epoch: epoch, TicketEpoch: te, State: s.State, Reason: reason, Err: rerr})
 }
