@@ -35,24 +35,6 @@ import (
 // check).
 const tpmSysTimeout = 15 * time.Second
 
-// tpmLog is a log sink safe for concurrent writers.
-type tpmLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *tpmLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *tpmLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // tpmSysDevice is one device with its TPM.
 type tpmSysDevice struct {
 	id, dir string
@@ -143,7 +125,7 @@ func TestTPMSystemTwoEpochs(t *testing.T) {
 	secret := make([]byte, cohort.SecretSize)
 	rand.Read(secret)
 	base := t.TempDir()
-	issLog, devLog := &tpmLog{}, &tpmLog{}
+	issLog, devLog := &logBuffer{}, &logBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("issuer log:\n%s", issLog.String())
