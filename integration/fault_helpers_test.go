@@ -17,7 +17,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/big"
 	"os"
 	"os/exec"
@@ -516,27 +515,10 @@ func (r *publishedRecord) checkChains(t testing.TB) (gaps int) {
 	return gaps
 }
 
-// deviceLogger returns a JSON logger into buf for a device role.
-func deviceLogger(buf *logBuffer) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", "device")
-}
-
 // startDeviceVia is sysFleet.startDevice with another broker URL (a proxy).
 func (f *sysFleet) startDeviceVia(t *testing.T, id, url string) *sysDevice {
 	t.Helper()
-	d := &sysDevice{id: id, dir: filepath.Join(f.dir, id), events: &eventLog{}, runErr: make(chan error, 1)}
-	a, err := device.New(device.Config{
-		ID: id, Broker: url, Password: f.b.Account(id).Password, StateDir: d.dir,
-		Cohort: f.cohort, IssuerKeys: f.pins, Logger: deviceLogger(f.devLog), OnEvent: d.events.add,
-	})
-	if err != nil {
-		t.Fatalf("device.New(%s): %v", id, err)
-	}
-	d.agent = a
-	t.Cleanup(func() { a.Close() })
-	go func() { d.runErr <- a.Run(context.Background()) }()
-	f.devices[id] = d
-	return d
+	return f.startDeviceWith(t, id, func(c *device.Config) { c.Broker = url })
 }
 
 // agents returns the fleet's agents by id.

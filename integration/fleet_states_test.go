@@ -46,21 +46,7 @@ func (c *offsetClock) Advance(d time.Duration) { c.off.Add(int64(d)) }
 // check.
 func (f *sysFleet) startClockedDevice(t *testing.T, id string, clk *offsetClock) *sysDevice {
 	t.Helper()
-	d := &sysDevice{id: id, dir: filepath.Join(f.dir, id), events: &eventLog{}, runErr: make(chan error, 1)}
-	a, err := device.New(device.Config{
-		ID: id, Broker: f.b.URL(), Password: f.b.Account(id).Password, StateDir: d.dir,
-		Cohort: f.cohort, IssuerKeys: f.pins, Now: clk.Now, StaleInterval: 20 * time.Millisecond,
-		Logger:  slog.New(slog.NewJSONHandler(f.devLog, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", "device"),
-		OnEvent: d.events.add,
-	})
-	if err != nil {
-		t.Fatalf("device.New(%s): %v", id, err)
-	}
-	d.agent = a
-	t.Cleanup(func() { a.Close() })
-	go func() { d.runErr <- a.Run(context.Background()) }()
-	f.devices[id] = d
-	return d
+	return f.startDeviceWith(t, id, func(c *device.Config) { c.Now, c.StaleInterval = clk.Now, 20*time.Millisecond })
 }
 
 // issuerSamples scrapes the issuer's /metrics.

@@ -259,13 +259,21 @@ func (f *sysFleet) startIssuer(t *testing.T, mod func(*ekissuer.Config)) *ekissu
 // reopens) device id and runs it. It is closed at the end of the test.
 func (f *sysFleet) startDevice(t *testing.T, id string) *sysDevice {
 	t.Helper()
+	return f.startDeviceWith(t, id, nil)
+}
+
+// startDeviceWith is startDevice with mod applied to the configuration.
+func (f *sysFleet) startDeviceWith(t *testing.T, id string, mod func(*device.Config)) *sysDevice {
+	t.Helper()
 	d := &sysDevice{id: id, dir: filepath.Join(f.dir, id), events: &eventLog{}, runErr: make(chan error, 1)}
-	a, err := device.New(device.Config{
+	c := device.Config{
 		ID: id, Broker: f.b.URL(), Password: f.b.Account(id).Password, StateDir: d.dir,
-		Cohort: f.cohort, IssuerKeys: f.pins,
-		Logger:  slog.New(slog.NewJSONHandler(f.devLog, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", "device"),
-		OnEvent: d.events.add,
-	})
+		Cohort: f.cohort, IssuerKeys: f.pins, Logger: deviceLogger(f.devLog), OnEvent: d.events.add,
+	}
+	if mod != nil {
+		mod(&c)
+	}
+	a, err := device.New(c)
 	if err != nil {
 		t.Fatalf("device.New(%s): %v", id, err)
 	}
@@ -274,6 +282,11 @@ func (f *sysFleet) startDevice(t *testing.T, id string) *sysDevice {
 	go func() { d.runErr <- a.Run(context.Background()) }()
 	f.devices[id] = d
 	return d
+}
+
+// deviceLogger logs a device's records as JSON into buf.
+func deviceLogger(buf *logBuffer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", "device")
 }
 
 // startDevices starts ids and waits until the issuer pinned every one.
