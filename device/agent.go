@@ -538,7 +538,7 @@ func (a *Agent) accepted(pub publisher, res *accept.Result) {
 	clear(res.EpochKey)
 	next := res.State.Next
 	s := a.newStatus(res.State, wire.StateOK, accept.ReasonNone)
-	s.Confirm, s.NextTag = res.Secrets.Confirm, res.NextTag
+	s.Confirm, s.NextTag = res.Secrets.Confirm(), res.NextTag
 	s.NextAlg, s.NextPK = next.Scheme().ID(), next.PublicKey().Bytes()
 	if res.Gap {
 		s.State, s.PrevEpoch = wire.StateGap, &res.PrevEpoch

@@ -118,7 +118,7 @@ func (i *Issuer) issueAndPersist() ([]pubMsg, uint64, int, error) {
 		k := p.keys[t.DeviceID]
 		r.Epoch, r.Ticket, r.TicketHash = p.epoch, t.Ticket, t.TicketHash
 		r.KeyAlg, r.Key = k.alg, k.raw
-		r.Confirm, r.NextKeyMAC, r.RekeyMAC = t.Secrets.Confirm, t.Secrets.NextKeyMAC, t.Secrets.RekeyMAC
+		r.setTicketSecrets(t.Secrets)
 		r.NextAlg, r.NextKey = 0, nil
 		recs[n] = r
 	}

@@ -227,11 +227,12 @@ func (i *Issuer) rekey(rec *record, topic string, reg *wire.Registration, payloa
 			"offered", shortHash(kem.PublicKeyHash(reg.PublicKey)))
 		return outcome{rec: rec, pendingReg: bytes.Clone(payload)}
 	}
-	if !rec.hasSecrets() || p.Epoch != rec.Epoch || !bytes.Equal(p.TicketHash, rec.TicketHash) {
+	sec := rec.secrets()
+	if sec == nil || p.Epoch != rec.Epoch || !bytes.Equal(p.TicketHash, rec.TicketHash) {
 		i.reject(kind, "rekey_not_latest", topic, id, "proof_epoch", p.Epoch, "latest_epoch", rec.Epoch)
 		return outcome{rec: rec, pendingReg: bytes.Clone(payload)}
 	}
-	if !rec.secrets().CheckRekey(kem.PublicKeyHash(reg.PublicKey), p.Tag) {
+	if !sec.CheckRekey(kem.PublicKeyHash(reg.PublicKey), p.Tag) {
 		i.reject(kind, "bad_rekey_proof", topic, id)
 		return outcome{rec: rec, pendingReg: bytes.Clone(payload)}
 	}
@@ -338,11 +339,11 @@ func (i *Issuer) verifyAccepted(rec *record, topic string, st *wire.Status) bool
 		i.reject(kind, "epoch_mismatch", topic, id, "status_epoch", st.Epoch, "latest_epoch", rec.Epoch)
 		return false
 	}
-	if !rec.hasSecrets() {
+	sec := rec.secrets()
+	if sec == nil {
 		i.reject(kind, "no_ticket_secrets", topic, id)
 		return false
 	}
-	sec := rec.secrets()
 	confirmOK := sec.CheckConfirm(st.Confirm)
 	nextOK := sec.CheckNextKey(kem.PublicKeyHash(st.NextPK), st.NextTag)
 	if !confirmOK {

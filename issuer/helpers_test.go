@@ -213,7 +213,7 @@ func (d *device) status(r *accept.Result, mod ...func(*wire.Status)) []byte {
 	d.t.Helper()
 	d.seq++
 	st := &wire.Status{Version: 1, DeviceID: d.id, Epoch: r.State.Epoch, State: wire.StateOK, Time: 1767225610, Seq: d.seq,
-		TicketHash: r.TicketHash, Confirm: r.Secrets.Confirm, NextAlg: r.State.Next.Scheme().ID(),
+		TicketHash: r.TicketHash, Confirm: r.Secrets.Confirm(), NextAlg: r.State.Next.Scheme().ID(),
 		NextPK: r.State.Next.PublicKey().Bytes(), NextTag: r.NextTag}
 	if r.Gap {
 		p := r.PrevEpoch

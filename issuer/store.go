@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -76,9 +77,15 @@ type record struct {
 	TicketHash []byte `cbor:"7,keyasint,omitempty"`
 	KeyAlg     kem.ID `cbor:"8,keyasint,omitempty"`
 	Key        []byte `cbor:"9,keyasint,omitempty"`
-	Confirm    []byte `cbor:"10,keyasint,omitempty"`
-	NextKeyMAC []byte `cbor:"11,keyasint,omitempty"`
-	RekeyMAC   []byte `cbor:"12,keyasint,omitempty"`
+	// TicketPRK is the latest ticket's HKDF-Extract(ticket_hash, ss), the
+	// storage form of keyschedule.TicketSecrets.
+	TicketPRK []byte `cbor:"22,keyasint,omitempty"`
+	// Records written before TicketPRK held the expanded confirm tag and
+	// MAC keys instead. They are still read, and replaced at the device's
+	// next ticket; nothing writes them any more.
+	LegacyConfirm    []byte `cbor:"10,keyasint,omitempty"`
+	LegacyNextKeyMAC []byte `cbor:"11,keyasint,omitempty"`
+	LegacyRekeyMAC   []byte `cbor:"12,keyasint,omitempty"`
 	// The next key, verified by a Status for the latest ticket.
 	NextAlg        kem.ID `cbor:"13,keyasint,omitempty"`
 	NextKey        []byte `cbor:"14,keyasint,omitempty"`
@@ -92,17 +99,56 @@ type record struct {
 	StatusEpoch  uint64 `cbor:"21,keyasint,omitempty"`
 }
 
-func (r *record) secrets() keyschedule.TicketSecrets {
-	return keyschedule.TicketSecrets{Confirm: r.Confirm, NextKeyMAC: r.NextKeyMAC, RekeyMAC: r.RekeyMAC}
+// tagChecker checks a device's tags against its latest ticket's secrets.
+type tagChecker interface {
+	CheckConfirm(tag []byte) bool
+	CheckNextKey(nextPKHash, tag []byte) bool
+	CheckRekey(newPKHash, tag []byte) bool
 }
 
-func (r *record) hasSecrets() bool {
-	return len(r.Confirm) == keyschedule.Size && len(r.NextKeyMAC) == keyschedule.Size && len(r.RekeyMAC) == keyschedule.Size
+// secrets returns the checker for the latest ticket, or nil when the record
+// holds none (no ticket yet, or forgotten by clearTicketSecrets).
+func (r *record) secrets() tagChecker {
+	if len(r.TicketPRK) == keyschedule.Size {
+		if s, err := keyschedule.TicketSecretsFromPRK(r.TicketPRK, r.TicketHash); err == nil {
+			return s
+		}
+		return nil
+	}
+	if len(r.LegacyConfirm) == keyschedule.Size && len(r.LegacyNextKeyMAC) == keyschedule.Size &&
+		len(r.LegacyRekeyMAC) == keyschedule.Size {
+		return legacySecrets{confirm: r.LegacyConfirm, next: r.LegacyNextKeyMAC, rekey: r.LegacyRekeyMAC}
+	}
+	return nil
+}
+
+// setTicketSecrets stores the latest ticket's secrets, replacing any.
+func (r *record) setTicketSecrets(s keyschedule.TicketSecrets) {
+	r.TicketPRK = s.PRK()
+	r.LegacyConfirm, r.LegacyNextKeyMAC, r.LegacyRekeyMAC = nil, nil, nil
+}
+
+// legacySecrets checks tags with the expanded keys older records hold.
+type legacySecrets struct{ confirm, next, rekey []byte }
+
+func (l legacySecrets) CheckConfirm(tag []byte) bool { return hmac.Equal(tag, l.confirm) }
+func (l legacySecrets) CheckNextKey(h, tag []byte) bool {
+	return hmac.Equal(tag, hmacSHA256(l.next, h))
+}
+func (l legacySecrets) CheckRekey(h, tag []byte) bool {
+	return hmac.Equal(tag, hmacSHA256(l.rekey, h))
+}
+
+func hmacSHA256(key, msg []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(msg)
+	return m.Sum(nil)
 }
 
 // clearTicketSecrets forgets everything derived from the latest ticket's ss.
 func (r *record) clearTicketSecrets() {
-	r.Confirm, r.NextKeyMAC, r.RekeyMAC = nil, nil, nil
+	r.TicketPRK = nil
+	r.LegacyConfirm, r.LegacyNextKeyMAC, r.LegacyRekeyMAC = nil, nil, nil
 	r.NextAlg, r.NextKey = 0, nil
 }
 

@@ -262,7 +262,7 @@ func runEpoch(t *testing.T, v *Vectors, st *accept.State, pins *signature.KeySet
 		Epoch: e, IssuedAt: at, TTL: 3600, DeviceKey: name, TicketBody: tk.Body, TicketHash: r.TicketHash,
 		LeafHash: leafHash(tk.Body), LeafIndex: tk.LeafIndex, TreeSize: tk.TreeSize, Ticket: mine.Ticket,
 		MerkleRoot: ep.Payload.Root, RootMessage: ep.Root, SS: ss, CohortMix: mix, KeyEpoch: r.EpochKey,
-		Confirm: r.Secrets.Confirm, NextSeed: r.State.Next.Seed(),
+		Confirm: r.Secrets.Confirm(), NextSeed: r.State.Next.Seed(),
 		NextPKHash: kem.PublicKeyHash(r.State.Next.PublicKey().Bytes()), NextTag: r.NextTag, Gap: r.Gap,
 	}
 	out.RootPayload, err = ep.Payload.Marshal()
@@ -283,7 +283,7 @@ func runEpoch(t *testing.T, v *Vectors, st *accept.State, pins *signature.KeySet
 
 func status(t *testing.T, r *accept.Result, now, seq uint64) []byte {
 	s := &wire.Status{Version: 1, DeviceID: r.State.DeviceID, Epoch: r.State.Epoch, State: wire.StateOK, Time: now, Seq: seq,
-		TicketHash: r.TicketHash, Confirm: r.Secrets.Confirm, NextAlg: r.State.Next.Scheme().ID(),
+		TicketHash: r.TicketHash, Confirm: r.Secrets.Confirm(), NextAlg: r.State.Next.Scheme().ID(),
 		NextPK: r.State.Next.PublicKey().Bytes(), NextTag: r.NextTag}
 	b, err := s.Marshal()
 	must(t, err)

@@ -125,7 +125,7 @@ func TestAcceptDerivesWhatTheIssuerExpects(t *testing.T) {
 	if r.Gap {
 		t.Fatal("first ticket with zero prev reported as a gap")
 	}
-	if !iss.Secrets.CheckConfirm(r.Secrets.Confirm) {
+	if !iss.Secrets.CheckConfirm(r.Secrets.Confirm()) {
 		t.Fatal("device confirm tag does not verify at the issuer")
 	}
 	nextPKH := kem.PublicKeyHash(r.State.Next.PublicKey().Bytes())

@@ -74,7 +74,7 @@ func checkTicket(t *testing.T, i int, iss Issued, root *wire.EpochRoot, dk kem.P
 	}
 	ss, _ := dk.Decapsulate(body.Ciphertext)
 	sec, _ := keyschedule.DeriveTicketSecrets(ss, keyschedule.TicketHash(tk.Body))
-	if !bytes.Equal(sec.Confirm, iss.Secrets.Confirm) || !bytes.Equal(iss.TicketHash, keyschedule.TicketHash(tk.Body)) {
+	if !bytes.Equal(sec.Confirm(), iss.Secrets.Confirm()) || !bytes.Equal(iss.TicketHash, keyschedule.TicketHash(tk.Body)) {
 		t.Fatal("issuer's secrets do not match the device's decapsulation")
 	}
 }

@@ -12,7 +12,8 @@
 //	state_key   = HMAC(cohort_secret, "ekem/v1 state-key" ‖ device_id)
 //
 // The issuer knows ss but not the cohort secret, so it can check confirm,
-// next_tag and rekey_tag but cannot compute key_epoch.
+// next_tag and rekey_tag but cannot compute key_epoch. Both sides keep a
+// ticket's ss only as its HKDF-Extract output (see TicketSecrets).
 package keyschedule
 
 import (
@@ -90,57 +91,103 @@ func EpochKey(ss, cohortMix []byte, epoch uint64, purpose, group string) ([]byte
 // U64 returns the 8-byte big-endian encoding of v (the protocol's u64be).
 func U64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 
-// TicketSecrets are the values both sides derive from one ticket's ss.
-// The issuer keeps them (not ss) to check the device's Status and a later
-// re-key; the device uses them to compute the same tags.
+// TicketSecrets are what both sides keep of one ticket's ss: the HKDF
+// pseudorandom key
+//
+//	prk = HKDF-Extract(salt = ticket_hash, IKM = ss)   (RFC 5869 §2.2)
+//
+// and the ticket_hash. Every HKDF(ss, salt = ticket_hash, info = label) of
+// schema/PROTOCOL.md is HKDF-Expand(prk, label, 32) (RFC 5869 §2.3), so one
+// Extract serves the confirm, next-key and rekey keys, and each is expanded
+// only when a tag is computed or checked. The prk gives exactly those three
+// keys: not ss, and not key_epoch, whose IKM also holds cohort_mix.
+//
+// The zero value holds no secret; IsZero reports it.
 type TicketSecrets struct {
-	// Confirm is the confirm tag the device publishes for this ticket.
-	Confirm []byte
-	// NextKeyMAC keys the tag over the next encapsulation key's hash.
-	NextKeyMAC []byte
-	// RekeyMAC keys the tag of a re-registration with a new key.
-	RekeyMAC []byte
+	prk        [Size]byte
+	ticketHash [Size]byte
+	set        bool
 }
 
-// DeriveTicketSecrets derives a ticket's confirm tag and MAC keys from its
-// ss and ticket_hash.
+// DeriveTicketSecrets extracts a ticket's secrets from its ss and
+// ticket_hash.
 func DeriveTicketSecrets(ss, ticketHash []byte) (TicketSecrets, error) {
 	if len(ss) != Size || len(ticketHash) != Size {
 		return TicketSecrets{}, fmt.Errorf("%w: ss and ticket hash must be %d bytes", ErrInput, Size)
 	}
-	confirmKey, err := hkdf.Key(sha256.New, ss, ticketHash, LabelConfirm, Size)
+	prk, err := hkdf.Extract(sha256.New, ss, ticketHash)
 	if err != nil {
 		return TicketSecrets{}, err
 	}
-	next, err := hkdf.Key(sha256.New, ss, ticketHash, LabelNextKey, Size)
-	if err != nil {
-		return TicketSecrets{}, err
-	}
-	rekey, err := hkdf.Key(sha256.New, ss, ticketHash, LabelRekey, Size)
-	if err != nil {
-		return TicketSecrets{}, err
-	}
-	return TicketSecrets{Confirm: mac(confirmKey, ticketHash), NextKeyMAC: next, RekeyMAC: rekey}, nil
+	return secretsOf(prk, ticketHash), nil
 }
 
-// NextKeyTag returns HMAC(next-key MAC key, next_pk_hash).
-func (s TicketSecrets) NextKeyTag(nextPKHash []byte) []byte { return mac(s.NextKeyMAC, nextPKHash) }
+// TicketSecretsFromPRK rebuilds secrets stored with PRK and TicketHash.
+func TicketSecretsFromPRK(prk, ticketHash []byte) (TicketSecrets, error) {
+	if len(prk) != Size || len(ticketHash) != Size {
+		return TicketSecrets{}, fmt.Errorf("%w: prk and ticket hash must be %d bytes", ErrInput, Size)
+	}
+	return secretsOf(prk, ticketHash), nil
+}
 
-// RekeyTag returns HMAC(re-key MAC key, new_pk_hash).
-func (s TicketSecrets) RekeyTag(newPKHash []byte) []byte { return mac(s.RekeyMAC, newPKHash) }
+func secretsOf(prk, ticketHash []byte) TicketSecrets {
+	s := TicketSecrets{set: true}
+	copy(s.prk[:], prk)
+	copy(s.ticketHash[:], ticketHash)
+	return s
+}
+
+// IsZero reports whether s holds no secret.
+func (s TicketSecrets) IsZero() bool { return !s.set }
+
+// PRK returns a copy of the pseudorandom key, the secrets' storage form.
+// It is secret.
+func (s TicketSecrets) PRK() []byte { return append([]byte(nil), s.prk[:]...) }
+
+// TicketHash returns the ticket_hash the secrets are bound to.
+func (s TicketSecrets) TicketHash() []byte { return append([]byte(nil), s.ticketHash[:]...) }
+
+// expand returns HKDF-Expand(prk, label, 32); it cannot fail for 32 bytes.
+func (s TicketSecrets) expand(label string) []byte {
+	k, err := hkdf.Expand(sha256.New, s.prk[:], label, Size)
+	if err != nil {
+		panic("keyschedule: HKDF-Expand of 32 bytes failed: " + err.Error())
+	}
+	return k
+}
+
+// Confirm returns the confirm tag:
+// HMAC(HKDF(ss, salt = ticket_hash, info = "ekem/v1 confirm"), ticket_hash).
+func (s TicketSecrets) Confirm() []byte { return mac(s.expand(LabelConfirm), s.ticketHash[:]) }
+
+// NextKeyTag returns HMAC(HKDF(ss, salt = ticket_hash, info =
+// "ekem/v1 next-key"), next_pk_hash).
+func (s TicketSecrets) NextKeyTag(nextPKHash []byte) []byte {
+	return mac(s.expand(LabelNextKey), nextPKHash)
+}
+
+// RekeyTag returns HMAC(HKDF(ss, salt = ticket_hash, info =
+// "ekem/v1 rekey"), new_pk_hash).
+func (s TicketSecrets) RekeyTag(newPKHash []byte) []byte {
+	return mac(s.expand(LabelRekey), newPKHash)
+}
 
 // CheckConfirm reports in constant time whether tag is the confirm tag.
-func (s TicketSecrets) CheckConfirm(tag []byte) bool { return hmac.Equal(tag, s.Confirm) }
+// The zero TicketSecrets accepts nothing.
+func (s TicketSecrets) CheckConfirm(tag []byte) bool {
+	return s.set && hmac.Equal(tag, s.Confirm())
+}
 
 // CheckNextKey reports in constant time whether tag authenticates
-// nextPKHash.
+// nextPKHash. The zero TicketSecrets accepts nothing.
 func (s TicketSecrets) CheckNextKey(nextPKHash, tag []byte) bool {
-	return hmac.Equal(tag, s.NextKeyTag(nextPKHash))
+	return s.set && hmac.Equal(tag, s.NextKeyTag(nextPKHash))
 }
 
 // CheckRekey reports in constant time whether tag authenticates newPKHash.
+// The zero TicketSecrets accepts nothing.
 func (s TicketSecrets) CheckRekey(newPKHash, tag []byte) bool {
-	return hmac.Equal(tag, s.RekeyTag(newPKHash))
+	return s.set && hmac.Equal(tag, s.RekeyTag(newPKHash))
 }
 
 func mac(key, msg []byte) []byte {

@@ -64,7 +64,7 @@ func TestDerivations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := hmacByHand(hkdfByHand(ss, th, "ekem/v1 confirm"), th); !bytes.Equal(sec.Confirm, want) || !sec.CheckConfirm(want) {
+	if want := hmacByHand(hkdfByHand(ss, th, "ekem/v1 confirm"), th); !bytes.Equal(sec.Confirm(), want) || !sec.CheckConfirm(want) {
 		t.Fatal("confirm")
 	}
 	pkh := fill(32, 9)
@@ -87,7 +87,7 @@ func TestTagsAreBoundToTheirInputs(t *testing.T) {
 	ss, th := fill(32, 1), fill(32, 2)
 	sec, _ := DeriveTicketSecrets(ss, th)
 	other, _ := DeriveTicketSecrets(ss, fill(32, 4))
-	if other.CheckConfirm(sec.Confirm) {
+	if other.CheckConfirm(sec.Confirm()) {
 		t.Fatal("confirm accepted for another ticket")
 	}
 	pkh := fill(32, 9)
@@ -128,6 +128,47 @@ func TestBadSizes(t *testing.T) {
 	}
 	if _, err := DeriveTicketSecrets(fill(32, 0), fill(33, 0)); err == nil {
 		t.Fatal("long ticket hash accepted")
+	}
+	if _, err := TicketSecretsFromPRK(fill(31, 0), fill(32, 0)); err == nil {
+		t.Fatal("short prk accepted")
+	}
+	if _, err := TicketSecretsFromPRK(fill(32, 0), fill(31, 0)); err == nil {
+		t.Fatal("short ticket hash accepted with a prk")
+	}
+}
+
+// TestStoredSecrets checks that secrets rebuilt from their storage form
+// (prk, ticket_hash) compute the same tags, and that the prk is
+// HKDF-Extract(salt = ticket_hash, IKM = ss) as RFC 5869 §2.2 defines it.
+func TestStoredSecrets(t *testing.T) {
+	ss, th, pkh := fill(32, 1), fill(32, 2), fill(32, 9)
+	sec, _ := DeriveTicketSecrets(ss, th)
+	if want := hmacByHand(th, ss); !bytes.Equal(sec.PRK(), want) {
+		t.Fatal("prk is not HKDF-Extract(ticket_hash, ss)")
+	}
+	back, err := TicketSecretsFromPRK(sec.PRK(), sec.TicketHash())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !back.CheckConfirm(sec.Confirm()) || !back.CheckNextKey(pkh, sec.NextKeyTag(pkh)) || !back.CheckRekey(pkh, sec.RekeyTag(pkh)) {
+		t.Fatal("secrets rebuilt from their prk compute other tags")
+	}
+}
+
+func TestZeroSecretsAcceptNothing(t *testing.T) {
+	var z TicketSecrets
+	if !z.IsZero() {
+		t.Fatal("zero value not IsZero")
+	}
+	// The tags a zero prk and zero ticket hash would compute must still be
+	// refused: an issuer record without secrets accepts no Status.
+	zs, _ := TicketSecretsFromPRK(make([]byte, 32), make([]byte, 32))
+	pkh := fill(32, 9)
+	if z.CheckConfirm(zs.Confirm()) || z.CheckNextKey(pkh, zs.NextKeyTag(pkh)) || z.CheckRekey(pkh, zs.RekeyTag(pkh)) {
+		t.Fatal("zero secrets accepted a tag")
+	}
+	if sec, _ := DeriveTicketSecrets(fill(32, 1), fill(32, 2)); sec.IsZero() {
+		t.Fatal("derived secrets report IsZero")
 	}
 }
 
