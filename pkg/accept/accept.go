@@ -210,7 +210,7 @@ func derive(st *State, in Input, body *wire.TicketBody, th []byte, key kem.Priva
 	}
 	r := &Result{
 		State: next, Body: body, TicketHash: th, EpochKey: ek, Secrets: sec,
-		NextTag: sec.NextKeyTag(kem.PublicKeyHash(next.Next.PublicKey().Bytes())),
+		NextTag: sec.NextKeyTag(next.Next.PublicKey().Hash()),
 	}
 	r.Gap, r.PrevEpoch = gap(st, body)
 	return r, nil

@@ -65,7 +65,7 @@ func (s *State) Stale(now, skew uint64) bool {
 // pkHash, or nil.
 func (s *State) liveKey(pkHash []byte) kem.PrivateKey {
 	for _, k := range []kem.PrivateKey{s.Current, s.Next} {
-		if k != nil && bytes.Equal(kem.PublicKeyHash(k.PublicKey().Bytes()), pkHash) {
+		if k != nil && bytes.Equal(k.PublicKey().Hash(), pkHash) {
 			return k
 		}
 	}

@@ -124,6 +124,9 @@ type PublicKey interface {
 	Scheme() Scheme
 	// Bytes returns a copy of the encoded encapsulation key.
 	Bytes() []byte
+	// Hash returns a copy of the key's pk_hash, SHA-256 of Bytes(),
+	// computed once when the key was parsed or derived.
+	Hash() []byte
 	// Encapsulate returns a fresh ciphertext and its 32-byte shared
 	// secret, with randomness from crypto/rand (FIPS 203 ML-KEM.Encaps,
 	// or X-Wing Encapsulate).
@@ -199,7 +202,7 @@ func (s *scheme) ParsePublicKey(b []byte) (PublicKey, error) {
 		return nil, fmt.Errorf("kem: %v encapsulation key fails the FIPS 203 modulus check: %w",
 			s.id, ErrInvalidPublicKey)
 	}
-	return &publicKey{s: s, pk: pk, b: append([]byte(nil), b...)}, nil
+	return newPublicKey(s, pk, append([]byte(nil), b...)), nil
 }
 
 func (s *scheme) NewPrivateKey(seed []byte) (PrivateKey, error) {
@@ -218,7 +221,7 @@ func (s *scheme) NewPrivateKey(seed []byte) (PrivateKey, error) {
 		s:    s,
 		sk:   sk,
 		seed: seed,
-		pub:  &publicKey{s: s, pk: pk, b: b},
+		pub:  newPublicKey(s, pk, b),
 	}, nil
 }
 
@@ -234,10 +237,17 @@ type publicKey struct {
 	s  *scheme
 	pk circl.PublicKey
 	b  []byte // the validated encoding, never exposed
+	h  [sha256.Size]byte
+}
+
+// newPublicKey takes ownership of b.
+func newPublicKey(s *scheme, pk circl.PublicKey, b []byte) *publicKey {
+	return &publicKey{s: s, pk: pk, b: b, h: sha256.Sum256(b)}
 }
 
 func (k *publicKey) Scheme() Scheme { return k.s }
 func (k *publicKey) Bytes() []byte  { return append([]byte(nil), k.b...) }
+func (k *publicKey) Hash() []byte   { return append([]byte(nil), k.h[:]...) }
 
 func (k *publicKey) Encapsulate() (ct, ss []byte, err error) {
 	ct, ss, err = k.s.c.Encapsulate(k.pk)

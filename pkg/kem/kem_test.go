@@ -566,6 +566,18 @@ func TestKnownAnswerPKHash(t *testing.T) {
 			if want := knownPKHash[s.ID()]; hex.EncodeToString(got) != want {
 				t.Errorf("pk hash %x, recorded %s", got, want)
 			}
+			// Hash is cached at derivation and at parsing: both must be
+			// SHA-256 of the encoding.
+			if h := mustKey(t, s, seed).PublicKey().Hash(); !bytes.Equal(h, got) {
+				t.Errorf("derived key's Hash %x, want %x", h, got)
+			}
+			parsed, err := s.ParsePublicKey(stdPublicKey(t, s.ID(), seed))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h := parsed.Hash(); !bytes.Equal(h, got) {
+				t.Errorf("parsed key's Hash %x, want %x", h, got)
+			}
 		})
 	}
 }
