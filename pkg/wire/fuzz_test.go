@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"testing"
 
+	"github.com/entropykem/entropykem/pkg/cbor"
 	"github.com/entropykem/entropykem/pkg/kem"
 )
 
@@ -35,6 +36,11 @@ func roundTrip[T interface{ Marshal() ([]byte, error) }](t *testing.T, in []byte
 	}
 	if !bytes.Equal(out, in) {
 		t.Fatalf("decode→encode changed the bytes:\n in %x\nout %x", in, out)
+	}
+	// The issuer's hand-written encoders (Ticket, TicketBody) must agree
+	// with the reflection-based one the other messages use.
+	if generic, err := cbor.Marshal(m); err != nil || !bytes.Equal(generic, out) {
+		t.Fatalf("Marshal and cbor.Marshal differ (%v):\n    Marshal %x\ncbor.Marshal %x", err, out, generic)
 	}
 }
 

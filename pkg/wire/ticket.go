@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"github.com/entropykem/entropykem/pkg/cbor"
 	"github.com/entropykem/entropykem/pkg/kem"
 )
 
@@ -35,7 +36,45 @@ func ParseTicketBody(b []byte) (*TicketBody, error) {
 }
 
 // Marshal validates t and returns its deterministic encoding.
-func (t *TicketBody) Marshal() ([]byte, error) { return encode("ticket body", t) }
+//
+// The issuer encodes one body per device per epoch, so it is written with
+// cbor's Append functions instead of by reflection; the keys are appended
+// in ascending order, the core deterministic order for 0..10, and
+// TestFastEncodersMatchMarshal holds the result to cbor.Marshal's.
+func (t *TicketBody) Marshal() ([]byte, error) {
+	if err := t.validate(); err != nil {
+		return nil, err
+	}
+	return t.appendTo(make([]byte, 0, t.encodedSize())), nil
+}
+
+// encodedSize returns the length of t's encoding.
+func (t *TicketBody) encodedSize() int {
+	n := 1 + 11 // the map head and eleven one-byte keys
+	for _, v := range []uint64{t.Version, t.Epoch, t.IssuedAt, t.TTL, uint64(t.KEMAlg)} {
+		n += cbor.HeadSize(v)
+	}
+	for _, l := range []int{len(t.Aud), len(t.Ciphertext), len(t.Prev), len(t.PKHash), len(t.Purpose), len(t.Group)} {
+		n += cbor.HeadSize(uint64(l)) + l
+	}
+	return n
+}
+
+func (t *TicketBody) appendTo(b []byte) []byte {
+	b = cbor.AppendMapHead(b, 11)
+	b = cbor.AppendUint(cbor.AppendUint(b, 0), t.Version)
+	b = cbor.AppendText(cbor.AppendUint(b, 1), t.Aud)
+	b = cbor.AppendUint(cbor.AppendUint(b, 2), t.Epoch)
+	b = cbor.AppendUint(cbor.AppendUint(b, 3), t.IssuedAt)
+	b = cbor.AppendUint(cbor.AppendUint(b, 4), t.TTL)
+	b = cbor.AppendUint(cbor.AppendUint(b, 5), uint64(t.KEMAlg))
+	b = cbor.AppendBytes(cbor.AppendUint(b, 6), t.Ciphertext)
+	b = cbor.AppendBytes(cbor.AppendUint(b, 7), t.Prev)
+	b = cbor.AppendBytes(cbor.AppendUint(b, 8), t.PKHash)
+	b = cbor.AppendText(cbor.AppendUint(b, 9), t.Purpose)
+	b = cbor.AppendText(cbor.AppendUint(b, 10), t.Group)
+	return b
+}
 
 func (t *TicketBody) validate() error {
 	const what = "ticket body"
@@ -103,7 +142,79 @@ func ParseTicket(b []byte) (*Ticket, *TicketBody, error) {
 }
 
 // Marshal validates t and returns its deterministic encoding.
-func (t *Ticket) Marshal() ([]byte, error) { return encode("ticket", t) }
+// Like TicketBody's, it is written with cbor's Append functions.
+func (t *Ticket) Marshal() ([]byte, error) {
+	if err := t.validate(); err != nil {
+		return nil, err
+	}
+	b := appendTicketHead(make([]byte, 0, ticketSize(len(t.Body), len(t.Path))), t.Version, len(t.Body))
+	return t.appendTail(append(b, t.Body...)), nil
+}
+
+// ticketSize bounds the encoding of a Ticket with a body of bodyLen bytes
+// and a path of pathLen hashes.
+func ticketSize(bodyLen, pathLen int) int {
+	return 5 + 4*9 + bodyLen + pathLen*(2+HashSize)
+}
+
+// appendTicketHead appends what precedes the body's bytes in a Ticket:
+// the map head, the version, and the body's key and byte-string head.
+func appendTicketHead(b []byte, version uint64, bodyLen int) []byte {
+	b = cbor.AppendMapHead(b, 5)
+	b = cbor.AppendUint(cbor.AppendUint(b, 0), version)
+	return cbor.AppendBytesHead(cbor.AppendUint(b, 1), bodyLen)
+}
+
+// appendTail appends what follows the body's bytes: the proof.
+func (t *Ticket) appendTail(b []byte) []byte {
+	b = cbor.AppendUint(cbor.AppendUint(b, 2), t.LeafIndex)
+	b = cbor.AppendUint(cbor.AppendUint(b, 3), t.TreeSize)
+	b = cbor.AppendArrayHead(cbor.AppendUint(b, 4), len(t.Path))
+	for _, h := range t.Path {
+		b = cbor.AppendBytes(b, h)
+	}
+	return b
+}
+
+// TicketDraft is a Ticket message built around its body, so an issuer
+// writes each body's bytes once: DraftTicket encodes the body in place,
+// Body returns those bytes to hash, and Finish appends the proof once the
+// epoch's tree exists.
+type TicketDraft struct {
+	buf  []byte // the Ticket up to the end of the body
+	body []byte // buf's tail: the body's encoding
+}
+
+// DraftTicket validates body and encodes it inside a new Ticket buffer with
+// room for a proof of up to pathLen hashes.
+func DraftTicket(body *TicketBody, pathLen int) (*TicketDraft, error) {
+	if err := body.validate(); err != nil {
+		return nil, err
+	}
+	n := body.encodedSize()
+	buf := appendTicketHead(make([]byte, 0, ticketSize(n, pathLen)), Version, n)
+	start := len(buf)
+	buf = body.appendTo(buf)
+	return &TicketDraft{buf: buf, body: buf[start:len(buf):len(buf)]}, nil
+}
+
+// Body returns the body's encoding. It shares memory with the draft and
+// the Ticket that Finish returns; callers must not modify it.
+func (d *TicketDraft) Body() []byte { return d.body }
+
+// Finish appends the proof and returns the Ticket message: exactly what
+// (&Ticket{Version: Version, Body: d.Body(), LeafIndex: leafIndex,
+// TreeSize: treeSize, Path: path}).Marshal() returns. The draft must not be
+// finished twice.
+func (d *TicketDraft) Finish(leafIndex, treeSize uint64, path [][]byte) ([]byte, error) {
+	t := Ticket{Version: Version, Body: d.body, LeafIndex: leafIndex, TreeSize: treeSize, Path: path}
+	if err := t.validate(); err != nil {
+		return nil, err
+	}
+	out := t.appendTail(d.buf)
+	d.buf = nil
+	return out, nil
+}
 
 func (t *Ticket) validate() error {
 	const what = "ticket"

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -93,6 +94,115 @@ func testBody() *TicketBody {
 		Version: 1, Aud: "dev-01", Epoch: 3, IssuedAt: 1700000000, TTL: 600,
 		KEMAlg: kem.MLKEM1024, Ciphertext: seq(1568, 1), Prev: seq(32, 0x20), PKHash: seq(32, 0x60),
 		Purpose: "telemetry", Group: "plant-7",
+	}
+}
+
+// TestFastEncodersMatchMarshal holds TicketBody.Marshal and Ticket.Marshal,
+// written with cbor's Append functions, to cbor.Marshal's reflection-based
+// core deterministic encoding, across every head-size boundary the fields
+// can reach and for random values.
+func TestFastEncodersMatchMarshal(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	nums := func(limit uint64) []uint64 {
+		out := []uint64{limit}
+		for _, v := range []uint64{1, 23, 24, 255, 256, 65535, 65536, 1<<32 - 1, 1 << 32} {
+			if v <= limit {
+				out = append(out, v)
+			}
+		}
+		for range 8 {
+			out = append(out, 1+r.Uint64N(limit))
+		}
+		return out
+	}
+	label := func(n int) string { return strings.Repeat("x", n) }
+	body := testBody()
+	check := func(name string, m interface{ Marshal() ([]byte, error) }) {
+		t.Helper()
+		fast, err := m.Marshal()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		generic, err := cbor.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(fast, generic) {
+			t.Fatalf("%s:\n   fast %x\ngeneric %x", name, fast, generic)
+		}
+	}
+	for _, e := range nums(MaxEpoch) {
+		for _, ttl := range nums(MaxTTL) {
+			b := *body
+			b.Epoch, b.TTL, b.IssuedAt = e, ttl, r.Uint64N(MaxTime+1)
+			check("body", &b)
+		}
+	}
+	for _, n := range []int{1, 23, 24, MaxIDLen} {
+		for _, l := range []int{1, 23, 24, MaxLabelLen} {
+			b := *body
+			b.Aud, b.Purpose, b.Group = label(n), label(l), label(MaxLabelLen+1-l)
+			check("body labels", &b)
+		}
+	}
+	for _, id := range kem.IDs() {
+		s, _ := kem.Lookup(id)
+		b := *body
+		b.KEMAlg, b.Ciphertext = id, seq(s.CiphertextSize(), 7)
+		check("body "+id.String(), &b)
+	}
+	enc, _ := body.Marshal()
+	for _, size := range nums(1<<63 - 1) {
+		for _, plen := range []int{0, 1, 23, 24, MaxProofLen} {
+			path := make([][]byte, plen)
+			for i := range path {
+				path[i] = seq(32, byte(i))
+			}
+			check("ticket", &Ticket{Version: 1, Body: enc, LeafIndex: r.Uint64N(size), TreeSize: size, Path: path})
+		}
+	}
+}
+
+// TestTicketDraft checks that a Ticket built around its body in place is
+// byte-for-byte Ticket.Marshal's, whatever room was reserved for the proof,
+// and that Finish validates like Marshal.
+func TestTicketDraft(t *testing.T) {
+	body := testBody()
+	enc, _ := body.Marshal()
+	for _, reserve := range []int{0, 1, 10, MaxProofLen} {
+		for _, plen := range []int{0, 1, 10, MaxProofLen} {
+			d, err := DraftTicket(body, reserve)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(d.Body(), enc) {
+				t.Fatal("draft body differs from TicketBody.Marshal")
+			}
+			path := make([][]byte, plen)
+			for i := range path {
+				path[i] = seq(32, byte(i))
+			}
+			got, err := d.Finish(5, 1<<40, path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := (&Ticket{Version: Version, Body: enc, LeafIndex: 5, TreeSize: 1 << 40, Path: path}).Marshal()
+			if !bytes.Equal(got, want) {
+				t.Fatalf("reserve %d, path %d: draft ticket differs from Ticket.Marshal", reserve, plen)
+			}
+		}
+	}
+	d, _ := DraftTicket(body, 1)
+	if _, err := d.Finish(3, 3, nil); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("leaf index = tree size: %v", err)
+	}
+	if _, err := d.Finish(0, 1, [][]byte{seq(31, 0)}); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("short path hash: %v", err)
+	}
+	bad := *body
+	bad.Aud = "no spaces allowed"
+	if _, err := DraftTicket(&bad, 1); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("invalid body drafted: %v", err)
 	}
 }
 
