@@ -7,6 +7,7 @@ package batch
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"runtime"
 	"slices"
 	"strings"
@@ -61,8 +62,8 @@ type Epoch struct {
 
 // leaf is one device's work before the tree exists.
 type leaf struct {
-	body []byte
-	hash []byte
+	draft *wire.TicketDraft // the Ticket message, up to the end of the body
+	hash  []byte
 	Issued
 }
 
@@ -118,6 +119,7 @@ func sorted(devices []Device) ([]Device, error) {
 // encapsulateAll builds every leaf, spreading devices over the CPUs.
 func encapsulateAll(p Params, devs []Device) ([]leaf, error) {
 	leaves := make([]leaf, len(devs))
+	pathLen := bits.Len64(uint64(len(devs) - 1)) // RFC 9162: at most ceil(log2(n)) hashes
 	workers := min(runtime.GOMAXPROCS(0), len(devs))
 	errs := make([]error, workers)
 	var wg sync.WaitGroup
@@ -126,7 +128,7 @@ func encapsulateAll(p Params, devs []Device) ([]leaf, error) {
 		go func() {
 			defer wg.Done()
 			for i := w; i < len(devs); i += workers {
-				if errs[w] = buildLeaf(p, devs[i], &leaves[i]); errs[w] != nil {
+				if errs[w] = buildLeaf(p, devs[i], pathLen, &leaves[i]); errs[w] != nil {
 					return
 				}
 			}
@@ -141,7 +143,9 @@ func encapsulateAll(p Params, devs []Device) ([]leaf, error) {
 
 var zeroHash = make([]byte, wire.HashSize)
 
-func buildLeaf(p Params, d Device, l *leaf) error {
+// buildLeaf encapsulates to one device and writes its ticket body, inside
+// a draft of its Ticket message so the body's bytes are written once.
+func buildLeaf(p Params, d Device, pathLen int, l *leaf) error {
 	ct, ss, err := d.Key.Encapsulate() // pkg/kem cleans circl's AVX state
 	if err != nil {
 		return fmt.Errorf("batch: encapsulate for %q: %w", d.ID, err)
@@ -150,23 +154,24 @@ func buildLeaf(p Params, d Device, l *leaf) error {
 	if prev == nil {
 		prev = zeroHash
 	}
-	pkh := kem.PublicKeyHash(d.Key.Bytes())
+	pkh := d.Key.Hash()
 	body := &wire.TicketBody{
 		Version: wire.Version, Aud: d.ID, Epoch: p.Epoch, IssuedAt: p.IssuedAt, TTL: p.TTL,
 		KEMAlg: d.Key.Scheme().ID(), Ciphertext: ct, Prev: prev, PKHash: pkh,
 		Purpose: d.Purpose, Group: d.Group,
 	}
-	b, err := body.Marshal()
+	draft, err := wire.DraftTicket(body, pathLen)
 	if err != nil {
 		return fmt.Errorf("batch: ticket for %q: %w", d.ID, err)
 	}
+	b := draft.Body()
 	th := keyschedule.TicketHash(b)
 	sec, err := keyschedule.DeriveTicketSecrets(ss, th)
 	clear(ss)
 	if err != nil {
 		return err
 	}
-	*l = leaf{body: b, hash: merkle.LeafHash(b), Issued: Issued{DeviceID: d.ID, TicketHash: th, PKHash: pkh, Secrets: sec}}
+	*l = leaf{draft: draft, hash: merkle.LeafHash(b), Issued: Issued{DeviceID: d.ID, TicketHash: th, PKHash: pkh, Secrets: sec}}
 	return nil
 }
 
@@ -177,10 +182,9 @@ func withProofs(tree *merkle.Tree, leaves []leaf) ([]Issued, error) {
 		if err != nil {
 			return nil, fmt.Errorf("batch: proof %d: %w", i, err)
 		}
-		t := &wire.Ticket{Version: wire.Version, Body: leaves[i].body, LeafIndex: uint64(i), TreeSize: tree.Size(), Path: path}
 		out[i] = leaves[i].Issued
-		if out[i].Ticket, err = t.Marshal(); err != nil {
-			return nil, err
+		if out[i].Ticket, err = leaves[i].draft.Finish(uint64(i), tree.Size(), path); err != nil {
+			return nil, fmt.Errorf("batch: ticket %d: %w", i, err)
 		}
 	}
 	return out, nil
