@@ -20,6 +20,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"os"
 	"reflect"
 	"testing"
 	"time"
@@ -117,8 +118,10 @@ func TestHostileInputToIssuer(t *testing.T) {
 		{"another device's status", statusTopic(victim), f.devices[other].agent.StatusBytes(), "status_rejected:topic_mismatch", "topic_mismatch"},
 	}
 	hostile := connectAs(t, f.b, victim) // a second client on dev-1's account
+	storePath := f.issuerConfig().StorePath
 	for _, tc := range cases {
 		base := iss.Counters()[tc.counter]
+		storeBefore := readFile(t, storePath)
 		publish(t, hostile, tc.topic, tc.payload, true)
 		waitCounter(t, "issuer after "+tc.name, iss.Counters, tc.counter, base+1)
 		if !f.issLog.hasRecord(t, map[string]string{"reason": tc.reason, "topic": tc.topic, "level": "WARN"}) {
@@ -128,6 +131,10 @@ func TestHostileInputToIssuer(t *testing.T) {
 			if got := f.deviceInfo(t, id); !reflect.DeepEqual(got, before[id]) {
 				t.Fatalf("%s changed the issuer's record of %s:\n got %+v\nwant %+v", tc.name, id, got, before[id])
 			}
+		}
+		// Not one byte of the issuer's store was written.
+		if !bytes.Equal(readFile(t, storePath), storeBefore) {
+			t.Fatalf("%s: the issuer's store file %s changed", tc.name, storePath)
 		}
 	}
 	c := iss.Counters()
@@ -310,6 +317,15 @@ func TestHostileInputToDevice(t *testing.T) {
 	if _, err := iss.WaitConfirmed(ctx, victim, 2); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func readFile(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func mustMarshal(t testing.TB, m interface{ Marshal() ([]byte, error) }) []byte {

@@ -69,39 +69,13 @@ func (i *Issuer) handleBatch(msgs []mqttc.Message) {
 }
 
 // handleLocked handles msgs in one store transaction; i.mu is held. Every
-// handler validates completely before it writes, so a rejected message
-// leaves the store byte-identical.
+// handler validates completely before it writes, and a transaction that
+// wrote no record is rolled back rather than committed (a bbolt commit
+// rewrites the meta page even when empty), so rejected messages leave the
+// store file byte-identical.
 func (i *Issuer) handleLocked(msgs []mqttc.Message) {
-	changed := false
 	pending := map[string][]byte{}
-	err := i.store.db.Update(func(tx *bolt.Tx) error {
-		for _, m := range msgs {
-			var o outcome
-			var err error
-			switch {
-			case strings.HasPrefix(m.Topic, i.topics.Prefix+"/reg/"):
-				o, err = i.onRegistration(tx, m.Topic, m.Payload)
-			case strings.HasPrefix(m.Topic, i.topics.Prefix+"/status/"):
-				o, err = i.onStatus(tx, m.Topic, m.Payload)
-			default:
-				i.reject("message", "unexpected_topic", m.Topic, "")
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if o.pendingReg != nil {
-				pending[o.rec.ID] = o.pendingReg
-			}
-			if o.changed {
-				if err := putRecord(tx, o.rec); err != nil {
-					return err
-				}
-				changed = true
-			}
-		}
-		return nil
-	})
+	changed, err := i.handleInTx(msgs, pending)
 	if err != nil {
 		i.count("store_failures", 1)
 		i.log.Error("store update failed; messages of this batch are dropped", "reason", "store_failure", "err", err, "messages", len(msgs))
@@ -113,6 +87,51 @@ func (i *Issuer) handleLocked(msgs []mqttc.Message) {
 	if changed {
 		i.notify()
 	}
+}
+
+// handleInTx runs the handlers for msgs in one write transaction and
+// commits it only if a record was written.
+func (i *Issuer) handleInTx(msgs []mqttc.Message, pending map[string][]byte) (changed bool, err error) {
+	tx, err := i.store.db.Begin(true)
+	if err != nil {
+		return false, err
+	}
+	defer func() {
+		if !changed || err != nil {
+			tx.Rollback()
+		}
+	}()
+	for _, m := range msgs {
+		var o outcome
+		switch {
+		case strings.HasPrefix(m.Topic, i.topics.Prefix+"/reg/"):
+			o, err = i.onRegistration(tx, m.Topic, m.Payload)
+		case strings.HasPrefix(m.Topic, i.topics.Prefix+"/status/"):
+			o, err = i.onStatus(tx, m.Topic, m.Payload)
+		default:
+			i.reject("message", "unexpected_topic", m.Topic, "")
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if o.pendingReg != nil {
+			pending[o.rec.ID] = o.pendingReg
+		}
+		if o.changed {
+			if err = putRecord(tx, o.rec); err != nil {
+				return false, err
+			}
+			changed = true
+		}
+	}
+	if !changed {
+		return false, nil
+	}
+	if err = tx.Commit(); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // reject counts and logs a refused message. kind is "registration" or
