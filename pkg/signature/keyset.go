@@ -1,6 +1,10 @@
 package signature
 
-import "fmt"
+import (
+	"bytes"
+	"fmt"
+	"slices"
+)
 
 // KeySet is the immutable set of pinned issuer public keys, looked up by kid.
 // The zero value and a nil *KeySet are empty sets.
@@ -39,4 +43,17 @@ func (s *KeySet) Len() int {
 		return 0
 	}
 	return len(s.byKID)
+}
+
+// Keys returns the keys of the set, ordered by kid.
+func (s *KeySet) Keys() []*PublicKey {
+	if s == nil {
+		return nil
+	}
+	out := make([]*PublicKey, 0, len(s.byKID))
+	for _, k := range s.byKID {
+		out = append(out, k)
+	}
+	slices.SortFunc(out, func(a, b *PublicKey) int { return bytes.Compare(a.kid[:], b.kid[:]) })
+	return out
 }

@@ -20,7 +20,8 @@ func seeds(t testing.TB) [][]byte {
 	rej, _ := (&Status{Version: 1, DeviceID: "d", State: StateRejected, Reason: 3, Time: 1}).Marshal()
 	info, _ := (&EpochInfo{Version: 1, Epoch: 3, IssuedAt: 5, PeriodS: 60, NextAt: 65}).Marshal()
 	on, _ := (&Online{Version: 1, Online: true, Since: 5}).Marshal()
-	return [][]byte{reg, body, tk, root, st, rej, info, on}
+	kr, _ := testKeyRotation(t).Marshal()
+	return [][]byte{reg, body, tk, root, st, rej, info, on, kr}
 }
 
 // roundTrip is the property every decoder must have: never panic, and an
@@ -57,6 +58,7 @@ func FuzzEpochRoot(f *testing.F)    { fuzz(f, ParseEpochRoot) }
 func FuzzStatus(f *testing.F)       { fuzz(f, ParseStatus) }
 func FuzzEpochInfo(f *testing.F)    { fuzz(f, ParseEpochInfo) }
 func FuzzOnline(f *testing.F)       { fuzz(f, ParseOnline) }
+func FuzzKeyRotation(f *testing.F)  { fuzz(f, ParseKeyRotation) }
 
 func FuzzTicket(f *testing.F) {
 	fuzz(f, func(b []byte) (*Ticket, error) {

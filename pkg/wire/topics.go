@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"strings"
@@ -30,10 +31,17 @@ func (t Topics) Root(epoch uint64) string {
 func (t Topics) Epoch() string  { return t.Prefix + "/epoch" }
 func (t Topics) Online() string { return t.Prefix + "/issuer/online" }
 
+// IssuerKey is where the KeyRotation announcing the issuer key with this
+// kid (signature.KIDSize bytes) is retained: the kid in lowercase hex.
+func (t Topics) IssuerKey(kid []byte) string {
+	return t.Prefix + "/issuer/key/" + hex.EncodeToString(kid)
+}
+
 // Subscription filters.
 func (t Topics) AllRegistrations() string { return t.Prefix + "/reg/+" }
 func (t Topics) AllStatuses() string      { return t.Prefix + "/status/+" }
 func (t Topics) AllRoots() string         { return t.Prefix + "/root/+" }
+func (t Topics) AllIssuerKeys() string    { return t.Prefix + "/issuer/key/+" }
 
 // DeviceOf returns the {device_id} level of a reg, ticket or status topic
 // of kind ("reg", "ticket", "status"), validated.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/entropykem/entropykem/pkg/cbor"
 	"github.com/entropykem/entropykem/pkg/kem"
+	"github.com/entropykem/entropykem/pkg/signature"
 )
 
 // hx decodes hex with spaces, for golden bytes written field by field.
@@ -203,6 +204,53 @@ func TestTicketDraft(t *testing.T) {
 	bad.Aud = "no spaces allowed"
 	if _, err := DraftTicket(&bad, 1); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("invalid body drafted: %v", err)
+	}
+}
+
+func testKeyRotation(t testing.TB) *KeyRotation {
+	t.Helper()
+	k, err := signature.NewKeyFromSeed(signature.MLDSA87, seq(32, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &KeyRotation{Version: 1, FromEpoch: 12, NewAlg: signature.MLDSA87, NewKey: k.Public().Bytes(), IssuedAt: 1700000000}
+}
+
+func TestKeyRotation(t *testing.T) {
+	good := testKeyRotation(t)
+	b, err := good.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > MaxKeyRotation {
+		t.Fatalf("ML-DSA-87 key rotation is %d bytes, over MaxKeyRotation %d", len(b), MaxKeyRotation)
+	}
+	// {0: 1, 1: 12, 2: -50, 3: h'…' (2592 bytes), 4: 1700000000}
+	if want := hx(t, "a5 0001 010c 023831 03590a20"); !bytes.Equal(b[:len(want)], want) {
+		t.Fatalf("key rotation head %x, want %x", b[:len(want)], want)
+	}
+	back, err := ParseKeyRotation(b)
+	if err != nil || back.FromEpoch != 12 || back.NewAlg != signature.MLDSA87 || !bytes.Equal(back.NewKey, good.NewKey) {
+		t.Fatalf("round trip: %+v, %v", back, err)
+	}
+	for name, mod := range map[string]func(*KeyRotation){
+		"epoch 0":               func(k *KeyRotation) { k.FromEpoch = 0 },
+		"unknown alg":           func(k *KeyRotation) { k.NewAlg = -7 },
+		"ML-DSA-65 size for 87": func(k *KeyRotation) { k.NewKey = k.NewKey[:1952] },
+		"version 2":             func(k *KeyRotation) { k.Version = 2 },
+	} {
+		k := *good
+		mod(&k)
+		if _, err := k.Marshal(); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: Marshal: %v", name, err)
+		}
+		raw, err := cbor.Marshal(&k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ParseKeyRotation(raw); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: Parse: %v", name, err)
+		}
 	}
 }
 
