@@ -71,6 +71,7 @@ func TestDeviceReadsOnlyItsOwnTicket(t *testing.T) {
 	publishString(t, iss, ticketTopic(devA), "ticket-a-1", true)
 	publishString(t, iss, rootTopic(1), "root-1", true)
 	publishString(t, iss, topicOnline, "online", true)
+	publishString(t, iss, topicIssuerKey, "key-announcement", true)
 	for _, id := range []string{devA, devB} {
 		d := connectAs(t, b, id)
 		publishString(t, d, regTopic(id), "reg-"+id, true)
@@ -86,14 +87,17 @@ func TestDeviceReadsOnlyItsOwnTicket(t *testing.T) {
 	a.waitFor(t, rootTopic(1), "root-1")
 	a.waitFor(t, topicOnline, "online")
 	bRec.waitFor(t, ticketTopic(devB), "ticket-b-1")
+	// Issuer key announcements are read by every device (subscribed here
+	// through prefix+"#", whose other topics it must not get).
+	a.waitFor(t, topicIssuerKey, "key-announcement")
 
 	publishString(t, iss, ticketTopic(devB), "ticket-b-2", true)
 	publishString(t, iss, topicEpoch, "sentinel-2", false)
 	a.waitFor(t, topicEpoch, "sentinel-2")
 	bRec.waitFor(t, ticketTopic(devB), "ticket-b-2")
 
-	allowed := map[string]bool{ticketTopic(devA): true, rootTopic(1): true, topicEpoch: true, topicOnline: true}
-	a.mustNotHave(t, "a device reads only its ticket, roots, epoch and issuer/online", func(m message) bool {
+	allowed := map[string]bool{ticketTopic(devA): true, rootTopic(1): true, topicEpoch: true, topicOnline: true, topicIssuerKey: true}
+	a.mustNotHave(t, "a device reads only its ticket, roots, epoch, issuer/online and issuer/key/+", func(m message) bool {
 		return !allowed[m.Topic]
 	})
 }
@@ -142,11 +146,11 @@ func TestDeviceCannotForgeAnotherDevice(t *testing.T) {
 func TestDeviceCannotPublishIssuerTopics(t *testing.T) {
 	b := mosquittotest.Start(t, mosquittotest.Options{Devices: []string{devA, devB}})
 	mon := subscribe(t, b, monitor, prefix+"#")
-	bRec := subscribe(t, b, devB, ticketTopic(devB), prefix+"root/+", topicEpoch, topicOnline)
+	bRec := subscribe(t, b, devB, ticketTopic(devB), prefix+"root/+", topicEpoch, topicOnline, prefix+"issuer/key/+")
 	a := connectAs(t, b, devA)
 	iss := connectAs(t, b, issuer)
 
-	forged := []string{ticketTopic(devA), ticketTopic(devB), rootTopic(1), topicEpoch, topicOnline, prefix + "other"}
+	forged := []string{ticketTopic(devA), ticketTopic(devB), rootTopic(1), topicEpoch, topicOnline, topicIssuerKey, prefix + "other"}
 	for _, topic := range forged {
 		publishString(t, a, topic, probePayload, true)
 	}
@@ -179,10 +183,11 @@ func TestMonitorReadsAllAndWritesNothing(t *testing.T) {
 		rootTopic(7):      "root-7",
 		topicEpoch:        "epoch-7",
 		topicOnline:       "online",
+		topicIssuerKey:    "key-announcement",
 	}
 	publishString(t, a, regTopic(devA), retained[regTopic(devA)], true)
 	publishString(t, a, statusTopic(devA), retained[statusTopic(devA)], true)
-	for _, topic := range []string{ticketTopic(devA), rootTopic(7), topicEpoch, topicOnline} {
+	for _, topic := range []string{ticketTopic(devA), rootTopic(7), topicEpoch, topicOnline, topicIssuerKey} {
 		publishString(t, iss, topic, retained[topic], true)
 	}
 
@@ -197,7 +202,7 @@ func TestMonitorReadsAllAndWritesNothing(t *testing.T) {
 	monConn := connectAs(t, b, monitor)
 	targets := []string{
 		regTopic(devA), regTopic(monitor), statusTopic(devA), statusTopic(monitor),
-		ticketTopic(devA), ticketTopic(monitor), rootTopic(8), topicEpoch, topicOnline,
+		ticketTopic(devA), ticketTopic(monitor), rootTopic(8), topicEpoch, topicOnline, topicIssuerKey,
 		prefix + "other", "$SYS/broker/forged", "elsewhere",
 	}
 	for _, topic := range targets {

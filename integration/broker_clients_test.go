@@ -15,12 +15,13 @@ import (
 
 // Topics of DESIGN.md with the default prefix.
 const (
-	prefix       = "ekem/v1/"
-	topicEpoch   = prefix + "epoch"
-	topicOnline  = prefix + "issuer/online"
-	waitTimeout  = 5 * time.Second // every positive wait in this package is bounded by this
-	ackTimeout   = 5 * time.Second
-	probePayload = "forged"
+	prefix         = "ekem/v1/"
+	topicEpoch     = prefix + "epoch"
+	topicOnline    = prefix + "issuer/online"
+	topicIssuerKey = prefix + "issuer/key/0011223344556677"
+	waitTimeout    = 5 * time.Second // every positive wait in this package is bounded by this
+	ackTimeout     = 5 * time.Second
+	probePayload   = "forged"
 )
 
 func regTopic(id string) string    { return prefix + "reg/" + id }

@@ -122,7 +122,7 @@ func Allowed(prefix, user, topic string, write bool) bool {
 	switch user {
 	case IssuerUser:
 		if write {
-			return matchAny(topic, p+"ticket/+", p+"root/+", p+"epoch", p+"issuer/online")
+			return matchAny(topic, p+"ticket/+", p+"root/+", p+"epoch", p+"issuer/online", p+"issuer/key/+")
 		}
 		return matchAny(topic, p+"reg/+", p+"status/+")
 	case MonitorUser:
@@ -131,7 +131,7 @@ func Allowed(prefix, user, topic string, write bool) bool {
 	if write {
 		return topic == p+"reg/"+user || topic == p+"status/"+user
 	}
-	return topic == p+"ticket/"+user || matchAny(topic, p+"root/+", p+"epoch", p+"issuer/online")
+	return topic == p+"ticket/"+user || matchAny(topic, p+"root/+", p+"epoch", p+"issuer/online", p+"issuer/key/+")
 }
 
 // matchAny reports whether topic (a name, or a filter no wider than the
