@@ -32,6 +32,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,6 +43,7 @@ import (
 	"github.com/entropykem/entropykem/pkg/keyschedule"
 	"github.com/entropykem/entropykem/pkg/ratchet"
 	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/trust"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
@@ -132,6 +134,8 @@ type Agent struct {
 	done    chan struct{}
 
 	// Owned by the Run goroutine.
+	trust       *trust.Trust      // issuer keys trusted per epoch
+	heldKeys    map[string][]byte // key announcements not verified yet, by topic
 	roots       map[uint64][]byte
 	ticket      []byte
 	ticketEpoch uint64
@@ -143,7 +147,9 @@ type Agent struct {
 // creates it: a new KEM key of cfg.KEM and its Registration. A state file
 // that does not decrypt or decode is an error (ErrStateKey, ErrStateCorrupt)
 // and is never replaced. A directory locked by another agent gives
-// ErrLocked. Close releases the lock.
+// ErrLocked. Close releases the lock. With cfg.IssuerKeys set, the issuer
+// keys learned from rotation announcements (issuer-keys.cbor) are verified
+// again from the pins; a file that does not verify is ErrStateCorrupt.
 func New(cfg Config) (*Agent, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -161,12 +167,19 @@ func New(cfg Config) (*Agent, error) {
 		cfg: cfg, topics: topics, lock: lock,
 		log:      cfg.Logger.With("device", cfg.ID),
 		counters: make(map[string]uint64), changed: make(chan struct{}),
-		roots: make(map[uint64][]byte),
+		roots: make(map[uint64][]byte), heldKeys: make(map[string][]byte),
 	}
 	if err := a.open(); err != nil {
 		clear(a.key)
 		lock.Close()
 		return nil, err
+	}
+	if cfg.IssuerKeys.Len() > 0 { // else Run refuses to start
+		if a.trust, err = a.loadTrust(); err != nil {
+			clear(a.key)
+			lock.Close()
+			return nil, err
+		}
 	}
 	return a, nil
 }
@@ -290,8 +303,9 @@ func (a *Agent) loadRegistration() error {
 }
 
 // Run connects to the broker, publishes the Registration (retained, the
-// same stored bytes every time), subscribes to {prefix}/root/+ and
-// {prefix}/ticket/{id}, and processes tickets until ctx ends or Close is
+// same stored bytes every time), subscribes to {prefix}/ticket/{id},
+// {prefix}/root/+ and {prefix}/issuer/key/+ (issuer key rotations, which it
+// learns once verified), and processes tickets until ctx ends or Close is
 // called; then it disconnects and returns nil. After every (re)connection
 // it republishes the Registration and the last Status unchanged. It
 // returns an error only for a missing Broker or IssuerKeys, a closed
@@ -330,7 +344,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// delivering, with a SUBACK that paho reports as success; subscribing
 	// to root/+ first made that race likely.) A ticket that arrives before
 	// its root waits for it.
-	for _, f := range []string{a.topics.Ticket(a.cfg.ID), a.topics.AllRoots()} {
+	for _, f := range []string{a.topics.Ticket(a.cfg.ID), a.topics.AllRoots(), a.topics.AllIssuerKeys()} {
 		if err := cl.Subscribe(f); err != nil {
 			a.log.Warn("subscribe failed; retried on reconnect", "filter", f, "err", err)
 		}
@@ -437,6 +451,10 @@ func (a *Agent) handle(pub publisher, m mqttc.Message) {
 		a.processTicket(pub)
 		return
 	}
+	if strings.HasPrefix(m.Topic, a.topics.Prefix+"/issuer/key/") {
+		a.onIssuerKey(pub, m.Topic, m.Payload)
+		return
+	}
 	e, err := a.topics.EpochOf(m.Topic)
 	if err != nil {
 		a.log.Warn("ignoring message on unexpected topic", "topic", m.Topic, "err", err)
@@ -504,7 +522,7 @@ func (a *Agent) processTicket(pub publisher) {
 // decide applies accept.Accept and commits and reports the outcome.
 func (a *Agent) decide(pub publisher, ticket, root []byte) {
 	in := accept.Input{
-		Ticket: ticket, Root: root, Pins: a.cfg.IssuerKeys, Now: a.cfg.Now(),
+		Ticket: ticket, Root: root, Pins: a.trust.KeysAt(a.ticketEpoch), Now: a.cfg.Now(),
 		Policy: accept.Policy{Skew: a.cfg.Skew, MaxJump: a.cfg.MaxJump},
 		Cohort: a.cfg.Cohort, Roots: a.cfg.Roots,
 	}

@@ -6,6 +6,8 @@ import (
 
 	"github.com/entropykem/entropykem/pkg/cbor"
 	"github.com/entropykem/entropykem/pkg/keyschedule"
+	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/trust"
 )
 
 // fuzzSeeds returns valid state.bin plaintexts: a new device, one after
@@ -91,4 +93,43 @@ func FuzzOpenState(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzIssuerKeys checks the decoder of issuer-keys.cbor: it never panics,
+// and a file it accepts holds only announcements the pinned key signed,
+// re-encoding to the same bytes.
+func FuzzIssuerKeys(f *testing.F) {
+	a, b := mustKeyF(f), mustKeyF(f)
+	pins, _ := signature.NewKeySet(a.Public())
+	ab, err := trust.Sign(a, b.Public(), 4, 1)
+	if err != nil {
+		f.Fatal(err)
+	}
+	good, _ := cbor.Marshal(&issuerKeysFile{Version: 1, Rotations: [][]byte{ab}})
+	empty, _ := cbor.Marshal(&issuerKeysFile{Version: 1})
+	f.Add(good)
+	f.Add(empty)
+	f.Fuzz(func(t *testing.T, in []byte) {
+		tr, err := decodeIssuerKeys(pins, in)
+		if err != nil {
+			return
+		}
+		for _, r := range tr.Rotations() {
+			if !r.New.Equal(b.Public()) {
+				t.Fatal("learned a key the pinned key did not announce")
+			}
+		}
+		again, err := cbor.Marshal(&issuerKeysFile{Version: 1, Rotations: tr.Signed()})
+		if err != nil || !bytes.Equal(again, in) {
+			t.Fatalf("accepted file re-encodes differently (%v)", err)
+		}
+	})
+}
+
+func mustKeyF(f *testing.F) *signature.PrivateKey {
+	k, err := signature.GenerateKey(signature.MLDSA65)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return k
 }

@@ -300,7 +300,7 @@ func cleanTemps(dir string) error {
 	}
 	for _, e := range ents {
 		n := e.Name()
-		for _, base := range []string{stateFileName, regFileName, statusFileName} {
+		for _, base := range []string{stateFileName, regFileName, statusFileName, issuerKeysFileName} {
 			if strings.HasPrefix(n, base+tmpInfix) && e.Type().IsRegular() {
 				if err := os.Remove(filepath.Join(dir, n)); err != nil {
 					return fmt.Errorf("device: remove leftover %s: %w", n, err)

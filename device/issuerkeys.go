@@ -1,0 +1,126 @@
+package device
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/entropykem/entropykem/pkg/cbor"
+	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/trust"
+)
+
+// issuerKeysFileName holds the issuer key rotations the device learned
+// (schema/PROTOCOL.md §8.6), in the order learned. The announcements are
+// signed, so the file needs no encryption: it is verified again, from the
+// pinned keys, every time it is loaded, and a file that does not verify is
+// an error (ErrStateCorrupt), never ignored.
+const issuerKeysFileName = "issuer-keys.cbor"
+
+// maxIssuerKeysFile bounds issuer-keys.cbor before it is decoded.
+const maxIssuerKeysFile = trust.MaxRotations*(signature.MaxSign1Size+4) + 16
+
+// maxHeldAnnouncements bounds announcements kept because they could not be
+// verified yet (their signer may be announced by one still to arrive).
+const maxHeldAnnouncements = 2 * trust.MaxRotations
+
+type issuerKeysFile struct {
+	Version   uint64   `cbor:"0,keyasint"`
+	Rotations [][]byte `cbor:"1,keyasint,omitempty"`
+}
+
+// loadTrust builds the device's issuer key trust from its pinned keys and
+// issuer-keys.cbor, if there is one.
+func (a *Agent) loadTrust() (*trust.Trust, error) {
+	path := filepath.Join(a.cfg.StateDir, issuerKeysFileName)
+	b, err := readOptional(path, maxIssuerKeysFile)
+	if err != nil {
+		return nil, err
+	}
+	t, err := decodeIssuerKeys(a.cfg.IssuerKeys, b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrStateCorrupt, path, err)
+	}
+	return t, nil
+}
+
+// decodeIssuerKeys verifies the contents of issuer-keys.cbor (nil: no
+// file) against the pinned keys.
+func decodeIssuerKeys(pins *signature.KeySet, b []byte) (*trust.Trust, error) {
+	var f issuerKeysFile
+	if b != nil {
+		if err := cbor.Unmarshal(b, maxIssuerKeysFile, &f); err != nil {
+			return nil, err
+		}
+		if f.Version != 1 {
+			return nil, fmt.Errorf("version %d, want 1", f.Version)
+		}
+	}
+	return trust.Load(pins, f.Rotations)
+}
+
+// onIssuerKey handles a message on {prefix}/issuer/key/+: a KeyRotation
+// signed by the key it retires. A verified one is made durable before it
+// is trusted; then every held announcement is retried (a chain may arrive
+// out of order), and the latest ticket is evaluated again if it is not
+// accepted yet (its root may be signed by the key just learned).
+func (a *Agent) onIssuerKey(pub publisher, topic string, payload []byte) {
+	if len(payload) == 0 {
+		delete(a.heldKeys, topic) // a cleared retained message; what was learned stays
+		return
+	}
+	a.heldKeys[topic] = bounded(payload, signature.MaxSign1Size)
+	learned := false
+	for progress := true; progress; {
+		progress = false
+		for tp, msg := range a.heldKeys {
+			ok, keep := a.learnIssuerKey(tp, msg)
+			if !keep {
+				delete(a.heldKeys, tp)
+			}
+			progress = progress || ok
+			learned = learned || ok
+		}
+	}
+	for len(a.heldKeys) > maxHeldAnnouncements {
+		for tp := range a.heldKeys {
+			delete(a.heldKeys, tp)
+			break
+		}
+	}
+	if learned && a.ticket != nil && a.ticketEpoch > a.Epoch() {
+		a.processTicket(pub)
+	}
+}
+
+// learnIssuerKey tries one announcement. learned: the trust changed;
+// keep: it may verify later (its signer is not known yet).
+func (a *Agent) learnIssuerKey(topic string, msg []byte) (learned, keep bool) {
+	next, r, err := a.trust.Learn(msg)
+	switch {
+	case errors.Is(err, trust.ErrKnown):
+		return false, false
+	case errors.Is(err, trust.ErrConflict):
+		a.count("issuer_key_conflict")
+		a.log.Error("issuer key announces two different successors", "reason", "issuer_key_conflict", "topic", topic, "err", err)
+		return false, false
+	case err != nil:
+		a.count("issuer_key_rejected")
+		a.log.Warn("issuer key announcement not verified (yet)", "reason", "issuer_key_unverified", "topic", topic, "err", err)
+		return false, errors.Is(err, trust.ErrUnverified)
+	}
+	enc, err := cbor.Marshal(&issuerKeysFile{Version: 1, Rotations: next.Signed()})
+	if err == nil {
+		err = writeAtomic(a.cfg.StateDir, issuerKeysFileName, enc)
+	}
+	if err != nil {
+		a.count("issuer_key_store_failed")
+		a.log.Error("issuer key not stored; not trusted", "reason", "store_failed", "err", err)
+		return false, true
+	}
+	a.trust = next
+	a.count("issuer_key_learned")
+	a.log.Info("learned issuer key", "kid", fmt.Sprintf("%x", r.New.KID()), "alg", r.New.Alg().String(),
+		"from_epoch", r.From, "retires", fmt.Sprintf("%x", r.Old))
+	return true, false
+}
