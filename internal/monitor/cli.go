@@ -208,7 +208,9 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) 
 		return ExitError, err
 	}
 	defer c.Close()
-	filters := []string{topics.AllStatuses(), topics.AllRoots(), topics.Epoch(), "$SYS/#"}
+	// Issuer key rotations first: their retained messages then arrive
+	// before the retained roots that a rotated-to key signed.
+	filters := []string{topics.AllIssuerKeys(), topics.AllStatuses(), topics.AllRoots(), topics.Epoch(), "$SYS/#"}
 	if o.Tickets {
 		filters = append(filters, topics.Prefix+"/ticket/+")
 	}

@@ -16,6 +16,7 @@ package monitor
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/trust"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
@@ -87,6 +89,8 @@ const (
 	AlarmRoot         AlarmKind = "root_verification_failed"
 	AlarmClone        AlarmKind = "clone"
 	AlarmEquivocation AlarmKind = "equivocation"
+	// AlarmIssuerKey: an issuer key announced two different successors.
+	AlarmIssuerKey AlarmKind = "issuer_key_conflict"
 )
 
 // Alarm is something an operator must look at now.
@@ -133,7 +137,9 @@ type deviceRec struct {
 type Config struct {
 	// Topics names the protocol's topics (default prefix if zero).
 	Topics wire.Topics
-	// Pins are the pinned issuer public keys every root must verify under.
+	// Pins are the pinned issuer public keys. A root must verify under the
+	// keys trusted at its epoch: these, and successors learned from
+	// verified key rotations on {prefix}/issuer/key/+ (pkg/trust).
 	Pins *signature.KeySet
 	// TrackTickets says ticket/+ is subscribed, so issuer-side standings
 	// (quarantined, revoked) and ticket expiry can be inferred.
@@ -143,6 +149,9 @@ type Config struct {
 // Fleet is the monitor's model. Its methods are safe for concurrent use.
 type Fleet struct {
 	cfg Config
+
+	trust *trust.Trust      // nil without pins: every root fails
+	held  map[string][]byte // key announcements not verified yet, by topic
 
 	mu      sync.Mutex
 	devices map[string]*deviceRec
@@ -167,8 +176,10 @@ func NewFleet(cfg Config) *Fleet {
 	if cfg.Topics.Prefix == "" {
 		cfg.Topics = wire.Topics{Prefix: wire.DefaultPrefix}
 	}
+	tr, _ := trust.New(cfg.Pins) // an error only for no pins
 	return &Fleet{
-		cfg: cfg, devices: map[string]*deviceRec{}, roots: map[uint64]uint64{},
+		cfg: cfg, trust: tr, held: map[string][]byte{},
+		devices: map[string]*deviceRec{}, roots: map[uint64]uint64{},
 		sys: map[string]float64{}, sysText: map[string]string{}, counts: map[string]uint64{},
 	}
 }
@@ -180,6 +191,9 @@ const (
 	CountRootFailures = "root_failures"
 	CountClones       = "clone_alarms"
 	CountEquivocation = "equivocation_alarms"
+	CountKeysLearned  = "issuer_keys_learned"
+	CountKeyRejected  = "issuer_key_rejected"
+	CountKeyConflicts = "issuer_key_conflicts"
 )
 
 // Counters returns a copy of the model's counters (CountMessages and the
@@ -211,6 +225,8 @@ func (f *Fleet) Handle(topic string, payload []byte, now time.Time) *Alarm {
 		return f.onRoot(topic, payload, now)
 	case strings.HasPrefix(topic, p+"ticket/"):
 		f.onTicket(topic, payload)
+	case strings.HasPrefix(topic, p+"issuer/key/"):
+		return f.onIssuerKey(topic, payload, now)
 	case topic == f.cfg.Topics.Epoch():
 		if len(payload) == 0 {
 			return nil
@@ -284,7 +300,10 @@ func (f *Fleet) onRoot(topic string, payload []byte, now time.Time) *Alarm {
 	if err != nil {
 		return fail(err.Error())
 	}
-	r, _, err := accept.VerifyRoot(payload, f.cfg.Pins)
+	if f.trust == nil {
+		return fail("no pinned issuer key")
+	}
+	r, _, err := accept.VerifyRoot(payload, f.trust.KeysAt(e))
 	if err != nil {
 		return fail(err.Error())
 	}
@@ -303,6 +322,47 @@ func (f *Fleet) onRoot(topic string, payload []byte, now time.Time) *Alarm {
 		delete(f.roots, oldest)
 	}
 	return nil
+}
+
+// onIssuerKey learns a verified issuer key rotation. Announcements whose
+// signer is not known yet are held (bounded) and retried after every
+// rotation learned, so a chain delivered out of order is still learned.
+func (f *Fleet) onIssuerKey(topic string, payload []byte, now time.Time) *Alarm {
+	if len(payload) == 0 || f.trust == nil {
+		delete(f.held, topic)
+		return nil
+	}
+	f.held[topic] = payload
+	var alarm *Alarm
+	for progress := true; progress; {
+		progress = false
+		for tp, msg := range f.held {
+			next, _, err := f.trust.Learn(msg)
+			switch {
+			case err == nil:
+				f.trust, progress = next, true
+				f.counts[CountKeysLearned]++
+				delete(f.held, tp)
+			case errors.Is(err, trust.ErrKnown):
+				delete(f.held, tp)
+			case errors.Is(err, trust.ErrConflict):
+				f.counts[CountKeyConflicts]++
+				alarm = &Alarm{Kind: AlarmIssuerKey, Topic: tp, At: now, Detail: err.Error()}
+				delete(f.held, tp)
+			case !errors.Is(err, trust.ErrUnverified):
+				f.counts[CountKeyRejected]++
+				delete(f.held, tp)
+			}
+		}
+	}
+	for tp := range f.held {
+		if len(f.held) <= 2*trust.MaxRotations {
+			break
+		}
+		f.counts[CountKeyRejected]++
+		delete(f.held, tp)
+	}
+	return alarm
 }
 
 func (f *Fleet) onTicket(topic string, payload []byte) {

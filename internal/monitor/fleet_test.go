@@ -15,6 +15,7 @@ import (
 	"github.com/entropykem/entropykem/pkg/batch"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/trust"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
@@ -259,6 +260,55 @@ func TestRootVerification(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "ALARM    root "+topics.Root(2)+" FAILED VERIFICATION") {
 		t.Errorf("table does not shout the failed root:\n%s", out.String())
+	}
+}
+
+// TestIssuerKeyRotation: after a verified rotation A→B from epoch 3, the
+// monitor verifies B's roots from epoch 3 on and refuses A's; before it,
+// B's root is a failure. A second successor announced by A is an alarm.
+func TestIssuerKeyRotation(t *testing.T) {
+	w := newWorld(t, "a")
+	b, err := signature.NewKeyFromSeed(signature.MLDSA65, bytes.Repeat([]byte{5}, signature.SeedSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := signature.NewKeyFromSeed(signature.MLDSA65, bytes.Repeat([]byte{6}, signature.SeedSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := NewFleet(Config{Topics: topics, Pins: w.pins})
+	withKey := func(k *signature.PrivateKey, e uint64) []byte {
+		old := w.key
+		w.key = k
+		defer func() { w.key = old }()
+		return w.epoch(e, "a").Root
+	}
+	if a := f.Handle(topics.Root(3), withKey(b, 3), t0); a == nil || a.Kind != AlarmRoot {
+		t.Fatalf("B's root before the announcement: alarm %v", a)
+	}
+	ab, err := trust.Sign(w.key, b.Public(), 3, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := f.Handle(topics.IssuerKey(b.Public().KID()), ab, t0); a != nil {
+		t.Fatalf("announcement: alarm %v", a)
+	}
+	for _, tc := range []struct {
+		e     uint64
+		k     *signature.PrivateKey
+		alarm bool
+	}{{2, w.key, false}, {3, b, false}, {4, b, false}, {4, w.key, true}, {2, b, true}} {
+		a := f.Handle(topics.Root(tc.e), withKey(tc.k, tc.e), t0)
+		if (a != nil) != tc.alarm {
+			t.Errorf("epoch %d signed by %x: alarm %v, want alarm %v", tc.e, tc.k.Public().KID(), a, tc.alarm)
+		}
+	}
+	ac, _ := trust.Sign(w.key, c.Public(), 5, 1)
+	if a := f.Handle(topics.IssuerKey(c.Public().KID()), ac, t0); a == nil || a.Kind != AlarmIssuerKey {
+		t.Fatalf("second successor of A: alarm %v", a)
+	}
+	if n := f.Counters(); n[CountKeysLearned] != 1 || n[CountKeyConflicts] != 1 {
+		t.Fatalf("counters %v", n)
 	}
 }
 

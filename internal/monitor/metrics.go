@@ -24,6 +24,10 @@ var (
 		"ALARM: two different Status messages with one seq seen for one device.", nil, nil)
 	descFleetEquivocation = prometheus.NewDesc("ekem_fleet_equivocation_alarms_total",
 		"ALARM: Status messages reporting equivocation (two tickets for one epoch).", nil, nil)
+	descFleetKeysLearned = prometheus.NewDesc("ekem_fleet_issuer_keys_learned_total",
+		"Issuer key rotations the monitor verified and now trusts for their epochs.", nil, nil)
+	descFleetKeyConflicts = prometheus.NewDesc("ekem_fleet_issuer_key_conflicts_total",
+		"ALARM: an issuer key announced two different successors.", nil, nil)
 	descFleetMessages  = prometheus.NewDesc("ekem_fleet_messages_total", "Messages the monitor received.", nil, nil)
 	descFleetMalformed = prometheus.NewDesc("ekem_fleet_malformed_messages_total",
 		"Messages the monitor could not decode or that broke a rule (ignored).", nil, nil)
@@ -54,6 +58,7 @@ type Collector struct {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFleetDevices, descFleetEpoch, descFleetEpochIssued, descFleetMaxLag,
 		descFleetRootFailures, descFleetClones, descFleetEquivocation, descFleetMessages, descFleetMalformed,
+		descFleetKeysLearned, descFleetKeyConflicts,
 		descFleetConnected, descBrokerVersion} {
 		ch <- d
 	}
@@ -102,6 +107,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descFleetEquivocation, float64(counts[CountEquivocation]))
 	counter(descFleetMessages, float64(counts[CountMessages]))
 	counter(descFleetMalformed, float64(counts[CountMalformed]))
+	counter(descFleetKeysLearned, float64(counts[CountKeysLearned]))
+	counter(descFleetKeyConflicts, float64(counts[CountKeyConflicts]))
 	if c.Connected != nil {
 		v := 0.0
 		if c.Connected() {
