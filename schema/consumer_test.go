@@ -7,7 +7,9 @@ import (
 	"crypto/mlkem"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strconv"
 	"testing"
@@ -62,6 +64,28 @@ func TestVectorsIndependently(t *testing.T) {
 		}
 	}
 	checkEnvelope(t, v)
+	checkKeyRotation(t, v, &pk)
+}
+
+// checkKeyRotation: the announcement is a COSE_Sign1 by the current issuer
+// key over {0: 1, 1: from_epoch, 2: new_alg, 3: new_key, 4: issued_at},
+// published under the new key's kid.
+func checkKeyRotation(t *testing.T, v Vectors, pk *mldsa87.PublicKey) {
+	r := v.KeyRotation
+	payload := verifySign1(t, "key rotation", r.Message, pk)
+	eq(t, "key rotation payload", payload, r.Payload)
+	p := cborMap(t, payload)
+	eq(t, "new key", p[3].([]byte), r.NewPublicKey)
+	if p[0] != uint64(1) || p[1] != r.FromEpoch || p[2] != int64(-50) || p[4] != r.IssuedAt || r.NewAlg != -50 {
+		t.Fatalf("key rotation fields %v", p)
+	}
+	next, _ := mldsa87.NewKeyFromSeed((*[32]byte)(r.NewSeed))
+	nb, _ := next.MarshalBinary()
+	eq(t, "new key from seed", nb, r.NewPublicKey)
+	eq(t, "new kid", sum(r.NewPublicKey)[:8], r.NewKID)
+	if want := "ekem/v1/issuer/key/" + hex.EncodeToString(r.NewKID); r.Topic != want {
+		t.Fatalf("key rotation topic %q, want %q", r.Topic, want)
+	}
 }
 
 func checkEpoch(t *testing.T, v Vectors, e Epoch, pk *mldsa87.PublicKey, dk *mlkem.DecapsulationKey1024, prevRoot []byte, first bool) []byte {
@@ -112,6 +136,17 @@ func checkEpoch(t *testing.T, v Vectors, e Epoch, pk *mldsa87.PublicKey, dk *mlk
 }
 
 func checkRoot(t *testing.T, e Epoch, pk *mldsa87.PublicKey) {
+	eq(t, "root payload", verifySign1(t, fmt.Sprintf("epoch %d root", e.Epoch), e.RootMessage, pk), e.RootPayload)
+	p := cborMap(t, e.RootPayload)
+	eq(t, "merkle root", p[4].([]byte), e.MerkleRoot)
+	if p[1] != e.Epoch || p[3] != e.TreeSize {
+		t.Fatalf("root payload fields %v", p)
+	}
+}
+
+// verifySign1 checks a COSE_Sign1 (RFC 9052 §4.4) under pk and returns its
+// payload.
+func verifySign1(t *testing.T, what string, message []byte, pk *mldsa87.PublicKey) []byte {
 	var msg struct {
 		_           struct{} `cbor:",toarray"`
 		Protected   []byte
@@ -120,25 +155,20 @@ func checkRoot(t *testing.T, e Epoch, pk *mldsa87.PublicKey) {
 		Signature   []byte
 	}
 	tag := fx.RawTag{}
-	if err := fx.Unmarshal(e.RootMessage, &tag); err != nil || tag.Number != 18 {
-		t.Fatalf("root message is not COSE_Sign1 (tag 18): %v", err)
+	if err := fx.Unmarshal(message, &tag); err != nil || tag.Number != 18 {
+		t.Fatalf("%s: not a COSE_Sign1 (tag 18): %v", what, err)
 	}
 	if err := fx.Unmarshal(tag.Content, &msg); err != nil {
 		t.Fatal(err)
 	}
-	eq(t, "root payload", msg.Payload, e.RootPayload)
 	sig, err := fx.Marshal([]any{"Signature1", msg.Protected, []byte{}, msg.Payload})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !mldsa87.Verify(pk, sig, nil, msg.Signature) {
-		t.Fatalf("epoch %d: root signature does not verify", e.Epoch)
+		t.Fatalf("%s: signature does not verify", what)
 	}
-	p := cborMap(t, e.RootPayload)
-	eq(t, "merkle root", p[4].([]byte), e.MerkleRoot)
-	if p[1] != e.Epoch || p[3] != e.TreeSize {
-		t.Fatalf("root payload fields %v", p)
-	}
+	return msg.Payload
 }
 
 func checkEnvelope(t *testing.T, v Vectors) {

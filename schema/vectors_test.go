@@ -25,6 +25,7 @@ import (
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/keyschedule"
 	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/trust"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
@@ -56,6 +57,20 @@ type Vectors struct {
 	Others       []Other `json:"other_devices"`
 	Epochs       []Epoch `json:"epochs"`
 	Envelope     Env     `json:"envelope"`
+	KeyRotation  Rot     `json:"key_rotation"`
+}
+
+// Rot is the issuer's hand-over from its key (Vectors.Issuer) to the next.
+type Rot struct {
+	NewAlg       int64  `json:"new_alg"`
+	NewSeed      Hex    `json:"new_seed"`
+	NewPublicKey Hex    `json:"new_public_key"`
+	NewKID       Hex    `json:"new_kid"`
+	FromEpoch    uint64 `json:"from_epoch"`
+	IssuedAt     uint64 `json:"issued_at"`
+	Payload      Hex    `json:"payload"`
+	Message      Hex    `json:"message"`
+	Topic        string `json:"topic"`
 }
 
 type Issuer struct {
@@ -119,6 +134,21 @@ type Env struct {
 	Key       Hex    `json:"key"`
 	Plaintext Hex    `json:"plaintext"`
 	Envelope  Hex    `json:"envelope"`
+}
+
+// rotate makes the issuer's announcement of its next key, from epoch 3.
+// It comes last so that every earlier value keeps its randomness.
+func rotate(t *testing.T, iss *signature.PrivateKey, pins *signature.KeySet) Rot {
+	next, err := signature.NewKeyFromSeed(signature.MLDSA87, seq(32, 0x90))
+	must(t, err)
+	const from, at = 3, 1767229200
+	msg, err := trust.Sign(iss, next.Public(), from, at)
+	must(t, err)
+	payload, _, err := signature.Verify1(msg, pins)
+	must(t, err)
+	tp, _ := wire.NewTopics(wire.DefaultPrefix)
+	return Rot{NewAlg: int64(next.Alg()), NewSeed: next.Seed(), NewPublicKey: next.Public().Bytes(), NewKID: next.Public().KID(),
+		FromEpoch: from, IssuedAt: at, Payload: payload, Message: msg, Topic: tp.IssuerKey(next.Public().KID())}
 }
 
 func seq(n int, start byte) []byte {
@@ -226,6 +256,7 @@ func generate(t *testing.T) *Vectors {
 		st = ep.state
 	}
 	v.Envelope = sealEnvelope(t, st, reg.DeviceID)
+	v.KeyRotation = rotate(t, iss, pins)
 	return v
 }
 
