@@ -143,12 +143,19 @@ func encapsulateAll(p Params, devs []Device) ([]leaf, error) {
 
 var zeroHash = make([]byte, wire.HashSize)
 
-// buildLeaf encapsulates to one device and writes its ticket body, inside
-// a draft of its Ticket message so the body's bytes are written once.
+// placeholder is the ciphertext a body is drafted with before the
+// encapsulation fills its place in the draft (never written: read-only).
+var placeholder = make([]byte, maxCiphertext)
+
+const maxCiphertext = 1568 // ML-KEM-1024, the largest of kem.IDs()
+
+// buildLeaf writes one device's ticket body inside a draft of its Ticket
+// message and encapsulates straight into the body's ciphertext, so the
+// body's bytes are written once.
 func buildLeaf(p Params, d Device, pathLen int, l *leaf) error {
-	ct, ss, err := d.Key.Encapsulate() // pkg/kem cleans circl's AVX state
-	if err != nil {
-		return fmt.Errorf("batch: encapsulate for %q: %w", d.ID, err)
+	sch := d.Key.Scheme()
+	if sch.CiphertextSize() > len(placeholder) {
+		return fmt.Errorf("batch: %v ciphertexts exceed %d bytes", sch.ID(), len(placeholder))
 	}
 	prev := d.Prev
 	if prev == nil {
@@ -157,12 +164,16 @@ func buildLeaf(p Params, d Device, pathLen int, l *leaf) error {
 	pkh := d.Key.Hash()
 	body := &wire.TicketBody{
 		Version: wire.Version, Aud: d.ID, Epoch: p.Epoch, IssuedAt: p.IssuedAt, TTL: p.TTL,
-		KEMAlg: d.Key.Scheme().ID(), Ciphertext: ct, Prev: prev, PKHash: pkh,
+		KEMAlg: sch.ID(), Ciphertext: placeholder[:sch.CiphertextSize()], Prev: prev, PKHash: pkh,
 		Purpose: d.Purpose, Group: d.Group,
 	}
 	draft, err := wire.DraftTicket(body, pathLen)
 	if err != nil {
 		return fmt.Errorf("batch: ticket for %q: %w", d.ID, err)
+	}
+	ss := make([]byte, kem.SharedKeySize)
+	if err := d.Key.EncapsulateTo(draft.Ciphertext(), ss); err != nil { // pkg/kem cleans circl's AVX state
+		return fmt.Errorf("batch: encapsulate for %q: %w", d.ID, err)
 	}
 	b := draft.Body()
 	th := keyschedule.TicketHash(b)

@@ -57,6 +57,40 @@ func TestIssue(t *testing.T) {
 	}
 }
 
+// TestIssueEveryKEM issues one epoch to a device of each allowed KEM: each
+// is encapsulated in place into its ticket body, and decapsulates to the
+// secrets the issuer kept.
+func TestIssueEveryKEM(t *testing.T) {
+	key, _ := signature.GenerateKey(signature.MLDSA65)
+	var devs []Device
+	keys := map[string]kem.PrivateKey{}
+	for _, id := range kem.IDs() {
+		s, _ := kem.Lookup(id)
+		if s.CiphertextSize() > maxCiphertext {
+			t.Fatalf("%v ciphertexts (%d bytes) exceed the placeholder (%d)", id, s.CiphertextSize(), maxCiphertext)
+		}
+		k, err := s.GenerateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("dev-%d", id)
+		devs = append(devs, Device{ID: name, Key: k.PublicKey(), Purpose: "p", Group: "g"})
+		keys[name] = k
+	}
+	ep, err := Issue(key, Params{Epoch: 9, IssuedAt: 100, TTL: 60}, devs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _, err := signature.Verify1(ep.Root, mustKeySet(t, key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := wire.ParseEpochRoot(payload)
+	for i, iss := range ep.Tickets {
+		checkTicket(t, i, iss, root, keys[iss.DeviceID])
+	}
+}
+
 func checkTicket(t *testing.T, i int, iss Issued, root *wire.EpochRoot, dk kem.PrivateKey) {
 	t.Helper()
 	tk, body, err := wire.ParseTicket(iss.Ticket)

@@ -131,6 +131,10 @@ type PublicKey interface {
 	// secret, with randomness from crypto/rand (FIPS 203 ML-KEM.Encaps,
 	// or X-Wing Encapsulate).
 	Encapsulate() (ct, ss []byte, err error)
+	// EncapsulateTo is Encapsulate writing into ct (exactly CiphertextSize
+	// bytes) and ss (exactly SharedKeySize bytes) instead of allocating:
+	// an issuer encapsulates straight into the ticket it is encoding.
+	EncapsulateTo(ct, ss []byte) error
 }
 
 // PrivateKey is a decapsulation key.
@@ -256,6 +260,32 @@ func (k *publicKey) Encapsulate() (ct, ss []byte, err error) {
 		return nil, nil, fmt.Errorf("kem: %v encapsulate: %w", k.s.id, err)
 	}
 	return ct, ss, nil
+}
+
+// encapsulatorTo is what circl's ML-KEM-768, ML-KEM-1024 and X-Wing public
+// keys implement; a nil seed draws it from crypto/rand.
+type encapsulatorTo interface {
+	EncapsulateTo(ct, ss, seed []byte)
+}
+
+var (
+	_ encapsulatorTo = (*mlkem768.PublicKey)(nil)
+	_ encapsulatorTo = (*mlkem1024.PublicKey)(nil)
+	_ encapsulatorTo = (*xwing.PublicKey)(nil)
+)
+
+func (k *publicKey) EncapsulateTo(ct, ss []byte) error {
+	if len(ct) != k.s.CiphertextSize() || len(ss) != SharedKeySize {
+		return fmt.Errorf("kem: %v encapsulate: buffers of %d and %d bytes, want %d and %d: %w",
+			k.s.id, len(ct), len(ss), k.s.CiphertextSize(), SharedKeySize, ErrInvalidCiphertext)
+	}
+	e, ok := k.pk.(encapsulatorTo) // always: see the assertions below
+	if !ok {
+		return fmt.Errorf("kem: %v key cannot encapsulate in place", k.s.id)
+	}
+	e.EncapsulateTo(ct, ss, nil) // lengths checked above, so it cannot panic
+	avx.Clean()
+	return nil
 }
 
 // encapsulateDeterministically encapsulates with the given randomness

@@ -157,6 +157,19 @@ func TestRoundTrip(t *testing.T) {
 			if bytes.Equal(ct, ct2) || bytes.Equal(ss, ss2) {
 				t.Fatal("two encapsulations gave the same output")
 			}
+			// In place: the same, into the caller's buffers, fresh again.
+			ct3, ss3 := make([]byte, s.CiphertextSize()), make([]byte, SharedKeySize)
+			if err := pk.EncapsulateTo(ct3, ss3); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := sk.Decapsulate(ct3); err != nil || !bytes.Equal(got, ss3) || bytes.Equal(ss3, ss2) {
+				t.Fatalf("EncapsulateTo: decapsulation %x, want %x (%v)", got, ss3, err)
+			}
+			for _, bad := range [][2]int{{s.CiphertextSize() - 1, SharedKeySize}, {s.CiphertextSize(), SharedKeySize + 1}} {
+				if err := pk.EncapsulateTo(make([]byte, bad[0]), make([]byte, bad[1])); !errors.Is(err, ErrInvalidCiphertext) {
+					t.Fatalf("EncapsulateTo into %v bytes: %v", bad, err)
+				}
+			}
 			// Another key cannot recover the secret.
 			other, err := s.GenerateKey()
 			if err != nil {

@@ -45,7 +45,8 @@ func (t *TicketBody) Marshal() ([]byte, error) {
 	if err := t.validate(); err != nil {
 		return nil, err
 	}
-	return t.appendTo(make([]byte, 0, t.encodedSize())), nil
+	b, _ := t.appendTo(make([]byte, 0, t.encodedSize()))
+	return b, nil
 }
 
 // encodedSize returns the length of t's encoding.
@@ -60,7 +61,9 @@ func (t *TicketBody) encodedSize() int {
 	return n
 }
 
-func (t *TicketBody) appendTo(b []byte) []byte {
+// appendTo appends t's encoding to b, and says where in the result the
+// ciphertext's bytes start.
+func (t *TicketBody) appendTo(b []byte) (out []byte, ctAt int) {
 	b = cbor.AppendMapHead(b, 11)
 	b = cbor.AppendUint(cbor.AppendUint(b, 0), t.Version)
 	b = cbor.AppendText(cbor.AppendUint(b, 1), t.Aud)
@@ -68,12 +71,14 @@ func (t *TicketBody) appendTo(b []byte) []byte {
 	b = cbor.AppendUint(cbor.AppendUint(b, 3), t.IssuedAt)
 	b = cbor.AppendUint(cbor.AppendUint(b, 4), t.TTL)
 	b = cbor.AppendUint(cbor.AppendUint(b, 5), uint64(t.KEMAlg))
-	b = cbor.AppendBytes(cbor.AppendUint(b, 6), t.Ciphertext)
+	b = cbor.AppendBytesHead(cbor.AppendUint(b, 6), len(t.Ciphertext))
+	ctAt = len(b)
+	b = append(b, t.Ciphertext...)
 	b = cbor.AppendBytes(cbor.AppendUint(b, 7), t.Prev)
 	b = cbor.AppendBytes(cbor.AppendUint(b, 8), t.PKHash)
 	b = cbor.AppendText(cbor.AppendUint(b, 9), t.Purpose)
 	b = cbor.AppendText(cbor.AppendUint(b, 10), t.Group)
-	return b
+	return b, ctAt
 }
 
 func (t *TicketBody) validate() error {
@@ -183,6 +188,7 @@ func (t *Ticket) appendTail(b []byte) []byte {
 type TicketDraft struct {
 	buf  []byte // the Ticket up to the end of the body
 	body []byte // buf's tail: the body's encoding
+	ct   []byte // the ciphertext's bytes within body
 }
 
 // DraftTicket validates body and encodes it inside a new Ticket buffer with
@@ -194,9 +200,16 @@ func DraftTicket(body *TicketBody, pathLen int) (*TicketDraft, error) {
 	n := body.encodedSize()
 	buf := appendTicketHead(make([]byte, 0, ticketSize(n, pathLen)), Version, n)
 	start := len(buf)
-	buf = body.appendTo(buf)
-	return &TicketDraft{buf: buf, body: buf[start:len(buf):len(buf)]}, nil
+	buf, ctAt := body.appendTo(buf)
+	ctEnd := ctAt + len(body.Ciphertext)
+	return &TicketDraft{buf: buf, body: buf[start:len(buf):len(buf)], ct: buf[ctAt:ctEnd:ctEnd]}, nil
 }
+
+// Ciphertext returns the ciphertext's bytes inside the draft's body, for
+// an issuer that encapsulates straight into them: it drafts the body with
+// a placeholder ciphertext of the right size, fills this slice, and only
+// then hashes Body().
+func (d *TicketDraft) Ciphertext() []byte { return d.ct }
 
 // Body returns the body's encoding. It shares memory with the draft and
 // the Ticket that Finish returns; callers must not modify it.

@@ -193,7 +193,20 @@ func TestTicketDraft(t *testing.T) {
 			}
 		}
 	}
-	d, _ := DraftTicket(body, 1)
+	// Filling the ciphertext slot gives the body with that ciphertext.
+	slot := *body
+	slot.Ciphertext = make([]byte, len(body.Ciphertext))
+	d, err := DraftTicket(&slot, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := copy(d.Ciphertext(), body.Ciphertext); n != len(body.Ciphertext) {
+		t.Fatalf("ciphertext slot of %d bytes", n)
+	}
+	if !bytes.Equal(d.Body(), enc) {
+		t.Fatal("body with a filled ciphertext slot differs from TicketBody.Marshal")
+	}
+	d, _ = DraftTicket(body, 1)
 	if _, err := d.Finish(3, 3, nil); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("leaf index = tree size: %v", err)
 	}
