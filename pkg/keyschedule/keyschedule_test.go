@@ -190,3 +190,18 @@ func BenchmarkDeriveTicketSecrets(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCheckStatus is what the issuer computes when a device's Status
+// arrives: the confirm and next-key tags, expanded from the stored prk.
+func BenchmarkCheckStatus(b *testing.B) {
+	sec, _ := DeriveTicketSecrets(fill(32, 1), fill(32, 2))
+	stored, _ := TicketSecretsFromPRK(sec.PRK(), sec.TicketHash())
+	pkh := fill(32, 9)
+	confirm, tag := sec.Confirm(), sec.NextKeyTag(pkh)
+	b.ReportAllocs()
+	for b.Loop() {
+		if !stored.CheckConfirm(confirm) || !stored.CheckNextKey(pkh, tag) {
+			b.Fatal("tag refused")
+		}
+	}
+}
