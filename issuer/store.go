@@ -259,6 +259,11 @@ func OpenStore(path string, readOnly bool) (*Store, error) {
 	return s, nil
 }
 
+// init checks the store's layout and, unless readOnly, creates the
+// buckets of a new store. An existing store is only read: a bbolt commit
+// rewrites a meta page even when nothing changed, and opening a store must
+// not change its file (operator commands that refuse leave it
+// byte-identical).
 func (s *Store) init(readOnly bool) error {
 	check := func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
@@ -272,6 +277,9 @@ func (s *Store) init(readOnly bool) error {
 	}
 	if readOnly {
 		return s.db.View(check)
+	}
+	if err := s.db.View(check); err == nil {
+		return nil
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMeta, bucketDevices, bucketRoots} {
