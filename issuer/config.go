@@ -39,8 +39,19 @@ type Config struct {
 	ClientID string
 	// Prefix is the topic prefix (default wire.DefaultPrefix).
 	Prefix string
-	// Key signs every epoch root. Required.
+	// Key signs every epoch root. Required. Once a key rotation is stored
+	// (AnnounceKeyRotation), the stored rotations decide which key signs
+	// each epoch, and Key must be one of them (see checkSigningKeys).
 	Key *signature.PrivateKey
+	// NextKey is the key announced by the pending stored key rotation: it
+	// signs every epoch from the rotation's From on, while Key signs the
+	// epochs before. Optional; set it from the first start after the
+	// announcement, and after the switch run with it as Key and no
+	// NextKey. An epoch whose required key is neither Key nor NextKey is
+	// refused (ErrSigningKey); New refuses a configuration that cannot
+	// sign the next epoch, a NextKey no stored rotation announces, and a
+	// retired Key.
+	NextKey *signature.PrivateKey
 	// StorePath is the bbolt file holding the issuer's durable record.
 	// Required.
 	StorePath string
@@ -112,6 +123,9 @@ func (c Config) Validate() error {
 	}
 	if c.Key == nil {
 		return bad("no signing key")
+	}
+	if c.NextKey != nil && c.NextKey.Public().Equal(c.Key.Public()) {
+		return bad("next key %x is the signing key", c.Key.Public().KID())
 	}
 	if c.StorePath == "" {
 		return bad("no store path")

@@ -15,6 +15,7 @@ import (
 	"github.com/entropykem/entropykem/pkg/cbor"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/keyschedule"
+	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
@@ -43,6 +44,7 @@ func selectKey(r *record) (chosenKey, bool) {
 // plan is what one epoch issues, read from the store.
 type plan struct {
 	epoch   uint64
+	signer  *signature.PrivateKey // the key the stored rotations require for epoch
 	devices []batch.Device
 	keys    map[string]chosenKey
 	records map[string]*record
@@ -101,7 +103,7 @@ func (i *Issuer) issueAndPersist() ([]pubMsg, uint64, int, error) {
 	now := i.cfg.Now()
 	issuedAt := unixSeconds(now)
 	ttl := uint64(i.cfg.TTL / time.Second)
-	ep, err := batch.Issue(i.cfg.Key, batch.Params{Epoch: p.epoch, IssuedAt: issuedAt, TTL: ttl}, p.devices)
+	ep, err := batch.Issue(p.signer, batch.Params{Epoch: p.epoch, IssuedAt: issuedAt, TTL: ttl}, p.devices)
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("issuer: epoch %d: %w", p.epoch, err)
 	}
@@ -161,7 +163,9 @@ func (i *Issuer) issueAndPersist() ([]pubMsg, uint64, int, error) {
 	return msgs, p.epoch, len(ep.Tickets), nil
 }
 
-// plan reads the next epoch number and every device to issue to. The
+// plan reads the next epoch number, picks the key that signs it (an
+// error wrapping ErrSigningKey if it is not configured), and reads every
+// device to issue to. The
 // keys are parsed (and so validated, FIPS 203 §7.2) once per epoch, in
 // parallel on every CPU and outside the store transaction; parsing is
 // about as costly as the encapsulation itself.
@@ -177,6 +181,15 @@ func (i *Issuer) plan() (*plan, error) {
 			return fmt.Errorf("issuer: epoch space exhausted at %d", last)
 		}
 		p.epoch = last + 1
+		var kid []byte
+		if p.signer, kid, err = signerFor(i.cfg, i.chain, p.epoch); err != nil {
+			// Never a fallback to another key: devices trust exactly the
+			// key the announcements name for this epoch.
+			i.count("signing_key_missing", 1)
+			i.log.Error("epoch refused: its signing key is not configured", "reason", "signing_key_missing",
+				"epoch", p.epoch, "kid", fmt.Sprintf("%x", kid))
+			return err
+		}
 		var vals [][]byte // point into the store's map: valid until View returns
 		if err := tx.Bucket(bucketDevices).ForEach(func(_, v []byte) error {
 			vals = append(vals, v)
@@ -344,6 +357,8 @@ func (i *Issuer) Run(ctx context.Context) error {
 			next = min(next, 10*time.Second)
 		case e > 0:
 			i.log.Warn("epoch issued but not fully published", "epoch", e, "err", err)
+		case errors.Is(err, ErrSigningKey):
+			i.count("issue_failures", 1) // logged with its reason by plan
 		default:
 			i.log.Error("epoch issuance failed", "reason", "issue_failed", "err", err)
 			i.count("issue_failures", 1)

@@ -25,6 +25,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
@@ -50,6 +52,10 @@ type Issuer struct {
 	topics wire.Topics
 	log    *slog.Logger
 	store  *Store
+	// chain is the stored key rotations, read once by New: they cannot
+	// change while the issuer holds the store (AnnounceKeyRotation needs
+	// it stopped, and the store is locked).
+	chain keyChain
 
 	// mu serialises every change of stored state: message handling,
 	// epoch issuance and operator actions.
@@ -97,12 +103,50 @@ func New(cfg Config) (*Issuer, error) {
 	if err != nil {
 		return nil, err
 	}
+	chain, last, err := st.signingState(cfg)
+	if err == nil {
+		err = checkSigningKeys(cfg, chain, last)
+	}
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Issuer{
-		cfg: cfg, topics: topics, log: cfg.Logger.With("role", "issuer"), store: st,
+	i := &Issuer{
+		cfg: cfg, topics: topics, log: cfg.Logger.With("role", "issuer"), store: st, chain: chain,
 		pending: map[string][]byte{}, counts: map[string]uint64{}, changed: make(chan struct{}),
 		ready: make(chan struct{}), ctx: ctx, cancel: cancel,
-	}, nil
+	}
+	if p := chain.pending(last); p != nil {
+		kid, _ := chain.signerAt(last + 1)
+		i.log.Info("issuer key rotation pending", "signing_kid", fmt.Sprintf("%x", kid),
+			"next_kid", fmt.Sprintf("%x", p.New.KID()), "next_from_epoch", p.From, "last_epoch", last)
+		if cfg.NextKey == nil {
+			i.log.Warn("the next issuer key is not configured: epochs from next_from_epoch on will be refused until the issuer is restarted with it",
+				"reason", "next_key_missing", "next_kid", fmt.Sprintf("%x", p.New.KID()), "next_from_epoch", p.From)
+		}
+	}
+	return i, nil
+}
+
+// signingState reads the stored key rotations (verifying the first one too
+// when cfg holds its signer) and the last issued epoch.
+func (s *Store) signingState(cfg Config) (keyChain, uint64, error) {
+	var c keyChain
+	var last uint64
+	known := []*signature.PublicKey{cfg.Key.Public()}
+	if cfg.NextKey != nil {
+		known = append(known, cfg.NextKey.Public())
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		if last, err = lastEpoch(tx); err != nil {
+			return err
+		}
+		c, err = loadRotations(tx, known...)
+		return err
+	})
+	return c, last, err
 }
 
 // Close publishes Online false (when connected), disconnects, stops message
@@ -162,7 +206,8 @@ func (i *Issuer) LastEpoch() uint64 {
 // registrations_same, registrations_rekeyed, registrations_rejected:<reason>,
 // statuses_verified, statuses_duplicate, status_rejected:<reason>,
 // device_reported:<state>:<reason>, clone_detected, tickets_issued, epochs,
-// publish_failures, publish_retries, republished, store_failures.
+// publish_failures, publish_retries, republished, store_failures,
+// signing_key_missing.
 func (i *Issuer) Counters() map[string]uint64 {
 	i.cmu.Lock()
 	defer i.cmu.Unlock()

@@ -1,6 +1,8 @@
 package issuer
 
 import (
+	"encoding/hex"
+	"fmt"
 	"net/http"
 	"runtime/debug"
 	"strings"
@@ -115,8 +117,9 @@ func (i *Issuer) HealthHandler() http.Handler {
 
 // ReadyHandler is the readiness probe (/readyz): 200 "ready" when the
 // issuer is started and connected to the broker, its store answers a read
-// and its signing key is loaded; else 503 with one line per failed check
-// ("broker: not connected", "store: ...", "key: not loaded").
+// and the key that signs the next epoch is loaded; else 503 with one line
+// per failed check ("broker: not connected", "store: ...", "key: not
+// loaded", "key: epoch N needs key ...").
 func (i *Issuer) ReadyHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		if problems := i.readiness(); len(problems) > 0 {
@@ -145,11 +148,19 @@ func (i *Issuer) readiness() []string {
 	if !i.brokerConnected() {
 		out = append(out, "broker: not connected")
 	}
-	if err := i.store.db.View(func(tx *bolt.Tx) error { _, err := lastEpoch(tx); return err }); err != nil {
+	var last uint64
+	err := i.store.db.View(func(tx *bolt.Tx) error {
+		var err error
+		last, err = lastEpoch(tx)
+		return err
+	})
+	if err != nil {
 		out = append(out, "store: not readable")
 	}
 	if i.cfg.Key == nil {
 		out = append(out, "key: not loaded")
+	} else if _, kid, err := signerFor(i.cfg, i.chain, last+1); err != nil {
+		out = append(out, fmt.Sprintf("key: epoch %d needs key %x, which is not configured", last+1, kid))
 	}
 	return out
 }
@@ -223,7 +234,19 @@ var (
 		"store_failures":   prometheus.NewDesc("ekem_store_failures_total", "Store transactions that failed.", nil, nil),
 		"store_bad_key":    prometheus.NewDesc("ekem_store_bad_keys_total", "Stored device keys found invalid while planning an epoch.", nil, nil),
 		"issue_failures":   prometheus.NewDesc("ekem_issue_failures_total", "Epochs that could not be issued.", nil, nil),
+		"signing_key_missing": prometheus.NewDesc("ekem_signing_key_refusals_total",
+			"Epochs refused because the key the stored key rotations require to sign them is not configured (-key, -next-key).", nil, nil),
 	}
+)
+
+// Issuer signing key metrics (rotation.go). The kid label is the public
+// key id in hex: a handful of values over the issuer's life.
+var (
+	descSigningKey = prometheus.NewDesc("ekem_signing_key_info",
+		"The issuer key (kid, hex) that signs the next epoch (the last issued + 1) under the stored key rotations; the value is always 1.",
+		[]string{"kid"}, nil)
+	descNextKeyFrom = prometheus.NewDesc("ekem_signing_key_next_from_epoch",
+		"First epoch signed by the next issuer key of a pending key rotation (0: no rotation pending).", nil, nil)
 )
 
 // registrationResults maps counter names to ekem_registrations_total results.
@@ -240,7 +263,8 @@ type issuerCollector struct{ i *Issuer }
 
 func (c *issuerCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistrations, descRejects, descStatuses, descDeviceReports, descDuplicates,
-		descConfirmFailures, descTickets, descEpochs, descEpoch, descLastDur, descClone, descEquivocation, descDevices, descConnected} {
+		descConfirmFailures, descTickets, descEpochs, descEpoch, descLastDur, descClone, descEquivocation, descDevices, descConnected,
+		descSigningKey, descNextKeyFrom} {
 		ch <- d
 	}
 	for _, d := range descPlain {
@@ -316,7 +340,18 @@ func (c *issuerCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descEpochs, counts["epochs"])
 	counter(descClone, counts["clone_detected"])
 	counter(descEquivocation, counts["equivocation_reported"])
-	gauge(descEpoch, float64(i.LastEpoch()))
+	last := i.LastEpoch()
+	gauge(descEpoch, float64(last))
+	kid := i.cfg.Key.Public().KID()
+	if k, ok := i.chain.signerAt(last + 1); ok {
+		kid = k
+	}
+	gauge(descSigningKey, 1, hex.EncodeToString(kid))
+	nextFrom := 0.0
+	if p := i.chain.pending(last); p != nil {
+		nextFrom = float64(p.From)
+	}
+	gauge(descNextKeyFrom, nextFrom)
 	gauge(descLastDur, time.Duration(i.issueNanos.Load()).Seconds())
 	connected := 0.0
 	if i.brokerConnected() {

@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/entropykem/entropykem/pkg/accept"
+	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
@@ -210,4 +212,38 @@ func BenchmarkStandings10k(b *testing.B) {
 			b.Fatalf("%v %v", s, err)
 		}
 	}
+}
+
+// TestMetricsSigningKey: ekem_signing_key_info names the key that signs the
+// next epoch, ekem_signing_key_next_from_epoch is the first epoch of the
+// pending key rotation (0: none), and ekem_signing_key_refusals_total
+// counts epochs refused because that key is not configured.
+func TestMetricsSigningKey(t *testing.T) {
+	e := newEnv(t)
+	k0, k1 := e.cfg.Key, testKey(t, 0x11)
+	info := func(k *signature.PrivateKey) string { return `ekem_signing_key_info{kid="` + kidHex(k) + `"}` }
+	check := func(signer, other *signature.PrivateKey, nextFrom, refusals float64) {
+		t.Helper()
+		got, _ := scrape(t, e.iss.MetricsHandler())
+		wantSamples(t, got, map[string]float64{info(signer): 1, "ekem_signing_key_next_from_epoch": nextFrom,
+			"ekem_signing_key_refusals_total": refusals})
+		if _, ok := got[info(other)]; ok {
+			t.Errorf("%s exported too", info(other))
+		}
+	}
+	e.register(newDevice(t, "dev-1"))
+	check(k0, k1, 0, 0)
+	e.issue()
+	e.announce(k0, k1, 1) // k1 signs from epoch 3 on
+	e.restart(k0, nil)
+	check(k0, k1, 3, 0)
+	e.issue()
+	check(k1, k0, 3, 0) // epoch 3 is next: k1's, still pending
+	if _, err := e.iss.IssueEpoch(t.Context()); !errors.Is(err, ErrSigningKey) {
+		t.Fatalf("epoch 3 without k1: %v", err)
+	}
+	check(k1, k0, 3, 1)
+	e.restart(k0, k1)
+	e.issue()
+	check(k1, k0, 0, 0)
 }

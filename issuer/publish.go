@@ -28,6 +28,7 @@ type pubMsg struct {
 // {prefix}/issuer/online), subscribes to every registration and Status,
 // starts handling them on its own goroutine and, after this and every
 // later (re)connection, publishes Online true and republishes from the store
+// every issuer key rotation announcement (on {prefix}/issuer/key/{new kid}),
 // the last KeepRoots roots, every device's latest ticket and the EpochInfo,
 // unchanged. ctx bounds only the first connection.
 func (i *Issuer) Start(ctx context.Context) error {
@@ -91,12 +92,17 @@ func (i *Issuer) onConnect() {
 	}
 }
 
-// republish publishes the store's record unchanged: the last roots, every
-// device's latest ticket (not those of revoked devices) and the EpochInfo.
+// republish publishes the store's record unchanged: every key rotation
+// announcement (first, so a device can learn a new key before a root it
+// signs), the last roots, every device's latest ticket (not those of
+// revoked devices) and the EpochInfo.
 func (i *Issuer) republish() error {
 	i.pubMu.Lock()
 	defer i.pubMu.Unlock()
 	var msgs []pubMsg
+	for _, r := range i.chain {
+		msgs = append(msgs, pubMsg{topic: i.topics.IssuerKey(r.New.KID()), payload: r.Signed})
+	}
 	err := i.store.db.View(func(tx *bolt.Tx) error {
 		epochs, roots, err := storedRoots(tx)
 		if err != nil {

@@ -29,8 +29,16 @@ var (
 	ErrUnknownDevice = errors.New("issuer: unknown device")
 )
 
-// storeVersion is the layout version written to the meta bucket.
-const storeVersion = 1
+// Store layout versions, written to the meta bucket. Version 2 adds the
+// rotations bucket (rotation.go). A store is raised from 1 to 2 by the
+// transaction that stores its first key rotation, so that an ekem-issuer
+// too old to know about key rotations refuses it (ErrStoreCorrupt) rather
+// than signing with the key the rotation retired. A store without a
+// rotation stays at version 1, readable by older versions.
+const (
+	storeVersion1 = 1
+	storeVersion  = 2 // the newest this version reads
+)
 
 // maxRecord bounds a stored device record: a ticket, three keys and tags.
 const maxRecord = wire.MaxTicket + 4*1568 + 1024
@@ -39,6 +47,10 @@ var (
 	bucketMeta    = []byte("meta")
 	bucketDevices = []byte("devices")
 	bucketRoots   = []byte("roots")
+	// bucketRotations holds the issuer key rotation announcements, in
+	// order, by a big-endian u64 sequence. It is optional: a store
+	// without it has no rotation.
+	bucketRotations = []byte("rotations")
 
 	keyVersion   = []byte("version")
 	keyLastEpoch = []byte("last_epoch")
@@ -270,10 +282,15 @@ func (s *Store) init(readOnly bool) error {
 		if m == nil || tx.Bucket(bucketDevices) == nil || tx.Bucket(bucketRoots) == nil {
 			return fmt.Errorf("%w: missing buckets", ErrStoreCorrupt)
 		}
-		if v := m.Get(keyVersion); len(v) != 8 || binary.BigEndian.Uint64(v) != storeVersion {
+		v := m.Get(keyVersion)
+		if len(v) != 8 {
 			return fmt.Errorf("%w: layout version", ErrStoreCorrupt)
 		}
-		return nil
+		if n := binary.BigEndian.Uint64(v); n != storeVersion1 && n != storeVersion {
+			return fmt.Errorf("%w: layout version %d", ErrStoreCorrupt, n)
+		}
+		_, err := loadRotations(tx)
+		return err
 	}
 	if readOnly {
 		return s.db.View(check)
@@ -289,7 +306,7 @@ func (s *Store) init(readOnly bool) error {
 		}
 		m := tx.Bucket(bucketMeta)
 		if m.Get(keyVersion) == nil {
-			if err := m.Put(keyVersion, keyschedule.U64(storeVersion)); err != nil {
+			if err := m.Put(keyVersion, keyschedule.U64(storeVersion1)); err != nil {
 				return fmt.Errorf("issuer: store: %w", err)
 			}
 		}
