@@ -32,8 +32,14 @@ const usageText = `Usage:
   ekem-issuer reset   -store FILE ID            forget ID's pinned key: its next registration is pinned anew
   ekem-issuer revoke  -store FILE ID            stop issuing tickets to ID
   ekem-issuer release -store FILE ID            make a quarantined or revoked ID active again
+  ekem-issuer rotate-key -store FILE -key CURRENT.key -new-pub NEW.pub [-overlap N]
+                                                 announce NEW as the issuer signing key from epoch
+                                                 (last issued + 1 + N) on; N epochs of overlap, default 3
 
-The store commands need the issuer stopped (the store is locked while it runs).
+The store commands and rotate-key need the issuer stopped (the store is
+locked while it runs). After rotate-key, run the issuer with -key CURRENT.key
+-next-key NEW.key until the new key's first epoch is issued; from then on,
+with -key NEW.key alone.
 
 run flags (each also read from the environment variable named after it;
 a flag on the command line wins):
@@ -42,6 +48,8 @@ a flag on the command line wins):
   -password-file FILE  EKEM_PASSWORD_FILE  file holding the broker password
                        EKEM_PASSWORD       the password itself (never a flag: argv is public)
   -key FILE            EKEM_KEY            issuer secret key PEM from keygen (required)
+  -next-key FILE       EKEM_NEXT_KEY       the secret key announced by rotate-key; it signs from
+                                           the announced epoch on (-key signs the epochs before)
   -store FILE          EKEM_STORE          bbolt store, created if missing (required)
   -period DURATION     EKEM_PERIOD         epoch period, 1s..744h (default 1h)
   -ttl DURATION        EKEM_TTL            ticket lifetime, whole seconds (default 2 x period)
@@ -65,6 +73,9 @@ Examples:
       -key issuer.key -store /var/lib/ekem/issuer.db -period 15m -metrics 127.0.0.1:9100
   ekem-issuer devices -store issuer.db
   ekem-issuer release -store issuer.db sensor-0042
+  ekem-issuer keygen -out issuer-2.key -pub issuer-2.pub
+  ekem-issuer rotate-key -store issuer.db -key issuer.key -new-pub issuer-2.pub -overlap 3
+  ekem-issuer run ... -key issuer.key -next-key issuer-2.key
 `
 
 // errUsage marks an error after which the usage hint is printed.
@@ -87,6 +98,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdDevices(rest, stdout)
 	case "reset", "revoke", "release":
 		err = cmdOperator(cmd, rest, stdout)
+	case "rotate-key":
+		err = cmdRotateKey(rest, stdout)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usageText)
 		return 0
@@ -144,6 +157,7 @@ func parse(fs *flag.FlagSet, args []string, env map[string]string) error {
 // runFlags are the run command's settings.
 type runFlags struct {
 	broker, username, passwordFile, key, store string
+	nextKey                                    string
 	period, ttl                                time.Duration
 	prefix, purpose, group, clientID           string
 	keepRoots                                  int
@@ -153,7 +167,7 @@ type runFlags struct {
 
 var runEnv = map[string]string{
 	"broker": "EKEM_BROKER", "username": "EKEM_USERNAME", "password-file": "EKEM_PASSWORD_FILE",
-	"key": "EKEM_KEY", "store": "EKEM_STORE", "period": "EKEM_PERIOD", "ttl": "EKEM_TTL",
+	"key": "EKEM_KEY", "next-key": "EKEM_NEXT_KEY", "store": "EKEM_STORE", "period": "EKEM_PERIOD", "ttl": "EKEM_TTL",
 	"prefix": "EKEM_PREFIX", "purpose": "EKEM_PURPOSE", "group": "EKEM_GROUP", "keep-roots": "EKEM_KEEP_ROOTS",
 	"client-id": "EKEM_CLIENT_ID", "ca": "EKEM_CA", "cert": "EKEM_CERT", "keyfile": "EKEM_KEYFILE",
 	"metrics": "EKEM_METRICS", "log-level": "EKEM_LOG_LEVEL", "log-format": "EKEM_LOG_FORMAT",
@@ -166,6 +180,7 @@ func parseRun(args []string) (*runFlags, error) {
 	fs.StringVar(&f.username, "username", "", "")
 	fs.StringVar(&f.passwordFile, "password-file", "", "")
 	fs.StringVar(&f.key, "key", "", "")
+	fs.StringVar(&f.nextKey, "next-key", "", "")
 	fs.StringVar(&f.store, "store", "", "")
 	fs.DurationVar(&f.period, "period", time.Hour, "")
 	fs.DurationVar(&f.ttl, "ttl", 0, "")
@@ -199,6 +214,8 @@ func (f *runFlags) check() error {
 		return bad("-broker is required (or EKEM_BROKER)")
 	case f.key == "":
 		return bad("-key is required (or EKEM_KEY)")
+	case f.nextKey != "" && f.nextKey == f.key:
+		return bad("-next-key and -key must be different files")
 	case f.store == "":
 		return bad("-store is required (or EKEM_STORE)")
 	case f.period < time.Second:
@@ -280,9 +297,15 @@ func cmdRun(args []string, stderr io.Writer) error {
 // config builds the issuer configuration, reading the key, password and
 // TLS files.
 func (f *runFlags) config(log *slog.Logger) (issuer.Config, error) {
-	key, err := readKey(f.key, log)
+	key, err := readKey("-key", f.key, log)
 	if err != nil {
 		return issuer.Config{}, err
+	}
+	var nextKey *signature.PrivateKey
+	if f.nextKey != "" {
+		if nextKey, err = readKey("-next-key", f.nextKey, log); err != nil {
+			return issuer.Config{}, err
+		}
 	}
 	password, err := readPassword(f.passwordFile)
 	if err != nil {
@@ -294,7 +317,7 @@ func (f *runFlags) config(log *slog.Logger) (issuer.Config, error) {
 	}
 	cfg := issuer.Config{
 		Broker: f.broker, Username: f.username, Password: password, TLS: tlsCfg, ClientID: f.clientID,
-		Prefix: f.prefix, Key: key, StorePath: f.store, Period: f.period, TTL: f.ttl,
+		Prefix: f.prefix, Key: key, NextKey: nextKey, StorePath: f.store, Period: f.period, TTL: f.ttl,
 		Purpose: f.purpose, Group: f.group, KeepRoots: f.keepRoots, Logger: log,
 	}
 	return cfg, cfg.Validate()
@@ -316,14 +339,15 @@ func readLimited(path string, limit int64) ([]byte, error) {
 	return b, nil
 }
 
-func readKey(path string, log *slog.Logger) (*signature.PrivateKey, error) {
+// readKey reads the issuer secret key file given by the flag name.
+func readKey(name, path string, log *slog.Logger) (*signature.PrivateKey, error) {
 	b, err := readLimited(path, signature.MaxKeyFileSize)
 	if err != nil {
-		return nil, fmt.Errorf("-key: %w", err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	k, err := signature.ParsePrivateKeyPEM(b)
 	if err != nil {
-		return nil, fmt.Errorf("-key %s: %w", path, err)
+		return nil, fmt.Errorf("%s %s: %w", name, path, err)
 	}
 	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
 		log.Warn("issuer secret key file is readable by others; chmod 600 it", "file", path, "mode", st.Mode().Perm().String())
@@ -552,5 +576,52 @@ func cmdOperator(name string, args []string, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: %s done\n", id, name)
+	return nil
+}
+
+// cmdRotateKey announces the next issuer signing key (issuer.AnnounceKeyRotation).
+func cmdRotateKey(args []string, stdout io.Writer) error {
+	fs := newFlagSet("rotate-key")
+	store := fs.String("store", "", "")
+	keyFile := fs.String("key", "", "")
+	newPub := fs.String("new-pub", "", "")
+	overlap := fs.Uint64("overlap", issuer.DefaultRotationOverlap, "")
+	if err := parse(fs, args, map[string]string{"store": "EKEM_STORE", "key": "EKEM_KEY"}); err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("%w: rotate-key: unexpected argument %q", errUsage, fs.Arg(0))
+	case *store == "":
+		return fmt.Errorf("%w: rotate-key needs -store (or EKEM_STORE)", errUsage)
+	case *keyFile == "":
+		return fmt.Errorf("%w: rotate-key needs -key, the current issuer secret key (or EKEM_KEY)", errUsage)
+	case *newPub == "":
+		return fmt.Errorf("%w: rotate-key needs -new-pub, the new key's public key file from keygen", errUsage)
+	case *overlap < 1:
+		return fmt.Errorf("%w: rotate-key: -overlap must be at least 1 epoch, got %d", errUsage, *overlap)
+	}
+	current, err := readKey("-key", *keyFile, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	b, err := readLimited(*newPub, signature.MaxKeyFileSize)
+	if err != nil {
+		return fmt.Errorf("-new-pub: %w", err)
+	}
+	next, err := signature.ParsePublicKeyPEM(b)
+	if err != nil {
+		return fmt.Errorf("-new-pub %s: %w", *newPub, err)
+	}
+	info, err := issuer.AnnounceKeyRotation(*store, current, next, *overlap, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "key rotation stored: issuer key %x hands over to new key %x (%s)\n", info.OldKID, info.NewKID, next.Alg())
+	fmt.Fprintf(stdout, "last issued epoch %d; epochs %d..%d are still signed by %x; from epoch %d on, by %x\n",
+		info.LastEpoch, info.LastEpoch+1, info.From-1, info.OldKID, info.From, info.NewKID)
+	fmt.Fprintf(stdout, "the announcement is published retained on {prefix}/issuer/key/%x when the issuer connects\n", info.NewKID)
+	fmt.Fprintf(stdout, "next: restart the issuer with -next-key NEW.key (the secret key of %s), keeping -key %s;\n", *newPub, *keyFile)
+	fmt.Fprintf(stdout, "once epoch %d is issued, run it with -key NEW.key alone\n", info.From)
 	return nil
 }
