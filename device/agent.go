@@ -338,13 +338,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("device: %w", err)
 	}
 	defer cl.Close()
-	// The ticket first: its one retained message is acknowledged before
-	// the roots' subscription. (mochi, the embedded broker, refuses a
-	// SUBSCRIBE whose packet id equals that of a QoS 1 message it is still
-	// delivering, with a SUBACK that paho reports as success; subscribing
-	// to root/+ first made that race likely.) A ticket that arrives before
-	// its root waits for it.
-	for _, f := range []string{a.topics.Ticket(a.cfg.ID), a.topics.AllRoots(), a.topics.AllIssuerKeys()} {
+	// Issuer key rotations first, so that their retained announcements
+	// arrive before the roots the new keys signed (a root whose key is not
+	// known yet would be reported as a rejection, then accepted once the
+	// key is learned). Then the ticket: its one retained message is
+	// acknowledged before the roots' subscription. (mochi, the embedded
+	// broker, refuses a SUBSCRIBE whose packet id equals that of a QoS 1
+	// message it is still delivering, with a SUBACK that paho reports as
+	// success; subscribing to root/+ first made that race likely.) A ticket
+	// that arrives before its root waits for it.
+	for _, f := range []string{a.topics.AllIssuerKeys(), a.topics.Ticket(a.cfg.ID), a.topics.AllRoots()} {
 		if err := cl.Subscribe(f); err != nil {
 			a.log.Warn("subscribe failed; retried on reconnect", "filter", f, "err", err)
 		}
