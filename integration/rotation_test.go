@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/entropykem/entropykem/device"
+	fleetmon "github.com/entropykem/entropykem/internal/monitor"
 	ekissuer "github.com/entropykem/entropykem/issuer"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/batch"
@@ -25,7 +26,8 @@ import (
 //     the same retained announcement when it returns and catches up;
 //   - after the switch, a root signed by A is refused although A is pinned,
 //     and changes nothing stored;
-//   - the issuer restarts with B alone and goes on.
+//   - the issuer restarts with B alone and goes on;
+//   - "ekemctl fleet status", pinning only A, verifies A's and B's roots.
 func TestIssuerKeyRotation(t *testing.T) {
 	ids := []string{"dev-1", "dev-2", "dev-3"}
 	online, sleeper := ids[:2], ids[2]
@@ -111,6 +113,20 @@ func TestIssuerKeyRotation(t *testing.T) {
 	}
 	if _, err := iss.WaitConfirmed(ctx, sleeper, 4); err != nil {
 		t.Fatal(err)
+	}
+
+	// The monitor, which pins only A, verifies every retained root (A's
+	// and B's) after learning B from the same announcement.
+	pwArgs, _ := monitorFiles(t, f)
+	snap, code, _ := fleetStatus(t, pwArgs, &offsetClock{})
+	if snap.Epoch != 4 || len(snap.RootFailures) != 0 || snap.Counters[fleetmon.CountKeysLearned] != 1 || code != 0 {
+		t.Fatalf("fleet status after the rotation: epoch %d, root failures %v, counters %v, exit %d",
+			snap.Epoch, snap.RootFailures, snap.Counters, code)
+	}
+	for _, r := range snap.Devices {
+		if r.State != "current" || r.Epoch != 4 {
+			t.Fatalf("fleet status row %+v, want every device current at epoch 4", r)
+		}
 	}
 
 	// A is retired: a root A signs for a later epoch is refused, though A
