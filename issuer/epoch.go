@@ -165,10 +165,9 @@ func (i *Issuer) issueAndPersist() ([]pubMsg, uint64, int, error) {
 
 // plan reads the next epoch number, picks the key that signs it (an
 // error wrapping ErrSigningKey if it is not configured), and reads every
-// device to issue to. The
-// keys are parsed (and so validated, FIPS 203 §7.2) once per epoch, in
-// parallel on every CPU and outside the store transaction; parsing is
-// about as costly as the encapsulation itself.
+// device to issue to. The keys are parsed (and so validated, FIPS 203
+// §7.2) once per epoch, in parallel on every CPU and outside the store
+// transaction; parsing is about as costly as the encapsulation itself.
 func (i *Issuer) plan() (*plan, error) {
 	p := &plan{keys: map[string]chosenKey{}, records: map[string]*record{}}
 	var recs []*record
