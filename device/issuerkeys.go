@@ -74,7 +74,7 @@ func (a *Agent) onIssuerKey(pub publisher, topic string, payload []byte) {
 	for progress := true; progress; {
 		progress = false
 		for tp, msg := range a.heldKeys {
-			ok, keep := a.learnIssuerKey(tp, msg)
+			ok, keep := a.learnIssuerKey(tp, msg, tp == topic)
 			if !keep {
 				delete(a.heldKeys, tp)
 			}
@@ -94,8 +94,10 @@ func (a *Agent) onIssuerKey(pub publisher, topic string, payload []byte) {
 }
 
 // learnIssuerKey tries one announcement. learned: the trust changed;
-// keep: it may verify later (its signer is not known yet).
-func (a *Agent) learnIssuerKey(topic string, msg []byte) (learned, keep bool) {
+// keep: it may verify later (its signer is not known yet). A held
+// announcement retried (fresh false) is counted and logged only when it
+// arrived.
+func (a *Agent) learnIssuerKey(topic string, msg []byte, fresh bool) (learned, keep bool) {
 	next, r, err := a.trust.Learn(msg)
 	switch {
 	case errors.Is(err, trust.ErrKnown):
@@ -105,8 +107,10 @@ func (a *Agent) learnIssuerKey(topic string, msg []byte) (learned, keep bool) {
 		a.log.Error("issuer key announces two different successors", "reason", "issuer_key_conflict", "topic", topic, "err", err)
 		return false, false
 	case err != nil:
-		a.count("issuer_key_rejected")
-		a.log.Warn("issuer key announcement not verified (yet)", "reason", "issuer_key_unverified", "topic", topic, "err", err)
+		if fresh {
+			a.count("issuer_key_rejected")
+			a.log.Warn("issuer key announcement not verified (yet)", "reason", "issuer_key_unverified", "topic", topic, "err", err)
+		}
 		return false, errors.Is(err, trust.ErrUnverified)
 	}
 	enc, err := cbor.Marshal(&issuerKeysFile{Version: 1, Rotations: next.Signed()})

@@ -142,9 +142,12 @@ func TestIssuerKeyChainOutOfOrder(t *testing.T) {
 	if n := e.a.Counters()["issuer_key_learned"]; n != 0 {
 		t.Fatal("B→C learned before A→B")
 	}
+	// A forgery is held too, and retried, but reported once.
+	forged, _ := trust.Sign(mustKey(t), c.Public(), 9, 1)
+	e.issuerKey([]byte("forgery1"), forged)
 	e.issuerKey(b.Public().KID(), ab)
-	if n := e.a.Counters()["issuer_key_learned"]; n != 2 {
-		t.Fatalf("learned %d keys, want 2 (the held B→C after A→B)", n)
+	if c := e.a.Counters(); c["issuer_key_learned"] != 2 || c["issuer_key_rejected"] != 2 {
+		t.Fatalf("counters %v: want 2 learned (the held B→C after A→B) and 2 rejections (B→C and the forgery, once each)", c)
 	}
 	for ep, k := range map[uint64]*signature.PrivateKey{4: a, 5: b, 8: b, 9: c} {
 		if _, ok := e.a.trust.KeysAt(ep).Lookup(k.Public().KID()); !ok {
