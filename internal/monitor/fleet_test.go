@@ -459,6 +459,15 @@ func FuzzHandle(f *testing.F) {
 	f.Add(topics.Epoch(), info(f, 1))
 	f.Add("$SYS/broker/uptime", []byte("12 seconds"))
 	f.Add("$SYS/broker/version", []byte("mosquitto version 2"))
+	next, err := signature.NewKeyFromSeed(signature.MLDSA65, bytes.Repeat([]byte{9}, signature.SeedSize))
+	if err != nil {
+		f.Fatal(err)
+	}
+	rot, err := trust.Sign(w.key, next.Public(), 2, 1)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(topics.IssuerKey(next.Public().KID()), rot)
 	f.Fuzz(func(t *testing.T, topic string, payload []byte) {
 		fl := NewFleet(Config{Topics: topics, Pins: w.pins, TrackTickets: true})
 		fl.Handle(topic, payload, t0)
