@@ -90,19 +90,33 @@ func BenchmarkParseAndIssue(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/ticket")
 }
 
+// BenchmarkParseFloor is ParseAndIssue's floor per ticket: parse a key,
+// encapsulate, hash a leaf; keys=1000 cycles through as many encoded keys
+// and bodies as ParseAndIssue (see BenchmarkFloor).
 func BenchmarkParseFloor(b *testing.B) {
-	devs, _ := devices(b, 1, kem.MLKEM1024)
-	raw := devs[0].Key.Bytes()
 	s, _ := kem.Lookup(kem.MLKEM1024)
-	body := make([]byte, 1700)
-	for b.Loop() {
-		pk, err := s.ParsePublicKey(raw)
-		if err != nil {
-			b.Fatal(err)
+	for _, n := range []int{1, 1000} {
+		devs, _ := devices(b, n, kem.MLKEM1024)
+		raw, bodies := make([][]byte, n), make([][]byte, n)
+		for i := range devs {
+			raw[i], bodies[i] = devs[i].Key.Bytes(), make([]byte, 1700)
+			bodies[i][0] = byte(i)
 		}
-		if _, _, err := pk.Encapsulate(); err != nil {
-			b.Fatal(err)
-		}
-		merkle.LeafHash(body)
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				pk, err := s.ParsePublicKey(raw[i])
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, _, err := pk.Encapsulate(); err != nil {
+					b.Fatal(err)
+				}
+				merkle.LeafHash(bodies[i])
+				if i++; i == n {
+					i = 0
+				}
+			}
+		})
 	}
 }
