@@ -29,6 +29,7 @@ const usageText = `Usage:
   ekem-issuer keygen -out FILE -pub FILE [-alg ML-DSA-87|ML-DSA-65]
                                                  create the issuer signing key pair
   ekem-issuer devices -store FILE [-json]       list the devices in the store (read-only)
+  ekem-issuer device  -store FILE [-json] ID    show one device in full (read-only)
   ekem-issuer reset   -store FILE ID            forget ID's pinned key: its next registration is pinned anew
   ekem-issuer revoke  -store FILE ID            stop issuing tickets to ID
   ekem-issuer release -store FILE ID            make a quarantined or revoked ID active again
@@ -96,6 +97,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdKeygen(rest, stdout)
 	case "devices":
 		err = cmdDevices(rest, stdout)
+	case "device":
+		err = cmdDevice(rest, stdout)
 	case "reset", "revoke", "release":
 		err = cmdOperator(cmd, rest, stdout)
 	case "rotate-key":
@@ -546,6 +549,75 @@ func cmdDevices(args []string, stdout io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\t%s\t%d\n", d.ID, d.State, d.KEMAlg, pinned, d.LastEpoch,
 			d.ConfirmedEpoch, d.NextKeyReady, status, d.StatusSeq)
+	}
+	return tw.Flush()
+}
+
+// cmdDevice shows everything the store holds about one device (public
+// values only: hashes, epochs, states; never a ticket secret).
+func cmdDevice(args []string, stdout io.Writer) error {
+	fs := newFlagSet("device")
+	store := fs.String("store", "", "")
+	asJSON := fs.Bool("json", false, "")
+	if err := parse(fs, args, map[string]string{"store": "EKEM_STORE"}); err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() != 1:
+		return fmt.Errorf("%w: device needs exactly one device id", errUsage)
+	case *store == "":
+		return fmt.Errorf("%w: device needs -store (or EKEM_STORE)", errUsage)
+	}
+	id := fs.Arg(0)
+	if err := wire.ValidateDeviceID(id); err != nil {
+		return fmt.Errorf("%w: device: %v", errUsage, err)
+	}
+	st, err := issuer.OpenStore(*store, true)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	d, ok, err := st.Device(id)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return fmt.Errorf("%w: %q", issuer.ErrUnknownDevice, id)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(d)
+	}
+	hexOr := func(b []byte) string {
+		if b == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%x", b)
+	}
+	pinnedAt := "-"
+	if !d.PinnedAt.IsZero() {
+		pinnedAt = d.PinnedAt.UTC().Format(time.RFC3339)
+	}
+	status := "none"
+	if d.HasStatus {
+		status = fmt.Sprintf("%s, reason %d, epoch %d, seq %d", d.StatusState, d.StatusReason, d.StatusEpoch, d.StatusSeq)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	for _, row := range [][2]string{
+		{"device", d.ID},
+		{"state", string(d.State)},
+		{"kem", d.KEMAlg.String()},
+		{"pinned key (sha-256)", hexOr(d.PinnedKeyHash)},
+		{"pinned at", pinnedAt},
+		{"latest ticket epoch", fmt.Sprint(d.LastEpoch)},
+		{"latest ticket hash", hexOr(d.TicketHash)},
+		{"encapsulated to (sha-256)", hexOr(d.KeyHash)},
+		{"confirmed epoch", fmt.Sprint(d.ConfirmedEpoch)},
+		{"next key verified", fmt.Sprint(d.NextKeyReady)},
+		{"last status", status},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", row[0], row[1])
 	}
 	return tw.Flush()
 }

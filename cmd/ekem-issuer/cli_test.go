@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -198,6 +200,22 @@ func TestStoreCommands(t *testing.T) {
 	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
 		t.Fatal("devices modified the store")
 	}
+	// One device in full, from the store as the list shows it.
+	code, stdout, stderr = runCmd(t, "device", "-store", path, "dev-a")
+	st0, _ := issuer.OpenStore(path, true)
+	info, _, _ := st0.Device("dev-a")
+	st0.Close()
+	for _, want := range []string{"device:", "dev-a", "state:", "active", fmt.Sprintf("%x", info.TicketHash),
+		fmt.Sprintf("%x", info.PinnedKeyHash), "latest ticket epoch:", "ML-KEM-768"} {
+		if code != 0 || !strings.Contains(stdout, want) {
+			t.Fatalf("device dev-a: %d, %q missing from %q (%q)", code, want, stdout, stderr)
+		}
+	}
+	code, stdout, _ = runCmd(t, "device", "-store", path, "-json", "dev-b")
+	var shown issuer.DeviceInfo
+	if err := json.Unmarshal([]byte(stdout), &shown); code != 0 || err != nil || shown.ID != "dev-b" || shown.LastEpoch != 1 {
+		t.Fatalf("device -json dev-b: %d %v %+v", code, err, shown)
+	}
 	t.Setenv("EKEM_STORE", path)
 	code, stdout, _ = runCmd(t, "devices", "-json")
 	if code != 0 || !strings.Contains(stdout, `"last_epoch": 1`) {
@@ -231,6 +249,9 @@ func TestStoreCommands(t *testing.T) {
 		want string
 	}{
 		{[]string{"reset", "nobody"}, 1, "unknown device"},
+		{[]string{"device", "nobody"}, 1, "unknown device"},
+		{[]string{"device"}, 2, "exactly one device id"},
+		{[]string{"device", "bad/id"}, 2, "invalid device id"},
 		{[]string{"reset"}, 2, "exactly one device id"},
 		{[]string{"reset", "bad/id"}, 2, "invalid device id"},
 		{[]string{"devices", "-store", filepath.Join(t.TempDir(), "none.db")}, 1, "no such file"},
