@@ -27,7 +27,7 @@ var (
 	// be provisioned with the current issuer key.
 	ErrLimit = errors.New("trust: too many key rotations")
 	// ErrKnown: the announcement was already learned (the same
-	// bytes, e.g. a retained message re-delivered). Harmless.
+	// content, e.g. a retained message re-delivered). Harmless.
 	ErrKnown = errors.New("trust: key rotation already known")
 )
 
@@ -163,16 +163,18 @@ func (t *Trust) Learn(signed []byte) (*Trust, *Rotation, error) {
 	if _, err := p.Verify(ks); err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrUnverified, err)
 	}
+	kr, err := wire.ParseKeyRotation(p.Payload)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrUnverified, err)
+	}
 	if rotated != nil {
-		if bytes.Equal(rotated.Signed, signed) {
+		// ML-DSA signatures are hedged: the same announcement signed
+		// again has other bytes. Only other content is a conflict.
+		if bytes.Equal(rotated.New.Bytes(), kr.NewKey) && rotated.New.Alg() == kr.NewAlg && rotated.From == kr.FromEpoch {
 			return nil, nil, ErrKnown
 		}
 		return nil, nil, fmt.Errorf("%w: key %x announced %x from epoch %d already", ErrConflict,
 			p.KID, rotated.New.KID(), rotated.From)
-	}
-	kr, err := wire.ParseKeyRotation(p.Payload)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrUnverified, err)
 	}
 	next, err := signature.ParsePublicKey(kr.NewAlg, kr.NewKey)
 	if err != nil {

@@ -136,6 +136,8 @@ func TestRotationRefusals(t *testing.T) {
 		{"bad payload", tr, wrongVersion, ErrUnverified},
 		{"rotation to a known key", learned, sign(t, b, a, 20), ErrUnverified},
 		{"the same again", learned, ab, ErrKnown},
+		{"the same content signed again", learned, resigned(t, a, b, ab), ErrKnown},
+		{"the same key from another epoch", learned, sign(t, a, b, 11), ErrConflict},
 		{"a second successor for a", learned, sign(t, a, c, 10), ErrConflict},
 	} {
 		before := tc.tr.Signed()
@@ -149,6 +151,17 @@ func TestRotationRefusals(t *testing.T) {
 	if _, err := Sign(a, a.Public(), 3, 1); err == nil {
 		t.Fatal("a key rotated to itself")
 	}
+}
+
+// resigned signs the announcement a→b again: ML-DSA is hedged, so the
+// bytes differ from ab's.
+func resigned(t *testing.T, a, b *signature.PrivateKey, ab []byte) []byte {
+	t.Helper()
+	again := sign(t, a, b, 10)
+	if bytes.Equal(again, ab) {
+		t.Fatal("ML-DSA signed the same message to the same bytes: the test proves nothing")
+	}
+	return again
 }
 
 func TestRotationLimit(t *testing.T) {
