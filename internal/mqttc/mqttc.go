@@ -74,6 +74,7 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 		SetAutoReconnect(true).SetConnectRetry(false).
 		SetMaxReconnectInterval(5 * time.Second).SetKeepAlive(30 * time.Second).
 		SetConnectTimeout(o.Timeout).SetWriteTimeout(o.Timeout).SetOrderMatters(true).
+		SetStore(newCopyStore()).
 		SetOnConnectHandler(cl.onConnect).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			o.Logger.Warn("mqtt connection lost", "broker", o.Broker, "err", err)
