@@ -23,6 +23,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 
 	"github.com/entropykem/entropykem/pkg/cohort"
@@ -136,6 +137,21 @@ func secretsOf(prk, ticketHash []byte) TicketSecrets {
 	copy(s.ticketHash[:], ticketHash)
 	return s
 }
+
+// String, GoString and LogValue redact the secret: a TicketSecrets printed
+// or logged by mistake shows only whether it is set.
+func (s TicketSecrets) String() string {
+	if !s.set {
+		return "TicketSecrets(unset)"
+	}
+	return "TicketSecrets(redacted)"
+}
+
+// GoString redacts like String.
+func (s TicketSecrets) GoString() string { return s.String() }
+
+// LogValue redacts like String (log/slog).
+func (s TicketSecrets) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
 // IsZero reports whether s holds no secret.
 func (s TicketSecrets) IsZero() bool { return !s.set }

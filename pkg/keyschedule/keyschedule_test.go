@@ -5,6 +5,9 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/entropykem/entropykem/pkg/cohort"
@@ -202,6 +205,24 @@ func BenchmarkCheckStatus(b *testing.B) {
 	for b.Loop() {
 		if !stored.CheckConfirm(confirm) || !stored.CheckNextKey(pkh, tag) {
 			b.Fatal("tag refused")
+		}
+	}
+}
+
+// TestSecretsRedacted: printing or logging TicketSecrets, alone or inside
+// a struct, never shows the prk.
+func TestSecretsRedacted(t *testing.T) {
+	sec, _ := DeriveTicketSecrets(fill(32, 1), fill(32, 2))
+	prk := fmt.Sprintf("%x", sec.PRK())
+	var logged bytes.Buffer
+	slog.New(slog.NewJSONHandler(&logged, nil)).Info("x", "secrets", sec)
+	holder := struct{ S TicketSecrets }{sec}
+	for _, out := range []string{
+		fmt.Sprint(sec), fmt.Sprintf("%v %+v %#v %s %x %q", sec, sec, sec, sec, sec, sec),
+		fmt.Sprintf("%v %+v %#v", holder, holder, holder), logged.String(),
+	} {
+		if strings.Contains(out, prk) || strings.Contains(out, prk[:16]) || !strings.Contains(out, "redacted") {
+			t.Fatalf("secret printed: %s", out)
 		}
 	}
 }
