@@ -16,6 +16,7 @@
 package issuer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -143,8 +144,18 @@ func (s *Store) signingState(cfg Config) (keyChain, uint64, error) {
 		if last, err = lastEpoch(tx); err != nil {
 			return err
 		}
-		c, err = loadRotations(tx, known...)
-		return err
+		if c, err = loadRotations(tx, known...); err != nil || len(c) > 0 {
+			return err
+		}
+		// No rotation: the key must be the one that signed the last root.
+		// Another key would strand every device, which pins the old one.
+		kid, found, err := lastRootKID(tx, last, cfg.Key.Public())
+		if err != nil || !found || bytes.Equal(kid, cfg.Key.Public().KID()) {
+			return err
+		}
+		return fmt.Errorf("%w: key %x is not the key %x that signed epoch %d, and no key rotation announces it: "+
+			"devices pin %x and would refuse every root; run with that key, or announce this one with rotate-key",
+			ErrSigningKey, cfg.Key.Public().KID(), kid, last, kid)
 	})
 	return c, last, err
 }

@@ -420,6 +420,14 @@ func TestSigningKeyStartupChecks(t *testing.T) {
 	if err := e.newWithKeys(k0, k1); !errors.Is(err, ErrSigningKey) || !strings.Contains(err.Error(), "not announced") {
 		t.Fatalf("next key without a rotation: %v", err)
 	}
+	// Another key without an announcement would strand every device.
+	before := readStoreFile(t, e.cfg.StorePath)
+	if err := e.newWithKeys(k2, nil); !errors.Is(err, ErrSigningKey) || !strings.Contains(err.Error(), "no key rotation announces it") {
+		t.Fatalf("unannounced key swap: %v", err)
+	}
+	if !bytes.Equal(readStoreFile(t, e.cfg.StorePath), before) {
+		t.Fatal("a refused start changed the store file")
+	}
 	e.open()
 	e.announce(k0, k1, 2) // from epoch 4
 	for _, c := range []struct {
