@@ -20,10 +20,6 @@ const issuerKeysFileName = "issuer-keys.cbor"
 // maxIssuerKeysFile bounds issuer-keys.cbor before it is decoded.
 const maxIssuerKeysFile = trust.MaxRotations*(signature.MaxSign1Size+4) + 16
 
-// maxHeldAnnouncements bounds announcements kept because they could not be
-// verified yet (their signer may be announced by one still to arrive).
-const maxHeldAnnouncements = 2 * trust.MaxRotations
-
 type issuerKeysFile struct {
 	Version   uint64   `cbor:"0,keyasint"`
 	Rotations [][]byte `cbor:"1,keyasint,omitempty"`
@@ -60,71 +56,63 @@ func decodeIssuerKeys(pins *signature.KeySet, b []byte) (*trust.Trust, error) {
 }
 
 // onIssuerKey handles a message on {prefix}/issuer/key/+: a KeyRotation
-// signed by the key it retires. A verified one is made durable before it
-// is trusted; then every held announcement is retried (a chain may arrive
-// out of order), and the latest ticket is evaluated again if it is not
-// accepted yet (its root may be signed by the key just learned).
+// signed by the key it retires. It is held with those not verified yet and
+// all are tried (trust.LearnAll: a chain may arrive out of order). What is
+// learned is made durable before it is trusted; then the latest ticket is
+// evaluated again if it is not accepted yet (its root may be signed by a
+// key just learned). A held announcement is reported once, when it arrives.
 func (a *Agent) onIssuerKey(pub publisher, topic string, payload []byte) {
 	if len(payload) == 0 {
 		delete(a.heldKeys, topic) // a cleared retained message; what was learned stays
 		return
 	}
 	a.heldKeys[topic] = bounded(payload, signature.MaxSign1Size)
-	learned := false
-	for progress := true; progress; {
-		progress = false
-		for tp, msg := range a.heldKeys {
-			ok, keep := a.learnIssuerKey(tp, msg, tp == topic)
-			if !keep {
-				delete(a.heldKeys, tp)
-			}
-			progress = progress || ok
-			learned = learned || ok
+	next, outcomes := a.trust.LearnAll(a.heldKeys)
+	learned := next != a.trust
+	if learned {
+		enc, err := cbor.Marshal(&issuerKeysFile{Version: 1, Rotations: next.Signed()})
+		if err == nil {
+			err = writeAtomic(a.cfg.StateDir, issuerKeysFileName, enc)
+		}
+		if err != nil { // nothing adopted; all stays held for the next try
+			a.count("issuer_key_store_failed")
+			a.log.Error("issuer key not stored; not trusted", "reason", "store_failed", "err", err)
+			return
+		}
+		a.trust = next
+	}
+	for _, o := range outcomes {
+		a.reportIssuerKey(o, o.Key == topic)
+		if !o.Retry() {
+			delete(a.heldKeys, o.Key)
 		}
 	}
-	for len(a.heldKeys) > maxHeldAnnouncements {
-		for tp := range a.heldKeys {
-			delete(a.heldKeys, tp)
+	for tp := range a.heldKeys {
+		if len(a.heldKeys) <= trust.MaxHeld {
 			break
 		}
+		delete(a.heldKeys, tp)
 	}
 	if learned && a.ticket != nil && a.ticketEpoch > a.Epoch() {
 		a.processTicket(pub)
 	}
 }
 
-// learnIssuerKey tries one announcement. learned: the trust changed;
-// keep: it may verify later (its signer is not known yet). A held
-// announcement retried (fresh false) is counted and logged only when it
-// arrived.
-func (a *Agent) learnIssuerKey(topic string, msg []byte, fresh bool) (learned, keep bool) {
-	next, r, err := a.trust.Learn(msg)
+// reportIssuerKey counts and logs one announcement's outcome; one held
+// for a retry (fresh false) was reported when it arrived.
+func (a *Agent) reportIssuerKey(o trust.Outcome, fresh bool) {
 	switch {
-	case errors.Is(err, trust.ErrKnown):
-		return false, false
-	case errors.Is(err, trust.ErrConflict):
+	case o.Err == nil:
+		r := o.Rotation
+		a.count("issuer_key_learned")
+		a.log.Info("learned issuer key", "kid", fmt.Sprintf("%x", r.New.KID()), "alg", r.New.Alg().String(),
+			"from_epoch", r.From, "retires", fmt.Sprintf("%x", r.Old))
+	case errors.Is(o.Err, trust.ErrKnown):
+	case errors.Is(o.Err, trust.ErrConflict):
 		a.count("issuer_key_conflict")
-		a.log.Error("issuer key announces two different successors", "reason", "issuer_key_conflict", "topic", topic, "err", err)
-		return false, false
-	case err != nil:
-		if fresh {
-			a.count("issuer_key_rejected")
-			a.log.Warn("issuer key announcement not verified (yet)", "reason", "issuer_key_unverified", "topic", topic, "err", err)
-		}
-		return false, errors.Is(err, trust.ErrUnverified)
+		a.log.Error("issuer key announces two different successors", "reason", "issuer_key_conflict", "topic", o.Key, "err", o.Err)
+	case fresh:
+		a.count("issuer_key_rejected")
+		a.log.Warn("issuer key announcement not verified (yet)", "reason", "issuer_key_unverified", "topic", o.Key, "err", o.Err)
 	}
-	enc, err := cbor.Marshal(&issuerKeysFile{Version: 1, Rotations: next.Signed()})
-	if err == nil {
-		err = writeAtomic(a.cfg.StateDir, issuerKeysFileName, enc)
-	}
-	if err != nil {
-		a.count("issuer_key_store_failed")
-		a.log.Error("issuer key not stored; not trusted", "reason", "store_failed", "err", err)
-		return false, true
-	}
-	a.trust = next
-	a.count("issuer_key_learned")
-	a.log.Info("learned issuer key", "kid", fmt.Sprintf("%x", r.New.KID()), "alg", r.New.Alg().String(),
-		"from_epoch", r.From, "retires", fmt.Sprintf("%x", r.Old))
-	return true, false
 }

@@ -324,9 +324,9 @@ func (f *Fleet) onRoot(topic string, payload []byte, now time.Time) *Alarm {
 	return nil
 }
 
-// onIssuerKey learns a verified issuer key rotation. Announcements whose
-// signer is not known yet are held (bounded) and retried after every
-// rotation learned, so a chain delivered out of order is still learned.
+// onIssuerKey learns verified issuer key rotations (trust.LearnAll).
+// Announcements whose signer is not known yet are held (bounded) and
+// retried with the next one, so a chain delivered out of order is learned.
 func (f *Fleet) onIssuerKey(topic string, payload []byte, now time.Time) *Alarm {
 	if len(payload) == 0 || f.trust == nil {
 		delete(f.held, topic)
@@ -334,29 +334,24 @@ func (f *Fleet) onIssuerKey(topic string, payload []byte, now time.Time) *Alarm 
 	}
 	f.held[topic] = payload
 	var alarm *Alarm
-	for progress := true; progress; {
-		progress = false
-		for tp, msg := range f.held {
-			next, _, err := f.trust.Learn(msg)
-			switch {
-			case err == nil:
-				f.trust, progress = next, true
-				f.counts[CountKeysLearned]++
-				delete(f.held, tp)
-			case errors.Is(err, trust.ErrKnown):
-				delete(f.held, tp)
-			case errors.Is(err, trust.ErrConflict):
-				f.counts[CountKeyConflicts]++
-				alarm = &Alarm{Kind: AlarmIssuerKey, Topic: tp, At: now, Detail: err.Error()}
-				delete(f.held, tp)
-			case !errors.Is(err, trust.ErrUnverified):
-				f.counts[CountKeyRejected]++
-				delete(f.held, tp)
-			}
+	var outcomes []trust.Outcome
+	f.trust, outcomes = f.trust.LearnAll(f.held)
+	for _, o := range outcomes {
+		switch {
+		case o.Err == nil:
+			f.counts[CountKeysLearned]++
+		case errors.Is(o.Err, trust.ErrConflict):
+			f.counts[CountKeyConflicts]++
+			alarm = &Alarm{Kind: AlarmIssuerKey, Topic: o.Key, At: now, Detail: o.Err.Error()}
+		case !o.Retry() && !errors.Is(o.Err, trust.ErrKnown):
+			f.counts[CountKeyRejected]++
+		}
+		if !o.Retry() {
+			delete(f.held, o.Key)
 		}
 	}
 	for tp := range f.held {
-		if len(f.held) <= 2*trust.MaxRotations {
+		if len(f.held) <= trust.MaxHeld {
 			break
 		}
 		f.counts[CountKeyRejected]++

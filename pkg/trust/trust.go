@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
@@ -189,6 +190,54 @@ func (t *Trust) Learn(signed []byte) (*Trust, *Rotation, error) {
 	r := Rotation{Signed: bytes.Clone(signed), Old: bytes.Clone(p.KID), New: next, From: kr.FromEpoch}
 	n := &Trust{pins: t.pins, rotations: append(append([]Rotation(nil), t.rotations...), r)}
 	return n, &r, nil
+}
+
+// MaxHeld bounds the announcements a caller of LearnAll keeps because
+// they may verify later.
+const MaxHeld = 2 * MaxRotations
+
+// Outcome is what LearnAll made of one announcement.
+type Outcome struct {
+	Key      string    // the announcement's key in LearnAll's map
+	Rotation *Rotation // set when it was learned
+	Err      error     // set when it was not (Learn's errors)
+}
+
+// Retry reports whether an announcement not learned may verify later:
+// its signer may be announced by one still to come. The caller keeps it
+// (bounded by MaxHeld) and passes it to LearnAll again.
+func (o Outcome) Retry() bool { return errors.Is(o.Err, ErrUnverified) }
+
+// LearnAll learns every announcement of msgs it can (keyed by the caller,
+// e.g. by MQTT topic), retrying those not verified after each one learned,
+// so that a chain delivered in any order is learned. It returns the
+// resulting Trust and one Outcome per announcement, in key order; msgs and
+// t are not changed.
+func (t *Trust) LearnAll(msgs map[string][]byte) (*Trust, []Outcome) {
+	keys := make([]string, 0, len(msgs))
+	for k := range msgs {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := make(map[string]Outcome, len(keys))
+	for progress := true; progress; {
+		progress = false
+		for _, k := range keys {
+			if o, done := out[k]; done && !o.Retry() {
+				continue
+			}
+			next, r, err := t.Learn(msgs[k])
+			if err == nil {
+				t, progress = next, true
+			}
+			out[k] = Outcome{Key: k, Rotation: r, Err: err}
+		}
+	}
+	outcomes := make([]Outcome, len(keys))
+	for i, k := range keys {
+		outcomes[i] = out[k]
+	}
+	return t, outcomes
 }
 
 // Sign makes the announcement that old hands over to next from

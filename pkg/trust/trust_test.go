@@ -213,3 +213,35 @@ func newKeyF(f *testing.F) *signature.PrivateKey {
 	}
 	return k
 }
+
+// TestLearnAll: a chain in any order is learned in one call; a forgery is
+// kept for a retry; the receiver and the map are not changed.
+func TestLearnAll(t *testing.T) {
+	a, b, c, evil := newKey(t), newKey(t), newKey(t), newKey(t)
+	tr := pinned(t, a)
+	msgs := map[string][]byte{
+		"1-bc":     sign(t, b, c, 20), // sorted first: needs a→b, learned on the retry
+		"2-ab":     sign(t, a, b, 10),
+		"3-forged": sign(t, evil, c, 30),
+	}
+	next, outs := tr.LearnAll(msgs)
+	if len(outs) != 3 || len(msgs) != 3 || len(tr.Signed()) != 0 {
+		t.Fatalf("outcomes %d, msgs %d, receiver learned %d", len(outs), len(msgs), len(tr.Signed()))
+	}
+	for _, o := range outs {
+		learned := o.Err == nil && o.Rotation != nil
+		if want := o.Key != "3-forged"; learned != want || o.Retry() == want {
+			t.Errorf("%s: learned %v, retry %v (%v)", o.Key, learned, o.Retry(), o.Err)
+		}
+	}
+	if !trusted(next, c, 20) || trusted(next, b, 20) || !trusted(next, b, 10) {
+		t.Fatal("chain not learned in order")
+	}
+	// Again: the chain is known now, the forgery still waits.
+	_, outs = next.LearnAll(msgs)
+	for _, o := range outs {
+		if o.Key != "3-forged" && !errors.Is(o.Err, ErrKnown) {
+			t.Errorf("%s again: %v, want ErrKnown", o.Key, o.Err)
+		}
+	}
+}
