@@ -35,24 +35,7 @@ func TestIssue(t *testing.T) {
 	for _, n := range []int{1, 2, 3, 7} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
 			devs, keys := devices(t, n, kem.MLKEM768)
-			ep, err := Issue(key, Params{Epoch: 9, IssuedAt: 100, TTL: 60}, devs)
-			if err != nil {
-				t.Fatal(err)
-			}
-			payload, _, err := signature.Verify1(ep.Root, mustKeySet(t, key))
-			if err != nil {
-				t.Fatal(err)
-			}
-			root, err := wire.ParseEpochRoot(payload)
-			if err != nil || root.Epoch != 9 || root.TreeSize != uint64(n) {
-				t.Fatalf("root %+v %v", root, err)
-			}
-			for i, iss := range ep.Tickets {
-				checkTicket(t, i, iss, root, keys[iss.DeviceID])
-				if i > 0 && ep.Tickets[i-1].DeviceID >= iss.DeviceID {
-					t.Fatal("tickets not in device id order")
-				}
-			}
+			issueAndCheck(t, key, devs, keys)
 		})
 	}
 }
@@ -77,6 +60,13 @@ func TestIssueEveryKEM(t *testing.T) {
 		devs = append(devs, Device{ID: name, Key: k.PublicKey(), Purpose: "p", Group: "g"})
 		keys[name] = k
 	}
+	issueAndCheck(t, key, devs, keys)
+}
+
+// issueAndCheck issues epoch 9 to devs and checks the signed root and every
+// ticket against the devices' keys.
+func issueAndCheck(t *testing.T, key *signature.PrivateKey, devs []Device, keys map[string]kem.PrivateKey) {
+	t.Helper()
 	ep, err := Issue(key, Params{Epoch: 9, IssuedAt: 100, TTL: 60}, devs)
 	if err != nil {
 		t.Fatal(err)
@@ -85,9 +75,15 @@ func TestIssueEveryKEM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, _ := wire.ParseEpochRoot(payload)
+	root, err := wire.ParseEpochRoot(payload)
+	if err != nil || root.Epoch != 9 || root.TreeSize != uint64(len(devs)) {
+		t.Fatalf("root %+v %v", root, err)
+	}
 	for i, iss := range ep.Tickets {
 		checkTicket(t, i, iss, root, keys[iss.DeviceID])
+		if i > 0 && ep.Tickets[i-1].DeviceID >= iss.DeviceID {
+			t.Fatal("tickets not in device id order")
+		}
 	}
 }
 
