@@ -261,7 +261,7 @@ func TestFleetStandingsOnMosquitto(t *testing.T) {
 		t.Fatalf("clone not quarantined: %v", err)
 	}
 	cancel()
-	if err := iss.Revoke("rev"); err != nil {
+	if err := iss.Revoke("rev", ekissuer.Operator{Actor: "test", Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	f.issue(t, 2)

@@ -254,7 +254,7 @@ func TestSystemIssuerRestartReusesNoEpoch(t *testing.T) {
 		c.Now = dayAgo
 	}, 4)
 	// The clock really was a day behind: epoch 4 says it was issued then.
-	_, info, err := iss.Store().LastEpoch()
+	info, err := iss.EpochInfo()
 	if err != nil || info == nil {
 		t.Fatalf("store: last epoch info %v, %v", info, err)
 	}

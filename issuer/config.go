@@ -23,6 +23,8 @@ const (
 	MinKeepRoots = 2
 	// DefaultTimeout bounds every wait for the broker.
 	DefaultTimeout = 10 * time.Second
+	// DefaultBrokerQuiet ends the retained burst read at start.
+	DefaultBrokerQuiet = 500 * time.Millisecond
 )
 
 // ErrConfig is wrapped by every Config.Validate error.
@@ -72,6 +74,10 @@ type Config struct {
 	KEMs []kem.ID
 	// Timeout bounds every wait for the broker (default 10 s).
 	Timeout time.Duration
+	// BrokerQuiet is how long a pause ends the burst of retained messages
+	// the issuer reads from the broker at start (fencing) and in Recover
+	// (default 500 ms).
+	BrokerQuiet time.Duration
 	// Logger receives structured logs (default slog.Default()).
 	Logger *slog.Logger
 	// Now is the wall clock; it only sets issued_at (default time.Now).
@@ -104,6 +110,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = DefaultTimeout
+	}
+	if c.BrokerQuiet == 0 {
+		c.BrokerQuiet = DefaultBrokerQuiet
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -2,19 +2,14 @@ package issuer
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/entropykem/entropykem/pkg/batch"
-	"github.com/entropykem/entropykem/pkg/cbor"
 	"github.com/entropykem/entropykem/pkg/kem"
-	"github.com/entropykem/entropykem/pkg/keyschedule"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -124,29 +119,8 @@ func (i *Issuer) issueAndPersist() ([]pubMsg, uint64, int, error) {
 		r.NextAlg, r.NextKey = 0, nil
 		recs[n] = r
 	}
-	encoded, err := encodeRecords(recs)
-	if err != nil {
-		i.count("store_failures", 1)
-		return nil, 0, 0, fmt.Errorf("issuer: persist epoch %d (nothing was published): %w", p.epoch, err)
-	}
-	var cleared []uint64
-	err = i.store.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketDevices)
-		for n, r := range recs {
-			if err := b.Put([]byte(r.ID), encoded[n]); err != nil {
-				return fmt.Errorf("issuer: store device record: %w", err)
-			}
-		}
-		var err error
-		if cleared, err = putRoot(tx, p.epoch, ep.Root, i.cfg.KeepRoots); err != nil {
-			return err
-		}
-		m := tx.Bucket(bucketMeta)
-		if err := m.Put(keyLastEpoch, keyschedule.U64(p.epoch)); err != nil {
-			return err
-		}
-		return m.Put(keyEpochInfo, infoBytes)
-	})
+	cleared, err := i.store.CommitEpoch(&EpochCommit{Prev: p.epoch - 1, Epoch: p.epoch, Records: recs,
+		Root: ep.Root, Info: infoBytes, KeepRoots: i.cfg.KeepRoots})
 	if err != nil {
 		i.count("store_failures", 1)
 		return nil, 0, 0, fmt.Errorf("issuer: persist epoch %d (nothing was published): %w", p.epoch, err)
@@ -171,8 +145,8 @@ func (i *Issuer) issueAndPersist() ([]pubMsg, uint64, int, error) {
 func (i *Issuer) plan() (*plan, error) {
 	p := &plan{keys: map[string]chosenKey{}, records: map[string]*record{}}
 	var recs []*record
-	err := i.store.db.View(func(tx *bolt.Tx) error {
-		last, err := lastEpoch(tx)
+	err := i.store.View(func(tx ReadTx) error {
+		last, err := tx.LastEpoch()
 		if err != nil {
 			return err
 		}
@@ -189,24 +163,13 @@ func (i *Issuer) plan() (*plan, error) {
 				"epoch", p.epoch, "kid", fmt.Sprintf("%x", kid))
 			return err
 		}
-		var vals [][]byte // point into the store's map: valid until View returns
-		if err := tx.Bucket(bucketDevices).ForEach(func(_, v []byte) error {
-			vals = append(vals, v)
-			return nil
-		}); err != nil {
-			return err
-		}
-		all, err := decodeRecords(vals)
-		if err != nil {
-			return err
-		}
-		for _, r := range all {
+		return tx.Devices(func(r *record) error {
 			if k, ok := selectKey(r); ok {
 				recs = append(recs, r)
-				p.keys[r.ID] = chosenKey{k.alg, k.raw}
+				p.keys[r.ID] = k
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, err
@@ -228,36 +191,6 @@ func (i *Issuer) plan() (*plan, error) {
 		return nil, ErrNoDevices
 	}
 	return p, nil
-}
-
-// decodeRecords decodes the store's device records, spread over the CPUs
-// (strict CBOR decoding costs ~10 µs a record: seconds at a million). The
-// decoded records share no memory with vals.
-func decodeRecords(vals [][]byte) ([]*record, error) {
-	recs := make([]*record, len(vals))
-	errs := make([]error, len(vals))
-	parallel(len(vals), func(n int) { recs[n], errs[n] = decodeRecord(vals[n]) })
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
-	}
-	return recs, nil
-}
-
-// encodeRecords encodes records as putRecord would, spread over the CPUs.
-func encodeRecords(recs []*record) ([][]byte, error) {
-	out := make([][]byte, len(recs))
-	errs := make([]error, len(recs))
-	parallel(len(recs), func(n int) {
-		if out[n], errs[n] = cbor.Marshal(recs[n]); errs[n] != nil {
-			errs[n] = fmt.Errorf("issuer: encode device record: %w", errs[n])
-		}
-	})
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return out, nil
 }
 
 // parallel calls fn(0..n-1), spreading the calls over GOMAXPROCS
@@ -294,30 +227,6 @@ func (i *Issuer) parseKeys(recs []*record, keys map[string]chosenKey) ([]kem.Pub
 	return parsed, errs
 }
 
-// putRoot stores epoch's root and deletes stored roots that fall out of the
-// last keep epochs, returning their epochs (whose topics are to be cleared).
-func putRoot(tx *bolt.Tx, epoch uint64, root []byte, keep int) ([]uint64, error) {
-	b := tx.Bucket(bucketRoots)
-	if err := b.Put(keyschedule.U64(epoch), root); err != nil {
-		return nil, err
-	}
-	var old []uint64
-	c := b.Cursor()
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		e := binary.BigEndian.Uint64(k)
-		if e+uint64(keep) > epoch {
-			break
-		}
-		old = append(old, e)
-	}
-	for _, e := range old {
-		if err := b.Delete(keyschedule.U64(e)); err != nil {
-			return nil, err
-		}
-	}
-	return old, nil
-}
-
 // Run starts the issuer and issues an epoch every Period until ctx ends;
 // it then returns nil (Close is the caller's). The first epoch after a
 // restart is due one Period after the last one's issued_at (at once if that
@@ -328,7 +237,11 @@ func (i *Issuer) Run(ctx context.Context) error {
 	if err := i.Start(ctx); err != nil {
 		return err
 	}
-	_, info, err := i.store.LastEpoch()
+	var info *wire.EpochInfo
+	err := i.store.View(func(tx ReadTx) (err error) {
+		_, info, err = lastEpochInfo(tx)
+		return err
+	})
 	if err != nil {
 		return err
 	}

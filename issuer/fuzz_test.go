@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/entropykem/entropykem/pkg/cbor"
 	"github.com/entropykem/entropykem/pkg/kem"
 )
@@ -19,7 +17,7 @@ import (
 // with a counted accepting event. The store is restored after every input.
 func FuzzHandle(f *testing.F) {
 	e := newEnv(f, withStore(filepath.Join(f.TempDir(), "fuzz.db")))
-	e.iss.store.db.NoSync = true // durability is not under test here; speed is
+	e.iss.store.(*boltStore).db.NoSync = true // durability is not under test here; speed is
 	d := newDevice(f, "dev-1")
 	e.iss.handle(e.iss.topics.Registration("dev-1"), d.registration())
 	e.issue()
@@ -59,9 +57,13 @@ func FuzzHandle(f *testing.F) {
 // restore puts the device records back to recs and clears the counters.
 func (e *env) restore(recs map[string][]byte) {
 	e.t.Helper()
-	if err := e.iss.store.db.Update(func(tx *bolt.Tx) error {
-		for id, b := range recs {
-			if err := tx.Bucket(bucketDevices).Put([]byte(id), b); err != nil {
+	if err := e.iss.store.Update(func(tx Tx) error {
+		for _, b := range recs {
+			r, err := decodeRecord(b)
+			if err != nil {
+				return err
+			}
+			if err := tx.PutDevice(r); err != nil {
 				return err
 			}
 		}

@@ -5,8 +5,6 @@ import (
 	"log/slog"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/kem"
@@ -89,49 +87,38 @@ func (i *Issuer) handleLocked(msgs []mqttc.Message) {
 	}
 }
 
-// handleInTx runs the handlers for msgs in one write transaction and
-// commits it only if a record was written.
+// handleInTx runs the handlers for msgs in one write transaction, which
+// the store commits only if a record was written.
 func (i *Issuer) handleInTx(msgs []mqttc.Message, pending map[string][]byte) (changed bool, err error) {
-	tx, err := i.store.db.Begin(true)
-	if err != nil {
-		return false, err
-	}
-	defer func() {
-		if !changed || err != nil {
-			tx.Rollback()
-		}
-	}()
-	for _, m := range msgs {
-		var o outcome
-		switch {
-		case strings.HasPrefix(m.Topic, i.topics.Prefix+"/reg/"):
-			o, err = i.onRegistration(tx, m.Topic, m.Payload)
-		case strings.HasPrefix(m.Topic, i.topics.Prefix+"/status/"):
-			o, err = i.onStatus(tx, m.Topic, m.Payload)
-		default:
-			i.reject("message", "unexpected_topic", m.Topic, "")
-			continue
-		}
-		if err != nil {
-			return false, err
-		}
-		if o.pendingReg != nil {
-			pending[o.rec.ID] = o.pendingReg
-		}
-		if o.changed {
-			if err = putRecord(tx, o.rec); err != nil {
-				return false, err
+	err = i.store.Update(func(tx Tx) error {
+		for _, m := range msgs {
+			var o outcome
+			var err error
+			switch {
+			case strings.HasPrefix(m.Topic, i.topics.Prefix+"/reg/"):
+				o, err = i.onRegistration(tx, m.Topic, m.Payload)
+			case strings.HasPrefix(m.Topic, i.topics.Prefix+"/status/"):
+				o, err = i.onStatus(tx, m.Topic, m.Payload)
+			default:
+				i.reject("message", "unexpected_topic", m.Topic, "")
+				continue
 			}
-			changed = true
+			if err != nil {
+				return err
+			}
+			if o.pendingReg != nil {
+				pending[o.rec.ID] = o.pendingReg
+			}
+			if o.changed {
+				if err := tx.PutDevice(o.rec); err != nil {
+					return err
+				}
+				changed = true
+			}
 		}
-	}
-	if !changed {
-		return false, nil
-	}
-	if err = tx.Commit(); err != nil {
-		return false, err
-	}
-	return true, nil
+		return nil
+	})
+	return changed && err == nil, err
 }
 
 // reject counts and logs a refused message. kind is "registration" or
@@ -166,7 +153,7 @@ func clip(s string) string {
 
 // onRegistration applies schema/PROTOCOL.md §10 Registration: pin on first
 // use, same key a no-op, another key only with a valid re-key proof (§7.5).
-func (i *Issuer) onRegistration(tx *bolt.Tx, topic string, payload []byte) (outcome, error) {
+func (i *Issuer) onRegistration(tx ReadTx, topic string, payload []byte) (outcome, error) {
 	const kind = "registration"
 	if len(payload) == 0 {
 		return outcome{}, nil // a cleared retained topic
@@ -205,7 +192,7 @@ func (i *Issuer) onRegistration(tx *bolt.Tx, topic string, payload []byte) (outc
 		i.reject(kind, "invalid_key", topic, id, "err", err)
 		return outcome{}, nil
 	}
-	rec, err := getRecord(tx, id)
+	rec, err := tx.Device(id)
 	if err != nil {
 		return outcome{}, err
 	}
@@ -267,7 +254,7 @@ func (i *Issuer) rekey(rec *record, topic string, reg *wire.Registration, payloa
 }
 
 // onStatus applies schema/PROTOCOL.md §10 Status.
-func (i *Issuer) onStatus(tx *bolt.Tx, topic string, payload []byte) (outcome, error) {
+func (i *Issuer) onStatus(tx ReadTx, topic string, payload []byte) (outcome, error) {
 	const kind = "status"
 	if len(payload) == 0 {
 		return outcome{}, nil
@@ -290,7 +277,7 @@ func (i *Issuer) onStatus(tx *bolt.Tx, topic string, payload []byte) (outcome, e
 		i.reject(kind, "topic_mismatch", topic, id, "claimed", st.DeviceID)
 		return outcome{}, nil
 	}
-	rec, err := getRecord(tx, id)
+	rec, err := tx.Device(id)
 	if err != nil {
 		return outcome{}, err
 	}

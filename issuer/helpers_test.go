@@ -11,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/entropykem/entropykem/pkg/accept"
+	"github.com/entropykem/entropykem/pkg/cbor"
 	"github.com/entropykem/entropykem/pkg/cohort"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/signature"
@@ -107,7 +106,14 @@ func (e *env) issue() uint64 {
 // dump returns every stored device record's bytes.
 func (e *env) dump() map[string][]byte {
 	e.t.Helper()
-	d, err := e.iss.store.dump()
+	d := map[string][]byte{}
+	err := e.iss.store.View(func(tx ReadTx) error {
+		return tx.Devices(func(r *record) error {
+			b, err := cbor.Marshal(r)
+			d[r.ID] = b
+			return err
+		})
+	})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -117,9 +123,9 @@ func (e *env) dump() map[string][]byte {
 func (e *env) record(id string) *record {
 	e.t.Helper()
 	var r *record
-	if err := e.iss.store.db.View(func(tx *bolt.Tx) error {
+	if err := e.iss.store.View(func(tx ReadTx) error {
 		var err error
-		r, err = getRecord(tx, id)
+		r, err = tx.Device(id)
 		return err
 	}); err != nil {
 		e.t.Fatal(err)
@@ -135,9 +141,9 @@ func (e *env) record(id string) *record {
 func (e *env) latest(id string) (ticket, root []byte, body *wire.TicketBody) {
 	e.t.Helper()
 	r := e.record(id)
-	if err := e.iss.store.db.View(func(tx *bolt.Tx) error {
-		root = bytes.Clone(tx.Bucket(bucketRoots).Get(u64(r.Epoch)))
-		return nil
+	if err := e.iss.store.View(func(tx ReadTx) (err error) {
+		root, err = tx.Root(r.Epoch)
+		return err
 	}); err != nil {
 		e.t.Fatal(err)
 	}
@@ -243,5 +249,8 @@ func (e *env) register(d *device) {
 		e.t.Fatalf("device %s not registered", d.id)
 	}
 }
+
+// testOp is the operator of tests' admin actions.
+var testOp = Operator{Actor: "test", Reason: "test"}
 
 func withStore(path string) func(*Config) { return func(c *Config) { c.StorePath = path } }

@@ -26,8 +26,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
@@ -52,7 +50,7 @@ type Issuer struct {
 	cfg    Config
 	topics wire.Topics
 	log    *slog.Logger
-	store  *Store
+	store  Store
 	// chain is the stored key rotations, read once by New: they cannot
 	// change while the issuer holds the store (AnnounceKeyRotation needs
 	// it stopped, and the store is locked).
@@ -104,7 +102,7 @@ func New(cfg Config) (*Issuer, error) {
 	if err != nil {
 		return nil, err
 	}
-	chain, last, err := st.signingState(cfg)
+	chain, last, err := signingState(st, cfg)
 	if err == nil {
 		err = checkSigningKeys(cfg, chain, last)
 	}
@@ -132,16 +130,16 @@ func New(cfg Config) (*Issuer, error) {
 
 // signingState reads the stored key rotations (verifying the first one too
 // when cfg holds its signer) and the last issued epoch.
-func (s *Store) signingState(cfg Config) (keyChain, uint64, error) {
+func signingState(st Store, cfg Config) (keyChain, uint64, error) {
 	var c keyChain
 	var last uint64
 	known := []*signature.PublicKey{cfg.Key.Public()}
 	if cfg.NextKey != nil {
 		known = append(known, cfg.NextKey.Public())
 	}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := st.View(func(tx ReadTx) error {
 		var err error
-		if last, err = lastEpoch(tx); err != nil {
+		if last, err = tx.LastEpoch(); err != nil {
 			return err
 		}
 		if c, err = loadRotations(tx, known...); err != nil || len(c) > 0 {
@@ -182,13 +180,10 @@ func (i *Issuer) Close() error {
 	return err
 }
 
-// Store gives read access to the issuer's store (the same one it writes).
-func (i *Issuer) Store() *Store { return i.store }
-
 // Devices returns a snapshot of every device, sorted by id. A store read
 // error is logged and gives what was read.
 func (i *Issuer) Devices() []DeviceInfo {
-	d, err := i.store.Devices()
+	d, err := readDevices(i.store)
 	if err != nil {
 		i.log.Error("store read failed", "reason", "store_failure", "err", err)
 	}
@@ -197,16 +192,26 @@ func (i *Issuer) Devices() []DeviceInfo {
 
 // Device returns one device's snapshot.
 func (i *Issuer) Device(id string) (DeviceInfo, bool) {
-	d, ok, err := i.store.Device(id)
-	if err != nil {
+	d, err := readDevice(i.store, id)
+	if err != nil && !errors.Is(err, ErrUnknownDevice) {
 		i.log.Error("store read failed", "reason", "store_failure", "err", err)
 	}
-	return d, ok
+	return d, err == nil
+}
+
+// EpochInfo returns the EpochInfo of the last issued epoch, nil if none.
+func (i *Issuer) EpochInfo() (*wire.EpochInfo, error) {
+	var info *wire.EpochInfo
+	err := i.store.View(func(tx ReadTx) (err error) {
+		_, info, err = lastEpochInfo(tx)
+		return err
+	})
+	return info, err
 }
 
 // LastEpoch returns the last issued epoch, 0 if none.
 func (i *Issuer) LastEpoch() uint64 {
-	e, _, err := i.store.LastEpoch()
+	e, err := readLastEpoch(i.store)
 	if err != nil {
 		i.log.Error("store read failed", "reason", "store_failure", "err", err)
 	}
@@ -313,58 +318,6 @@ func (i *Issuer) idle() bool {
 	}
 	c := i.client.Load()
 	return c == nil || c.Inbox().Len() == 0
-}
-
-// Reset forgets device id's pinned key (see Store.Reset). If a registration
-// with a new key was refused since the issuer started, it is pinned now.
-func (i *Issuer) Reset(id string) error {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	if err := i.store.Reset(id); err != nil {
-		return err
-	}
-	i.log.Warn("operator reset device", "device", id)
-	if p, ok := i.pending[id]; ok {
-		delete(i.pending, id)
-		i.handleLocked([]mqttc.Message{{Topic: i.topics.Registration(id), Payload: p}})
-	}
-	i.notify()
-	return nil
-}
-
-// Revoke stops issuing tickets to device id, and clears its retained ticket
-// topic when connected.
-func (i *Issuer) Revoke(id string) error {
-	i.mu.Lock()
-	err := i.store.Revoke(id)
-	i.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	i.log.Warn("operator revoked device", "device", id)
-	i.notify()
-	if i.client.Load() != nil {
-		i.pubMu.Lock()
-		defer i.pubMu.Unlock()
-		if failed := i.publishAll([]pubMsg{{topic: i.topics.Ticket(id)}}); failed > 0 {
-			return fmt.Errorf("%w: clearing ticket of revoked device %q", ErrPublish, id)
-		}
-	}
-	return nil
-}
-
-// Release makes a quarantined or revoked device active again (see
-// Store.Release).
-func (i *Issuer) Release(id string) error {
-	i.mu.Lock()
-	err := i.store.Release(id)
-	i.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	i.log.Warn("operator released device", "device", id)
-	i.notify()
-	return nil
 }
 
 // Keygen returns a new issuer key pair of alg as PEM files (secret, public),

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/wire"
@@ -376,7 +374,7 @@ func TestCloneDetection(t *testing.T) {
 		t.Fatal("quarantined device's status changed the store")
 	}
 	// An operator releases it; it gets tickets again.
-	if err := e.iss.Release("dev-1"); err != nil {
+	if err := e.iss.Release("dev-1", testOp); err != nil {
 		t.Fatal(err)
 	}
 	e.issue()
@@ -413,7 +411,12 @@ func TestEpochsNeverRepeat(t *testing.T) {
 	if body.TTL != 7200 || body.Purpose != "telemetry" || body.Group != "plant-7" {
 		t.Fatalf("body %+v", body)
 	}
-	last, info, err := e.iss.store.LastEpoch()
+	var last uint64
+	var info *wire.EpochInfo
+	err := e.iss.store.View(func(tx ReadTx) (err error) {
+		last, info, err = lastEpochInfo(tx)
+		return err
+	})
 	if err != nil || last != 3 || info.Epoch != 3 || info.PeriodS != 3600 {
 		t.Fatalf("last %d %+v %v", last, info, err)
 	}
@@ -426,9 +429,12 @@ func TestRootsPruned(t *testing.T) {
 		e.issue()
 	}
 	var epochs []uint64
-	e.iss.store.db.View(func(tx *bolt.Tx) error {
-		epochs, _, _ = storedRoots(tx)
-		return nil
+	e.iss.store.View(func(tx ReadTx) error {
+		roots, err := tx.Roots()
+		for _, r := range roots {
+			epochs = append(epochs, r.Epoch)
+		}
+		return err
 	})
 	if len(epochs) != 2 || epochs[0] != 3 || epochs[1] != 4 {
 		t.Fatalf("stored roots %v", epochs)
@@ -445,7 +451,7 @@ func TestOperatorActions(t *testing.T) {
 	if e.counter("registrations_rejected:key_changed") != 1 {
 		t.Fatal("key change not refused")
 	}
-	if err := e.iss.Reset("dev-1"); err != nil {
+	if err := e.iss.Reset("dev-1", testOp); err != nil {
 		t.Fatal(err)
 	}
 	info, _ := e.iss.Device("dev-1")
@@ -458,7 +464,7 @@ func TestOperatorActions(t *testing.T) {
 		t.Fatal("after reset: wrong key or broken chain")
 	}
 	// Revoke: no more tickets; statuses ignored.
-	if err := e.iss.Revoke("dev-1"); err != nil {
+	if err := e.iss.Revoke("dev-1", testOp); err != nil {
 		t.Fatal(err)
 	}
 	e.register(newDevice(t, "dev-2"))
@@ -466,8 +472,8 @@ func TestOperatorActions(t *testing.T) {
 	if info, _ := e.iss.Device("dev-1"); info.LastEpoch != 2 || info.State != StateRevoked {
 		t.Fatalf("revoked: %+v", info)
 	}
-	for _, f := range []func(string) error{e.iss.Reset, e.iss.Revoke, e.iss.Release} {
-		if err := f("nobody"); !errors.Is(err, ErrUnknownDevice) {
+	for _, f := range []func(string, Operator) error{e.iss.Reset, e.iss.Revoke, e.iss.Release} {
+		if err := f("nobody", testOp); !errors.Is(err, ErrUnknownDevice) {
 			t.Fatalf("unknown device: %v", err)
 		}
 	}

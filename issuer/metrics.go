@@ -11,7 +11,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -148,12 +147,7 @@ func (i *Issuer) readiness() []string {
 	if !i.brokerConnected() {
 		out = append(out, "broker: not connected")
 	}
-	var last uint64
-	err := i.store.db.View(func(tx *bolt.Tx) error {
-		var err error
-		last, err = lastEpoch(tx)
-		return err
-	})
+	last, err := readLastEpoch(i.store)
 	if err != nil {
 		out = append(out, "store: not readable")
 	}
@@ -391,8 +385,8 @@ func (i *Issuer) standings(now time.Time) (map[string]int, error) {
 	// Every ticket of one epoch has the epoch's issued_at and ttl_s
 	// (IssueEpoch), so one ticket per epoch is decoded.
 	expiry := map[uint64]uint64{}
-	err := i.store.db.View(func(tx *bolt.Tx) error {
-		return forEachRecord(tx, func(r *record) error {
+	err := i.store.View(func(tx ReadTx) error {
+		return tx.Devices(func(r *record) error {
 			out[standingOf(r, t, expiry)]++
 			return nil
 		})

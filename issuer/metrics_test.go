@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
@@ -77,7 +75,7 @@ func TestMetricsFleetStandings(t *testing.T) {
 	}
 	// A malformed registration is a reject with its reason.
 	e.iss.handle(e.iss.topics.Registration("dev-x"), []byte{0xa0})
-	if err := e.iss.Revoke("dev-rev"); err != nil {
+	if err := e.iss.Revoke("dev-rev", testOp); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := scrape(t, e.iss.MetricsHandler())
@@ -191,11 +189,11 @@ func BenchmarkStandings10k(b *testing.B) {
 	e.register(newDevice(b, "dev-0"))
 	e.issue()
 	tmpl := e.record("dev-0")
-	err := e.iss.store.db.Update(func(tx *bolt.Tx) error {
+	err := e.iss.store.Update(func(tx Tx) error {
 		for k := 1; k < 10_000; k++ {
 			r := *tmpl
 			r.ID = fmt.Sprintf("dev-%d", k)
-			if err := putRecord(tx, &r); err != nil {
+			if err := tx.PutDevice(&r); err != nil {
 				return err
 			}
 		}

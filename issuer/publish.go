@@ -6,7 +6,6 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/entropykem/entropykem/internal/mqttc"
 )
@@ -47,16 +46,19 @@ func (i *Issuer) Start(ctx context.Context) error {
 			i.started.Store(false) // Start may be tried again
 		}
 	}()
+	// Fencing first: nothing is published from a store the broker
+	// shows to be behind it.
+	if err := i.fence(ctx); err != nil {
+		return err
+	}
 	i.since = i.cfg.Now()
 	will, err := i.online(false)
 	if err != nil {
 		return fmt.Errorf("issuer: %w", err)
 	}
-	c, err := mqttc.Dial(ctx, mqttc.Options{
-		Broker: i.cfg.Broker, ClientID: i.cfg.ClientID, Username: i.cfg.Username, Password: i.cfg.Password,
-		TLS: i.cfg.TLS, WillTopic: i.topics.Online(), WillPayload: will, OnConnect: i.onConnect,
-		Timeout: i.cfg.Timeout, Logger: i.log,
-	})
+	o := i.mqttOptions()
+	o.WillTopic, o.WillPayload, o.OnConnect = i.topics.Online(), will, i.onConnect
+	c, err := mqttc.Dial(ctx, o)
 	if err != nil {
 		return fmt.Errorf("issuer: %w", err)
 	}
@@ -103,15 +105,15 @@ func (i *Issuer) republish() error {
 	for _, r := range i.chain {
 		msgs = append(msgs, pubMsg{topic: i.topics.IssuerKey(r.New.KID()), payload: r.Signed})
 	}
-	err := i.store.db.View(func(tx *bolt.Tx) error {
-		epochs, roots, err := storedRoots(tx)
+	err := i.store.View(func(tx ReadTx) error {
+		roots, err := tx.Roots()
 		if err != nil {
 			return err
 		}
-		for k, e := range epochs {
-			msgs = append(msgs, pubMsg{topic: i.topics.Root(e), payload: roots[k]})
+		for _, r := range roots {
+			msgs = append(msgs, pubMsg{topic: i.topics.Root(r.Epoch), payload: r.Root})
 		}
-		if err := forEachRecord(tx, func(r *record) error {
+		if err := tx.Devices(func(r *record) error {
 			if r.Ticket != nil && r.State != stateRevoked {
 				msgs = append(msgs, pubMsg{topic: i.topics.Ticket(r.ID), payload: r.Ticket})
 			}
@@ -119,10 +121,11 @@ func (i *Issuer) republish() error {
 		}); err != nil {
 			return err
 		}
-		if b := tx.Bucket(bucketMeta).Get(keyEpochInfo); b != nil {
-			msgs = append(msgs, pubMsg{topic: i.topics.Epoch(), payload: append([]byte(nil), b...)})
+		info, err := tx.EpochInfo()
+		if err == nil && info != nil {
+			msgs = append(msgs, pubMsg{topic: i.topics.Epoch(), payload: info})
 		}
-		return nil
+		return err
 	})
 	if err != nil {
 		return err

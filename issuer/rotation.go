@@ -2,15 +2,11 @@ package issuer
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
-	"github.com/entropykem/entropykem/pkg/keyschedule"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/trust"
 	"github.com/entropykem/entropykem/pkg/wire"
@@ -137,38 +133,32 @@ func parseRotation(signed []byte) (trust.Rotation, error) {
 // bucket is none). Each must parse (parseRotation) and the whole must be
 // one chain (see keyChain); the first announcement's signature is verified
 // too when its signer is among known. Any failure is ErrStoreCorrupt.
-func loadRotations(tx *bolt.Tx, known ...*signature.PublicKey) (keyChain, error) {
-	b := tx.Bucket(bucketRotations)
-	if b == nil {
-		return nil, nil
+func loadRotations(tx ReadTx, known ...*signature.PublicKey) (keyChain, error) {
+	stored, err := tx.Rotations()
+	if err != nil || len(stored) == 0 {
+		return nil, err
+	}
+	if len(stored) > trust.MaxRotations {
+		return nil, fmt.Errorf("%w: more than %d key rotations", ErrStoreCorrupt, trust.MaxRotations)
 	}
 	var c keyChain
-	err := b.ForEach(func(k, v []byte) error {
-		if len(k) != 8 {
-			return fmt.Errorf("%w: key rotation key", ErrStoreCorrupt)
-		}
-		if len(c) >= trust.MaxRotations {
-			return fmt.Errorf("%w: more than %d key rotations", ErrStoreCorrupt, trust.MaxRotations)
-		}
+	for n, v := range stored {
+		seq := n + 1
 		r, err := parseRotation(v)
 		if err != nil {
-			return fmt.Errorf("%w: key rotation %d: %w", ErrStoreCorrupt, binary.BigEndian.Uint64(k), err)
+			return nil, fmt.Errorf("%w: key rotation %d: %w", ErrStoreCorrupt, seq, err)
 		}
 		if n := len(c); n > 0 {
 			prev := c[n-1]
 			if !bytes.Equal(r.Old, prev.New.KID()) || r.From <= prev.From {
-				return fmt.Errorf("%w: key rotation %d does not follow the previous one (key %x from epoch %d after key %x from epoch %d)",
-					ErrStoreCorrupt, binary.BigEndian.Uint64(k), r.New.KID(), r.From, prev.New.KID(), prev.From)
+				return nil, fmt.Errorf("%w: key rotation %d does not follow the previous one (key %x from epoch %d after key %x from epoch %d)",
+					ErrStoreCorrupt, seq, r.New.KID(), r.From, prev.New.KID(), prev.From)
 			}
 		}
 		if c.contains(r.New.KID()) {
-			return fmt.Errorf("%w: key rotation %d: key %x appears twice", ErrStoreCorrupt, binary.BigEndian.Uint64(k), r.New.KID())
+			return nil, fmt.Errorf("%w: key rotation %d: key %x appears twice", ErrStoreCorrupt, seq, r.New.KID())
 		}
 		c = append(c, r)
-		return nil
-	})
-	if err != nil || len(c) == 0 {
-		return nil, err
 	}
 	// Verify the announcements as a device does (trust.Load): from the
 	// first rotation's Old key if it is known, else from its New key.
@@ -191,11 +181,11 @@ func loadRotations(tx *bolt.Tx, known ...*signature.PublicKey) (keyChain, error)
 	return c, nil
 }
 
-// Rotations returns the stored key rotations, oldest first, validated as
-// loadRotations does.
-func (s *Store) Rotations() ([]trust.Rotation, error) {
+// StoredRotations returns the key rotations stored in st, oldest first,
+// validated as loadRotations does.
+func StoredRotations(st Store) ([]trust.Rotation, error) {
 	var c keyChain
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := st.View(func(tx ReadTx) error {
 		var err error
 		c, err = loadRotations(tx)
 		return err
@@ -229,9 +219,10 @@ type RotationInfo struct {
 // Config.NextKey = next's secret key from its next start until the epoch
 // From is issued.
 func AnnounceKeyRotation(storePath string, current *signature.PrivateKey, next *signature.PublicKey, overlap uint64, now time.Time) (RotationInfo, error) {
-	refuse := func(format string, a ...any) (RotationInfo, error) {
-		return RotationInfo{}, fmt.Errorf("%w: %s", ErrKeyRotation, fmt.Sprintf(format, a...))
+	refusal := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrKeyRotation, fmt.Sprintf(format, a...))
 	}
+	refuse := func(format string, a ...any) (RotationInfo, error) { return RotationInfo{}, refusal(format, a...) }
 	switch {
 	case current == nil:
 		return refuse("no current key")
@@ -252,78 +243,61 @@ func AnnounceKeyRotation(storePath string, current *signature.PrivateKey, next *
 		return RotationInfo{}, err
 	}
 	defer st.Close()
-	tx, err := st.db.Begin(true)
-	if err != nil {
-		return RotationInfo{}, fmt.Errorf("issuer: store: %w", err)
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			tx.Rollback() // nothing is written: the file stays byte-identical
+	var info RotationInfo
+	err = st.Update(func(tx Tx) error {
+		last, err := tx.LastEpoch()
+		if err != nil {
+			return err
 		}
-	}()
-	last, err := lastEpoch(tx)
-	if err != nil {
-		return RotationInfo{}, err
-	}
-	chain, err := loadRotations(tx, current.Public())
-	if err != nil {
-		return RotationInfo{}, err
-	}
-	if p := chain.pending(last); p != nil {
-		return refuse("the rotation to key %x from epoch %d has not taken effect yet (last issued epoch %d)", p.New.KID(), p.From, last)
-	}
-	if want, ok := chain.signerAt(last + 1); ok && !bytes.Equal(want, curKID) {
-		return refuse("key %x is not the issuer's current key: epoch %d is to be signed by key %x", curKID, last+1, want)
-	}
-	if len(chain) == 0 {
-		if kid, found, err := lastRootKID(tx, last, current.Public()); err != nil {
-			return RotationInfo{}, err
-		} else if found && !bytes.Equal(kid, curKID) {
-			return refuse("key %x is not the issuer's current key: the root of epoch %d is signed by key %x", curKID, last, kid)
+		chain, err := loadRotations(tx, current.Public())
+		if err != nil {
+			return err
 		}
-	}
-	if chain.contains(nextKID) {
-		return refuse("key %x was the issuer's key before; devices refuse a key they already know", nextKID)
-	}
-	if len(chain) >= trust.MaxRotations {
-		return refuse("%d key rotations are stored, the most a device learns; provision devices with a new key instead", len(chain))
-	}
-	if last+1 > wire.MaxEpoch || overlap > wire.MaxEpoch-last-1 {
-		return refuse("overlap %d after epoch %d goes beyond the last epoch %d", overlap, last, uint64(wire.MaxEpoch))
-	}
-	from := last + 1 + overlap
-	signed, err := trust.Sign(current, next, from, unixSeconds(now))
+		if p := chain.pending(last); p != nil {
+			return refusal("the rotation to key %x from epoch %d has not taken effect yet (last issued epoch %d)", p.New.KID(), p.From, last)
+		}
+		if want, ok := chain.signerAt(last + 1); ok && !bytes.Equal(want, curKID) {
+			return refusal("key %x is not the issuer's current key: epoch %d is to be signed by key %x", curKID, last+1, want)
+		}
+		if len(chain) == 0 {
+			if kid, found, err := lastRootKID(tx, last, current.Public()); err != nil {
+				return err
+			} else if found && !bytes.Equal(kid, curKID) {
+				return refusal("key %x is not the issuer's current key: the root of epoch %d is signed by key %x", curKID, last, kid)
+			}
+		}
+		if chain.contains(nextKID) {
+			return refusal("key %x was the issuer's key before; devices refuse a key they already know", nextKID)
+		}
+		if len(chain) >= trust.MaxRotations {
+			return refusal("%d key rotations are stored, the most a device learns; provision devices with a new key instead", len(chain))
+		}
+		if last+1 > wire.MaxEpoch || overlap > wire.MaxEpoch-last-1 {
+			return refusal("overlap %d after epoch %d goes beyond the last epoch %d", overlap, last, uint64(wire.MaxEpoch))
+		}
+		from := last + 1 + overlap
+		signed, err := trust.Sign(current, next, from, unixSeconds(now))
+		if err != nil {
+			return fmt.Errorf("issuer: sign key rotation: %w", err)
+		}
+		// Belt and braces: a device trusting current learns exactly this.
+		if err := verifyAnnouncement(signed, current.Public(), next, from); err != nil {
+			return err
+		}
+		if err := tx.AddRotation(signed); err != nil {
+			return err
+		}
+		// The chain as the issuer will load it, with the new announcement.
+		if _, err := loadRotations(tx, current.Public()); err != nil {
+			return fmt.Errorf("issuer: key rotation not stored: %w", err)
+		}
+		info = RotationInfo{OldKID: curKID, NewKID: nextKID, From: from, LastEpoch: last, Signed: signed}
+		return nil
+	})
 	if err != nil {
-		return RotationInfo{}, fmt.Errorf("issuer: sign key rotation: %w", err)
-	}
-	// Belt and braces: a device trusting current learns exactly this.
-	if err := verifyAnnouncement(signed, current.Public(), next, from); err != nil {
 		return RotationInfo{}, err
 	}
-	b, err := tx.CreateBucketIfNotExists(bucketRotations)
-	if err != nil {
-		return RotationInfo{}, fmt.Errorf("issuer: store: %w", err)
-	}
-	seq, err := b.NextSequence()
-	if err != nil {
-		return RotationInfo{}, fmt.Errorf("issuer: store: %w", err)
-	}
-	if err := b.Put(keyschedule.U64(seq), signed); err != nil {
-		return RotationInfo{}, fmt.Errorf("issuer: store key rotation: %w", err)
-	}
-	if err := tx.Bucket(bucketMeta).Put(keyVersion, keyschedule.U64(storeVersion)); err != nil {
-		return RotationInfo{}, fmt.Errorf("issuer: store: %w", err)
-	}
-	// The chain as the issuer will load it, with the new announcement.
-	if _, err := loadRotations(tx, current.Public()); err != nil {
-		return RotationInfo{}, fmt.Errorf("issuer: key rotation not stored: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return RotationInfo{}, fmt.Errorf("issuer: store key rotation: %w", err)
-	}
-	committed = true
-	return RotationInfo{OldKID: curKID, NewKID: nextKID, From: from, LastEpoch: last, Signed: signed}, nil
+	return info, nil
 }
 
 // verifyAnnouncement checks that a device trusting only old learns from
@@ -350,10 +324,10 @@ func verifyAnnouncement(signed []byte, old, next *signature.PublicKey, from uint
 // lastRootKID returns the kid that signed the stored root of epoch last,
 // and whether there is one. A root that names current's kid must verify
 // under it.
-func lastRootKID(tx *bolt.Tx, last uint64, current *signature.PublicKey) ([]byte, bool, error) {
-	root := tx.Bucket(bucketRoots).Get(keyschedule.U64(last))
-	if root == nil {
-		return nil, false, nil
+func lastRootKID(tx ReadTx, last uint64, current *signature.PublicKey) ([]byte, bool, error) {
+	root, err := tx.Root(last)
+	if err != nil || root == nil {
+		return nil, false, err
 	}
 	p, err := signature.ParseSign1(root)
 	if err != nil {

@@ -303,7 +303,7 @@ func storeVersionOf(t testing.TB, path string) uint64 {
 	}
 	defer st.Close()
 	var v uint64
-	st.db.View(func(tx *bolt.Tx) error {
+	st.(*boltStore).db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta).Get(keyVersion)
 		for _, c := range b {
 			v = v<<8 | uint64(c)
@@ -344,7 +344,7 @@ func TestRotationsStored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rots, err := st.Rotations()
+	rots, err := StoredRotations(st)
 	st.Close()
 	if err != nil || len(rots) != 2 {
 		t.Fatalf("%d rotations, %v", len(rots), err)
@@ -393,9 +393,14 @@ func TestRotationsStored(t *testing.T) {
 			t.Fatal(err)
 		}
 		db.Close()
-		if _, err := OpenStore(p, true); !errors.Is(err, ErrStoreCorrupt) {
-			t.Errorf("%s: open read-only: %v", name, err)
+		st, err := OpenStore(p, true)
+		if err != nil {
+			t.Fatal(err)
 		}
+		if _, err := StoredRotations(st); !errors.Is(err, ErrStoreCorrupt) {
+			t.Errorf("%s: stored rotations: %v", name, err)
+		}
+		st.Close()
 		cfg := e.cfg
 		cfg.StorePath, cfg.Key, cfg.NextKey = p, k1, k2
 		if _, err := New(cfg); !errors.Is(err, ErrStoreCorrupt) {

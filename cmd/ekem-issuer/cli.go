@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,10 +15,10 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/entropykem/entropykem/issuer"
+	"github.com/entropykem/entropykem/issuer/adminsock"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -99,8 +98,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdDevices(rest, stdout)
 	case "device":
 		err = cmdDevice(rest, stdout)
-	case "reset", "revoke", "release":
+	case "reset", "revoke", "release", "approve":
 		err = cmdOperator(cmd, rest, stdout)
+	case "audit":
+		err = cmdAudit(rest, stdout)
+	case "recover":
+		err = cmdRecover(rest, stdout, stderr)
 	case "rotate-key":
 		err = cmdRotateKey(rest, stdout)
 	case "help", "-h", "-help", "--help":
@@ -166,6 +169,8 @@ type runFlags struct {
 	keepRoots                                  int
 	ca, cert, keyfile, metrics                 string
 	logLevel, logFormat                        string
+	adminSocket                                string
+	reason                                     string // recover only
 }
 
 var runEnv = map[string]string{
@@ -174,11 +179,20 @@ var runEnv = map[string]string{
 	"prefix": "EKEM_PREFIX", "purpose": "EKEM_PURPOSE", "group": "EKEM_GROUP", "keep-roots": "EKEM_KEEP_ROOTS",
 	"client-id": "EKEM_CLIENT_ID", "ca": "EKEM_CA", "cert": "EKEM_CERT", "keyfile": "EKEM_KEYFILE",
 	"metrics": "EKEM_METRICS", "log-level": "EKEM_LOG_LEVEL", "log-format": "EKEM_LOG_FORMAT",
+	"admin-socket": "EKEM_ADMIN_SOCKET",
 }
 
-func parseRun(args []string) (*runFlags, error) {
+func parseRun(args []string) (*runFlags, error) { return parseRunFlags("run", args) }
+
+// parseRunFlags parses the flags of run, or of recover (the same, plus
+// -reason).
+func parseRunFlags(name string, args []string) (*runFlags, error) {
 	f := &runFlags{}
-	fs := newFlagSet("run")
+	fs := newFlagSet(name)
+	fs.StringVar(&f.adminSocket, "admin-socket", "", "")
+	if name == "recover" {
+		fs.StringVar(&f.reason, "reason", "", "")
+	}
 	fs.StringVar(&f.broker, "broker", "", "")
 	fs.StringVar(&f.username, "username", "", "")
 	fs.StringVar(&f.passwordFile, "password-file", "", "")
@@ -202,7 +216,7 @@ func parseRun(args []string) (*runFlags, error) {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("%w: run: unexpected argument %q", errUsage, fs.Arg(0))
+		return nil, fmt.Errorf("%w: %s: unexpected argument %q", errUsage, name, fs.Arg(0))
 	}
 	return f, f.check()
 }
@@ -283,6 +297,14 @@ func cmdRun(args []string, stderr io.Writer) error {
 	defer iss.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if path := adminSocketPath(f.adminSocket, f.store); path != "" {
+		sock, err := adminsock.Listen(path, iss.Admin(), log)
+		if err != nil {
+			return err
+		}
+		defer sock.Close()
+		log.Info("admin socket listening", "path", path)
+	}
 	if f.metrics != "" {
 		srv, err := serveMetrics(f.metrics, iss, log)
 		if err != nil {
@@ -487,168 +509,6 @@ func writeNew(path string, b []byte, mode os.FileMode) error {
 		return fmt.Errorf("keygen: %w", err)
 	}
 	return fh.Close()
-}
-
-func storeFlag(name string, args []string) (*flag.FlagSet, *string, error) {
-	fs := newFlagSet(name)
-	store := fs.String("store", "", "")
-	if err := parse(fs, args, map[string]string{"store": "EKEM_STORE"}); err != nil {
-		return nil, nil, err
-	}
-	if *store == "" {
-		return nil, nil, fmt.Errorf("%w: %s needs -store (or EKEM_STORE)", errUsage, name)
-	}
-	return fs, store, nil
-}
-
-func cmdDevices(args []string, stdout io.Writer) error {
-	fs := newFlagSet("devices")
-	store := fs.String("store", "", "")
-	asJSON := fs.Bool("json", false, "")
-	if err := parse(fs, args, map[string]string{"store": "EKEM_STORE"}); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: devices: unexpected argument %q", errUsage, fs.Arg(0))
-	}
-	if *store == "" {
-		return fmt.Errorf("%w: devices needs -store (or EKEM_STORE)", errUsage)
-	}
-	st, err := issuer.OpenStore(*store, true)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	devs, err := st.Devices()
-	if err != nil {
-		return err
-	}
-	last, _, err := st.LastEpoch()
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(struct {
-			LastEpoch uint64              `json:"last_epoch"`
-			Devices   []issuer.DeviceInfo `json:"devices"`
-		}{last, devs})
-	}
-	fmt.Fprintf(stdout, "last epoch: %d, devices: %d\n", last, len(devs))
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tKEM\tPINNED\tEPOCH\tCONFIRMED\tNEXT_KEY\tSTATUS\tSEQ")
-	for _, d := range devs {
-		pinned := "-"
-		if d.PinnedKeyHash != nil {
-			pinned = fmt.Sprintf("%x", d.PinnedKeyHash[:8])
-		}
-		status := "-"
-		if d.HasStatus {
-			status = fmt.Sprintf("%s/%d@%d", d.StatusState, d.StatusReason, d.StatusEpoch)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\t%s\t%d\n", d.ID, d.State, d.KEMAlg, pinned, d.LastEpoch,
-			d.ConfirmedEpoch, d.NextKeyReady, status, d.StatusSeq)
-	}
-	return tw.Flush()
-}
-
-// cmdDevice shows everything the store holds about one device (public
-// values only: hashes, epochs, states; never a ticket secret).
-func cmdDevice(args []string, stdout io.Writer) error {
-	fs := newFlagSet("device")
-	store := fs.String("store", "", "")
-	asJSON := fs.Bool("json", false, "")
-	if err := parse(fs, args, map[string]string{"store": "EKEM_STORE"}); err != nil {
-		return err
-	}
-	switch {
-	case fs.NArg() != 1:
-		return fmt.Errorf("%w: device needs exactly one device id", errUsage)
-	case *store == "":
-		return fmt.Errorf("%w: device needs -store (or EKEM_STORE)", errUsage)
-	}
-	id := fs.Arg(0)
-	if err := wire.ValidateDeviceID(id); err != nil {
-		return fmt.Errorf("%w: device: %v", errUsage, err)
-	}
-	st, err := issuer.OpenStore(*store, true)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	d, ok, err := st.Device(id)
-	switch {
-	case err != nil:
-		return err
-	case !ok:
-		return fmt.Errorf("%w: %q", issuer.ErrUnknownDevice, id)
-	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(d)
-	}
-	hexOr := func(b []byte) string {
-		if b == nil {
-			return "-"
-		}
-		return fmt.Sprintf("%x", b)
-	}
-	pinnedAt := "-"
-	if !d.PinnedAt.IsZero() {
-		pinnedAt = d.PinnedAt.UTC().Format(time.RFC3339)
-	}
-	status := "none"
-	if d.HasStatus {
-		status = fmt.Sprintf("%s, reason %d, epoch %d, seq %d", d.StatusState, d.StatusReason, d.StatusEpoch, d.StatusSeq)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	for _, row := range [][2]string{
-		{"device", d.ID},
-		{"state", string(d.State)},
-		{"kem", d.KEMAlg.String()},
-		{"pinned key (sha-256)", hexOr(d.PinnedKeyHash)},
-		{"pinned at", pinnedAt},
-		{"latest ticket epoch", fmt.Sprint(d.LastEpoch)},
-		{"latest ticket hash", hexOr(d.TicketHash)},
-		{"encapsulated to (sha-256)", hexOr(d.KeyHash)},
-		{"confirmed epoch", fmt.Sprint(d.ConfirmedEpoch)},
-		{"next key verified", fmt.Sprint(d.NextKeyReady)},
-		{"last status", status},
-	} {
-		fmt.Fprintf(tw, "%s:\t%s\n", row[0], row[1])
-	}
-	return tw.Flush()
-}
-
-func cmdOperator(name string, args []string, stdout io.Writer) error {
-	fs, store, err := storeFlag(name, args)
-	if err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("%w: %s needs exactly one device id", errUsage, name)
-	}
-	id := fs.Arg(0)
-	if err := wire.ValidateDeviceID(id); err != nil {
-		return fmt.Errorf("%w: %s: %v", errUsage, name, err)
-	}
-	st, err := issuer.OpenStore(*store, true)
-	if err != nil {
-		return err
-	}
-	st.Close() // it exists and is a store; now open it for writing
-	if st, err = issuer.OpenStore(*store, false); err != nil {
-		return err
-	}
-	defer st.Close()
-	op := map[string]func(string) error{"reset": st.Reset, "revoke": st.Revoke, "release": st.Release}[name]
-	if err := op(id); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "%s: %s done\n", id, name)
-	return nil
 }
 
 // cmdRotateKey announces the next issuer signing key (issuer.AnnounceKeyRotation).

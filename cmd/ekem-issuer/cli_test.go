@@ -189,6 +189,21 @@ func makeStore(t *testing.T) string {
 	return path
 }
 
+// storedDevice reads one device from the store at path.
+func storedDevice(t *testing.T, path, id string) issuer.DeviceInfo {
+	t.Helper()
+	st, err := issuer.OpenStore(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	d, err := issuer.StoreAdmin{Store: st}.Device(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func TestStoreCommands(t *testing.T) {
 	clearEnv(t)
 	path := makeStore(t)
@@ -202,9 +217,7 @@ func TestStoreCommands(t *testing.T) {
 	}
 	// One device in full, from the store as the list shows it.
 	code, stdout, stderr = runCmd(t, "device", "-store", path, "dev-a")
-	st0, _ := issuer.OpenStore(path, true)
-	info, _, _ := st0.Device("dev-a")
-	st0.Close()
+	info := storedDevice(t, path, "dev-a")
 	for _, want := range []string{"device:", "dev-a", "state:", "active", fmt.Sprintf("%x", info.TicketHash),
 		fmt.Sprintf("%x", info.PinnedKeyHash), "latest ticket epoch:", "ML-KEM-768"} {
 		if code != 0 || !strings.Contains(stdout, want) {
@@ -224,24 +237,31 @@ func TestStoreCommands(t *testing.T) {
 	if code, _, stderr := runCmd(t, "revoke", "dev-a"); code != 0 {
 		t.Fatalf("revoke: %s", stderr)
 	}
-	st, _ := issuer.OpenStore(path, true)
-	d, _, _ := st.Device("dev-a")
-	st.Close()
+	d := storedDevice(t, path, "dev-a")
 	if d.State != issuer.StateRevoked {
 		t.Fatalf("state %s", d.State)
 	}
-	if code, _, _ := runCmd(t, "release", "dev-a"); code != 0 {
+	if code, _, _ := runCmd(t, "release", "-reason", "inspected", "dev-a"); code != 0 {
 		t.Fatal("release failed")
 	}
 	if code, _, _ := runCmd(t, "reset", "dev-b"); code != 0 {
 		t.Fatal("reset failed")
 	}
-	st, _ = issuer.OpenStore(path, true)
-	a, _, _ := st.Device("dev-a")
-	b, _, _ := st.Device("dev-b")
-	st.Close()
+	a, b := storedDevice(t, path, "dev-a"), storedDevice(t, path, "dev-b")
 	if a.State != issuer.StateActive || b.PinnedKeyHash != nil || b.LastEpoch != 1 {
 		t.Fatalf("after release/reset: %+v %+v", a, b)
+	}
+	// Every action is in the audit log, in order, with its actor.
+	code, stdout, stderr = runCmd(t, "audit")
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if code != 0 || len(lines) != 4 || !strings.Contains(lines[1], "revoke") || !strings.Contains(lines[2], "release") ||
+		!strings.Contains(lines[2], "inspected") || !strings.Contains(lines[3], "reset") ||
+		!strings.Contains(lines[1], fmt.Sprintf("uid=%d(", os.Getuid())) || !strings.Contains(lines[1], "dev-a") {
+		t.Fatalf("audit: %d %q %q", code, stdout, stderr)
+	}
+	// Approve needs the running issuer, which holds what it approves.
+	if code, _, stderr := runCmd(t, "approve", "dev-a"); code != 1 || !strings.Contains(stderr, "needs the running issuer") {
+		t.Fatalf("approve on a stopped store: %d %q", code, stderr)
 	}
 	for _, c := range []struct {
 		args []string

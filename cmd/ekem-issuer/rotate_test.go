@@ -113,7 +113,7 @@ func TestRotateKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rots, err := st.Rotations()
+	rots, err := issuer.StoredRotations(st)
 	st.Close()
 	if err != nil || len(rots) != 1 || rots[0].From != 5 || !rots[0].New.Equal(next) {
 		t.Fatalf("stored rotations %+v %v", rots, err)

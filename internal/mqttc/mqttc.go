@@ -301,3 +301,37 @@ func (b *Inbox) Len() int {
 	defer b.mu.Unlock()
 	return len(b.queue)
 }
+
+// FetchRetained connects with o, subscribes to filters and returns the
+// retained messages delivered until none came for quiet (or ctx ends,
+// which is an error), then disconnects cleanly. MQTT marks no end of the
+// retained burst that follows a SUBACK; quiet bounds how long a pause
+// inside it may be. Cleared topics (empty payloads) are left out.
+func FetchRetained(ctx context.Context, o Options, filters []string, quiet time.Duration) ([]Message, error) {
+	o.OnConnect, o.WillTopic, o.WillPayload = nil, "", nil
+	c, err := Dial(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	for _, f := range filters {
+		if err := c.subscribe(f); err != nil {
+			return nil, fmt.Errorf("mqttc: subscribe %s: %w", f, err)
+		}
+	}
+	var out []Message
+	for {
+		qctx, cancel := context.WithTimeout(ctx, quiet)
+		m, ok := c.inbox.Next(qctx)
+		cancel()
+		if !ok {
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("mqttc: reading retained messages from %s: %w", o.Broker, err)
+			}
+			return out, nil
+		}
+		if m.Retained && len(m.Payload) > 0 {
+			out = append(out, m)
+		}
+	}
+}

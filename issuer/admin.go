@@ -1,0 +1,373 @@
+package issuer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"strconv"
+	"time"
+
+	"github.com/entropykem/entropykem/pkg/kem"
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+// Operator actions (reset, revoke, release, approve) and the audit log.
+//
+// They run the same code whether the issuer is running (Issuer.Admin,
+// reached by operators through its admin socket, package adminsock) or
+// stopped (StoreAdmin, on the store itself): one transaction changes the
+// device's record and appends the audit entry, so no action is ever
+// applied without its entry, nor recorded without being applied.
+
+// Admin errors callers tell apart.
+var (
+	// ErrNothingToApprove: the device has no registration awaiting
+	// approval.
+	ErrNothingToApprove = errors.New("issuer: no registration awaits approval")
+	// ErrNeedsIssuer: the action needs the running issuer (it holds what
+	// the action works on), but the store was opened directly.
+	ErrNeedsIssuer = errors.New("issuer: this action needs the running issuer")
+)
+
+// Operator says who asks for an admin action and why; the audit log
+// records both.
+type Operator struct {
+	// Actor is who asks, e.g. "uid=1000(alice) pid=4242 via admin socket".
+	Actor string
+	// Reason is the operator's reason, free text (may be empty).
+	Reason string
+}
+
+// maxReason bounds an operator's reason.
+const maxReason = 1024
+
+func (op Operator) check() error {
+	if op.Actor == "" {
+		return errors.New("issuer: admin action without an actor")
+	}
+	if len(op.Reason) > maxReason {
+		return fmt.Errorf("issuer: reason of %d bytes is too long (at most %d)", len(op.Reason), maxReason)
+	}
+	return nil
+}
+
+// LocalActor names the current OS user and process, for actions taken on
+// this machine: "uid=1000(alice) pid=4242".
+func LocalActor() string { return ActorOf(os.Getuid(), os.Getpid()) }
+
+// ActorOf names OS user uid and process pid: "uid=1000(alice) pid=4242".
+func ActorOf(uid, pid int) string {
+	name := strconv.Itoa(uid)
+	if u, err := user.LookupId(name); err == nil {
+		name = u.Username
+	}
+	return fmt.Sprintf("uid=%d(%s) pid=%d", uid, name, pid)
+}
+
+// Admin is what an operator can see and do. The running issuer
+// (Issuer.Admin), a stopped store (StoreAdmin) and the admin socket's
+// client implement it alike.
+type Admin interface {
+	// Devices lists every device, sorted by id.
+	Devices() ([]DeviceInfo, error)
+	// Device shows one device; ErrUnknownDevice if there is none.
+	Device(id string) (DeviceInfo, error)
+	// LastEpoch is the last issued epoch.
+	LastEpoch() (uint64, error)
+	// Reset forgets the device's pinned key (see resetRecord).
+	Reset(id string, op Operator) error
+	// Revoke stops issuing tickets to the device.
+	Revoke(id string, op Operator) error
+	// Release makes a quarantined or revoked device active again.
+	Release(id string, op Operator) error
+	// Approve pins the registration the device holds for approval.
+	Approve(id string, op Operator) error
+	// Audit returns the audit log, oldest first.
+	Audit() ([]AuditEntry, error)
+}
+
+// resetRecord forgets the device's pinned key, the keys and secrets of its
+// latest ticket and its Status history, and makes it active: its next
+// Registration is pinned as if it were the first (trust on first use
+// again). The chain head (latest epoch and ticket_hash) is kept, so the
+// next ticket's prev still links to it. The latest ticket is no longer
+// republished.
+func resetRecord(r *record) {
+	r.State = stateActive
+	r.RegAlg, r.RegKey, r.PinnedAt = 0, nil, 0
+	r.Ticket, r.KeyAlg, r.Key = nil, 0, nil
+	r.clearTicketSecrets()
+	r.clearStatus()
+}
+
+// releaseRecord makes a quarantined or revoked device active again and
+// forgets its Status history (the next Status is the new baseline for
+// clone detection). Its pinned key and chain are kept.
+func releaseRecord(r *record) {
+	r.State = stateActive
+	r.clearStatus()
+}
+
+// applyAdmin changes device id's record with fn and appends the audit
+// entry for action, in one transaction of st.
+func applyAdmin(st Store, now time.Time, action, id string, op Operator, fn func(*record) (detail string, err error)) error {
+	if err := op.check(); err != nil {
+		return err
+	}
+	if err := wire.ValidateDeviceID(id); err != nil {
+		return fmt.Errorf("issuer: %s: %w", action, err)
+	}
+	return st.Update(func(tx Tx) error {
+		var detail string
+		err := updateDevice(tx, id, func(r *record) (err error) {
+			detail, err = fn(r)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		return tx.AppendAudit(AuditEntry{Time: unixSeconds(now), Actor: op.Actor, Action: action,
+			Device: id, Reason: op.Reason, Detail: detail})
+	})
+}
+
+// stateChange describes a record's state change for the audit log.
+func stateChange(before uint64, r *record) string {
+	return fmt.Sprintf("state %s -> %s", stateName(before), stateName(r.State))
+}
+
+func resetDetail(r *record) string {
+	if r.RegKey == nil {
+		return "no key was pinned"
+	}
+	return "forgot pinned key " + shortHash(kem.PublicKeyHash(r.RegKey))
+}
+
+// readAudit returns st's audit log.
+func readAudit(st Store) ([]AuditEntry, error) {
+	var out []AuditEntry
+	err := st.View(func(tx ReadTx) error {
+		return tx.Audit(func(e AuditEntry) error {
+			out = append(out, e)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// readDevices returns every device of st, sorted by id.
+func readDevices(st Store) ([]DeviceInfo, error) {
+	var out []DeviceInfo
+	err := st.View(func(tx ReadTx) error {
+		return tx.Devices(func(r *record) error {
+			out = append(out, r.info())
+			return nil
+		})
+	})
+	return out, err
+}
+
+// readDevice returns device id of st, or ErrUnknownDevice.
+func readDevice(st Store, id string) (DeviceInfo, error) {
+	var d DeviceInfo
+	err := st.View(func(tx ReadTx) error {
+		r, err := tx.Device(id)
+		if err != nil {
+			return err
+		}
+		if r == nil {
+			return fmt.Errorf("%w: %q", ErrUnknownDevice, id)
+		}
+		d = r.info()
+		return nil
+	})
+	return d, err
+}
+
+func readLastEpoch(st Store) (uint64, error) {
+	var e uint64
+	err := st.View(func(tx ReadTx) (err error) {
+		e, err = tx.LastEpoch()
+		return err
+	})
+	return e, err
+}
+
+// StoreAdmin administers a stopped issuer's store directly. Approve needs
+// the running issuer (ErrNeedsIssuer): only it holds the registrations
+// awaiting approval.
+type StoreAdmin struct {
+	Store Store
+	// Now is the clock for audit entries (default time.Now).
+	Now func() time.Time
+}
+
+func (a StoreAdmin) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
+}
+
+func (a StoreAdmin) Devices() ([]DeviceInfo, error)       { return readDevices(a.Store) }
+func (a StoreAdmin) Device(id string) (DeviceInfo, error) { return readDevice(a.Store, id) }
+func (a StoreAdmin) LastEpoch() (uint64, error)           { return readLastEpoch(a.Store) }
+func (a StoreAdmin) Audit() ([]AuditEntry, error)         { return readAudit(a.Store) }
+
+func (a StoreAdmin) Reset(id string, op Operator) error {
+	return applyAdmin(a.Store, a.now(), "reset", id, op, func(r *record) (string, error) {
+		d := resetDetail(r)
+		resetRecord(r)
+		return d, nil
+	})
+}
+
+func (a StoreAdmin) Revoke(id string, op Operator) error {
+	return applyAdmin(a.Store, a.now(), "revoke", id, op, func(r *record) (string, error) {
+		before := r.State
+		r.State = stateRevoked
+		return stateChange(before, r), nil
+	})
+}
+
+func (a StoreAdmin) Release(id string, op Operator) error {
+	return applyAdmin(a.Store, a.now(), "release", id, op, func(r *record) (string, error) {
+		before := r.State
+		releaseRecord(r)
+		return stateChange(before, r), nil
+	})
+}
+
+func (a StoreAdmin) Approve(id string, op Operator) error {
+	return fmt.Errorf("%w: approving %q pins the registration the running issuer holds; start the issuer and run approve again", ErrNeedsIssuer, id)
+}
+
+// Admin returns the running issuer's Admin: every action is serialised
+// with message handling and epochs, and audited.
+func (i *Issuer) Admin() Admin { return onlineAdmin{i} }
+
+type onlineAdmin struct{ i *Issuer }
+
+func (a onlineAdmin) Devices() ([]DeviceInfo, error)       { return readDevices(a.i.store) }
+func (a onlineAdmin) Device(id string) (DeviceInfo, error) { return readDevice(a.i.store, id) }
+func (a onlineAdmin) LastEpoch() (uint64, error)           { return readLastEpoch(a.i.store) }
+func (a onlineAdmin) Audit() ([]AuditEntry, error)         { return readAudit(a.i.store) }
+func (a onlineAdmin) Reset(id string, op Operator) error   { return a.i.Reset(id, op) }
+func (a onlineAdmin) Revoke(id string, op Operator) error  { return a.i.Revoke(id, op) }
+func (a onlineAdmin) Release(id string, op Operator) error { return a.i.Release(id, op) }
+func (a onlineAdmin) Approve(id string, op Operator) error { return a.i.Approve(id, op) }
+
+// Reset forgets device id's pinned key (see resetRecord). If a
+// registration with a new key was refused since the issuer started, it is
+// pinned now, in the same transaction.
+func (i *Issuer) Reset(id string, op Operator) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	held := i.pending[id]
+	err := applyAdmin(i.store, i.cfg.Now(), "reset", id, op, func(r *record) (string, error) {
+		d := resetDetail(r)
+		resetRecord(r)
+		if held != nil {
+			reg, err := wire.ParseRegistration(held)
+			if err == nil {
+				i.pin(r, id, reg)
+				d += "; pinned the refused registration " + shortHash(kem.PublicKeyHash(reg.PublicKey))
+			}
+		}
+		return d, nil
+	})
+	if err != nil {
+		return err
+	}
+	delete(i.pending, id)
+	i.log.Warn("operator reset device", "device", id, "actor", op.Actor, "reason", clip(op.Reason))
+	i.notify()
+	return nil
+}
+
+// Approve pins the registration device id holds for approval (one refused
+// since the issuer started because its key changed), as Reset would, and
+// ErrNothingToApprove if there is none.
+func (i *Issuer) Approve(id string, op Operator) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	held := i.pending[id]
+	if held == nil {
+		return fmt.Errorf("%w: device %q", ErrNothingToApprove, id)
+	}
+	reg, err := wire.ParseRegistration(held)
+	if err != nil {
+		return fmt.Errorf("issuer: held registration of %q: %w", id, err)
+	}
+	err = op.check()
+	if err == nil {
+		err = i.store.Update(func(tx Tx) error {
+			r, err := tx.Device(id)
+			if err != nil {
+				return err
+			}
+			detail := "pinned key " + shortHash(kem.PublicKeyHash(reg.PublicKey))
+			if r != nil {
+				detail = resetDetail(r) + "; " + detail
+				resetRecord(r)
+			}
+			if err := tx.PutDevice(i.pin(r, id, reg).rec); err != nil {
+				return err
+			}
+			return tx.AppendAudit(AuditEntry{Time: unixSeconds(i.cfg.Now()), Actor: op.Actor, Action: "approve",
+				Device: id, Reason: op.Reason, Detail: detail})
+		})
+	}
+	if err != nil {
+		return err
+	}
+	delete(i.pending, id)
+	i.log.Warn("operator approved device registration", "device", id, "actor", op.Actor, "reason", clip(op.Reason),
+		"pk_hash", shortHash(kem.PublicKeyHash(reg.PublicKey)))
+	i.notify()
+	return nil
+}
+
+// Revoke stops issuing tickets to device id, and clears its retained
+// ticket topic when connected.
+func (i *Issuer) Revoke(id string, op Operator) error {
+	i.mu.Lock()
+	err := applyAdmin(i.store, i.cfg.Now(), "revoke", id, op, func(r *record) (string, error) {
+		before := r.State
+		r.State = stateRevoked
+		return stateChange(before, r), nil
+	})
+	i.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	i.log.Warn("operator revoked device", "device", id, "actor", op.Actor, "reason", clip(op.Reason))
+	i.notify()
+	if i.client.Load() != nil {
+		i.pubMu.Lock()
+		defer i.pubMu.Unlock()
+		if failed := i.publishAll([]pubMsg{{topic: i.topics.Ticket(id)}}); failed > 0 {
+			return fmt.Errorf("%w: clearing ticket of revoked device %q", ErrPublish, id)
+		}
+	}
+	return nil
+}
+
+// Release makes a quarantined or revoked device active again (see
+// releaseRecord).
+func (i *Issuer) Release(id string, op Operator) error {
+	i.mu.Lock()
+	err := applyAdmin(i.store, i.cfg.Now(), "release", id, op, func(r *record) (string, error) {
+		before := r.State
+		releaseRecord(r)
+		return stateChange(before, r), nil
+	})
+	i.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	i.log.Warn("operator released device", "device", id, "actor", op.Actor, "reason", clip(op.Reason))
+	i.notify()
+	return nil
+}
