@@ -1,7 +1,8 @@
 // Package embedbroker runs an in-process MQTT broker (mochi-mqtt) for the
 // zero-setup quickstart. It enforces the same accounts and ACL as
-// broker-config/acl does for Mosquitto: the issuer reads registrations and
-// statuses and writes tickets, roots, the epoch and its liveness; each
+// broker-config/acl does for Mosquitto: the issuer reads registrations,
+// statuses, roots and the epoch, and writes tickets, roots, the epoch and
+// its liveness; each
 // device writes only its own registration and status and reads only its own
 // ticket, the roots, the epoch and the issuer's liveness; the monitor reads
 // everything and writes nothing. Production and the integration tests use
@@ -124,7 +125,7 @@ func Allowed(prefix, user, topic string, write bool) bool {
 		if write {
 			return matchAny(topic, p+"ticket/+", p+"root/+", p+"epoch", p+"issuer/online", p+"issuer/key/+")
 		}
-		return matchAny(topic, p+"reg/+", p+"status/+")
+		return matchAny(topic, p+"reg/+", p+"status/+", p+"root/+", p+"epoch")
 	case MonitorUser:
 		return !write && (within(topic, prefix) || within(topic, "$SYS"))
 	}
