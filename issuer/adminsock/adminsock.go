@@ -343,7 +343,7 @@ func (c *Client) do(method, path string, body, out any) error {
 			errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM)) {
 			return fmt.Errorf("adminsock: %s: %w", c.path, oe.Err)
 		}
-		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
 			return fmt.Errorf("%w: %s closed the connection (run the command as the issuer's user or root)", ErrRefused, c.path)
 		}
 		return fmt.Errorf("adminsock: %s: %w", c.path, err)
