@@ -87,19 +87,46 @@ func faults() func() {
 	return func() { debug.SetPanicOnFault(old) }
 }
 
-func openBolt(path string, readOnly bool) (st Store, err error) {
+func openBolt(path string, readOnly bool) (Store, error) {
 	if path == "" {
 		return nil, fmt.Errorf("issuer: no store path")
 	}
-	if readOnly {
-		if _, err := os.Stat(path); err != nil {
-			return nil, fmt.Errorf("issuer: store %s: %w", path, err)
+	fi, err := os.Stat(path)
+	switch {
+	case err == nil && fi.Size() > 0:
+		// An existing store is checked whole, read-only, first: bbolt can
+		// panic inside a read-write Open on a damaged file (its free
+		// list), and the mapping it leaves would keep the file locked.
+		db, err := openBoltDB(path, true)
+		if err != nil {
+			return nil, err
 		}
+		err = (&boltStore{db: db, path: path}).check()
+		db.Close()
+		if err != nil {
+			return nil, err
+		}
+	case readOnly && err != nil:
+		return nil, fmt.Errorf("issuer: store %s: %w", path, err)
 	}
+	db, err := openBoltDB(path, readOnly)
+	if err != nil {
+		return nil, err
+	}
+	s := &boltStore{db: db, path: path}
+	if err := s.init(readOnly); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// openBoltDB opens the file with bbolt, its failures as store errors.
+func openBoltDB(path string, readOnly bool) (db *bolt.DB, err error) {
 	s := &boltStore{path: path}
 	defer faults()()
 	defer s.guard(&err)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: readOnly})
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: readOnly})
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("%w: %s (hint: the running ekem-issuer answers operator commands on its admin socket; to open the file itself, stop it first)", ErrStoreLocked, path)
@@ -108,12 +135,40 @@ func openBolt(path string, readOnly bool) (st Store, err error) {
 	case err != nil:
 		return nil, fmt.Errorf("issuer: open store %s: %w", path, err)
 	}
-	s.db = db
-	if err := s.init(readOnly); err != nil {
-		db.Close()
-		return nil, err
-	}
-	return s, nil
+	return db, nil
+}
+
+// check reads every page of the store once, so that a truncated or
+// garbled file is refused at open, with its name, rather than failing in
+// the middle of an epoch: the file must hold every page up to the
+// high-water mark, every bucket is walked (with memory faults turned into
+// errors), then bbolt's own consistency check runs (free list, page
+// reachability, key order).
+func (s *boltStore) check() error {
+	return s.view(func(tx *bolt.Tx) error {
+		fi, err := os.Stat(s.path)
+		if err != nil {
+			return fmt.Errorf("issuer: store %s: %w", s.path, err)
+		}
+		if fi.Size() < tx.Size() {
+			return s.corrupt(fmt.Sprintf("truncated: %d bytes, its pages need %d", fi.Size(), tx.Size()))
+		}
+		if err := tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			return b.ForEach(func(k, v []byte) error { return nil })
+		}); err != nil {
+			return s.corrupt(err)
+		}
+		var errs []error
+		for err := range tx.Check() {
+			if len(errs) < 3 {
+				errs = append(errs, err)
+			}
+		}
+		if len(errs) > 0 {
+			return s.corrupt(errors.Join(errs...))
+		}
+		return nil
+	})
 }
 
 // isBoltCorrupt reports whether bolt.Open failed on the file's content
@@ -131,7 +186,7 @@ func isBoltCorrupt(err error) bool {
 		strings.Contains(err.Error(), "invalid")
 }
 
-// init checks the store's integrity and layout and, unless readOnly,
+// init checks the store's layout and, unless readOnly,
 // creates the buckets of a new store. An existing store is only read: a
 // bbolt commit rewrites a meta page even when nothing changed, and opening
 // a store must not change its file (operator commands that refuse leave it
@@ -149,7 +204,7 @@ func (s *boltStore) init(readOnly bool) error {
 		if n := binary.BigEndian.Uint64(v); n != storeVersion1 && n != storeVersion {
 			return fmt.Errorf("%w: %s: layout version %d (hint: written by a newer ekem-issuer; run that version)", ErrStoreCorrupt, s.path, n)
 		}
-		return s.checkPages(tx)
+		return nil
 	}
 	if err := s.view(check); err == nil || readOnly || !s.isNew() {
 		return err
@@ -181,22 +236,6 @@ func (s *boltStore) isNew() bool {
 		return nil
 	})
 	return empty
-}
-
-// checkPages reads every page of the store once, so that a truncated or
-// garbled file is refused at open, with its name, rather than failing in
-// the middle of an epoch.
-func (s *boltStore) checkPages(tx *bolt.Tx) error {
-	fi, err := os.Stat(s.path)
-	if err != nil {
-		return fmt.Errorf("issuer: store %s: %w", s.path, err)
-	}
-	if fi.Size() < tx.Size() {
-		return s.corrupt(fmt.Sprintf("truncated: %d bytes, its pages need %d", fi.Size(), tx.Size()))
-	}
-	return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-		return b.ForEach(func(k, v []byte) error { return nil })
-	})
 }
 
 // view and update run a bbolt transaction with faults turned into errors.
