@@ -156,6 +156,10 @@ func (i *Issuer) fence(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if last > 0 && len(v.roots) == 0 {
+		i.log.Warn("the broker holds no root of this issuer although the store has issued epochs: the broker lost its retained messages, or its ACL does not let the issuer read root/+ (broker-config/acl); the issuer republishes them from the store",
+			"reason", "broker_no_roots", "last_epoch", last)
+	}
 	if v.foreign > 0 {
 		i.log.Warn("the broker holds epoch roots not signed by this issuer's keys; they are ignored",
 			"reason", "foreign_roots", "roots", v.foreign)
