@@ -135,6 +135,11 @@ func TestIssuerAdminOnline(t *testing.T) {
 	}
 	admin("reset", "-admin-socket", sock, "-reason", "re-provisioned", "adm-3")
 
+	// A consistent copy of the running issuer's store.
+	backup := filepath.Join(t.TempDir(), "backup.db")
+	if out := admin("backup", "-admin-socket", sock, "-out", backup); !strings.Contains(out, "3 devices") {
+		t.Fatalf("backup of the running issuer: %s", out)
+	}
 	// Issuance went on throughout: the devices accept later epochs.
 	e := f.devices["adm-1"].agent.Epoch()
 	f.waitFleetEpoch(t, e+2, ids...)

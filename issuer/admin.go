@@ -3,6 +3,7 @@ package issuer
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"strconv"
@@ -28,6 +29,9 @@ var (
 	// ErrNeedsIssuer: the action needs the running issuer (it holds what
 	// the action works on), but the store was opened directly.
 	ErrNeedsIssuer = errors.New("issuer: this action needs the running issuer")
+	// ErrNoBackup: the store engine makes no file copy of itself (a
+	// database engine is backed up with the database's own tools).
+	ErrNoBackup = errors.New("issuer: this store engine has no file backup")
 )
 
 // Operator says who asks for an admin action and why; the audit log
@@ -85,6 +89,23 @@ type Admin interface {
 	Approve(id string, op Operator) error
 	// Audit returns the audit log, oldest first.
 	Audit() ([]AuditEntry, error)
+	// Backup writes a consistent copy of the store to w (a bbolt file;
+	// ErrNoBackup for an engine without one).
+	Backup(w io.Writer) error
+}
+
+// backuper is a store engine that copies itself consistently.
+type backuper interface {
+	Backup(w io.Writer) (int64, error)
+}
+
+func backupStore(st Store, w io.Writer) error {
+	b, ok := st.(backuper)
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrNoBackup, st.Name())
+	}
+	_, err := b.Backup(w)
+	return err
 }
 
 // resetRecord forgets the device's pinned key, the keys and secrets of its
@@ -214,6 +235,7 @@ func (a StoreAdmin) Devices() ([]DeviceInfo, error)       { return readDevices(a
 func (a StoreAdmin) Device(id string) (DeviceInfo, error) { return readDevice(a.Store, id) }
 func (a StoreAdmin) LastEpoch() (uint64, error)           { return readLastEpoch(a.Store) }
 func (a StoreAdmin) Audit() ([]AuditEntry, error)         { return readAudit(a.Store) }
+func (a StoreAdmin) Backup(w io.Writer) error             { return backupStore(a.Store, w) }
 
 func (a StoreAdmin) Reset(id string, op Operator) error {
 	return applyAdmin(a.Store, a.now(), "reset", id, op, func(r *record) (string, error) {
@@ -253,6 +275,7 @@ func (a onlineAdmin) Devices() ([]DeviceInfo, error)       { return readDevices(
 func (a onlineAdmin) Device(id string) (DeviceInfo, error) { return readDevice(a.i.store, id) }
 func (a onlineAdmin) LastEpoch() (uint64, error)           { return readLastEpoch(a.i.store) }
 func (a onlineAdmin) Audit() ([]AuditEntry, error)         { return readAudit(a.i.store) }
+func (a onlineAdmin) Backup(w io.Writer) error             { return backupStore(a.i.store, w) }
 func (a onlineAdmin) Reset(id string, op Operator) error   { return a.i.Reset(id, op) }
 func (a onlineAdmin) Revoke(id string, op Operator) error  { return a.i.Revoke(id, op) }
 func (a onlineAdmin) Release(id string, op Operator) error { return a.i.Release(id, op) }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"runtime/debug"
@@ -252,6 +253,16 @@ func (s *boltStore) update(fn func(*bolt.Tx) error) (err error) {
 }
 
 func (s *boltStore) Name() string { return s.path }
+
+// Backup writes a consistent copy of the file (one read transaction:
+// writers go on meanwhile).
+func (s *boltStore) Backup(w io.Writer) (n int64, err error) {
+	err = s.view(func(tx *bolt.Tx) error {
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
+}
 
 func (s *boltStore) Close() error { return s.db.Close() }
 

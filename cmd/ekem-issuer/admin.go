@@ -278,6 +278,69 @@ func cmdAudit(args []string, stdout io.Writer) error {
 	return tw.Flush()
 }
 
+// cmdBackup writes a consistent copy of the store (through a running
+// issuer's admin socket, or from the stopped store) to a new file, and
+// checks the copy by opening it.
+func cmdBackup(args []string, stdout io.Writer) error {
+	fs := newFlagSet("backup")
+	f := &adminFlags{}
+	fs.StringVar(&f.store, "store", "", "")
+	fs.StringVar(&f.socket, "admin-socket", "", "")
+	out := fs.String("out", "", "")
+	if err := parse(fs, args, adminEnv); err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("%w: backup: unexpected argument %q", errUsage, fs.Arg(0))
+	case f.store == "" && f.socket == "":
+		return fmt.Errorf("%w: backup needs -store (or EKEM_STORE), or -admin-socket", errUsage)
+	case *out == "":
+		return fmt.Errorf("%w: backup needs -out, a new file for the copy", errUsage)
+	}
+	a, done, err := openAdmin(f, false)
+	if err != nil {
+		return err
+	}
+	defer done()
+	fh, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	fail := func(err error) error {
+		fh.Close()
+		os.Remove(*out)
+		return fmt.Errorf("backup: %w (nothing was kept at %s)", err, *out)
+	}
+	if err := a.Backup(fh); err != nil {
+		return fail(err)
+	}
+	if err := fh.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := fh.Close(); err != nil {
+		return fail(err)
+	}
+	// The copy must be a whole, readable store.
+	st, err := issuer.OpenStore(*out, true)
+	if err != nil {
+		os.Remove(*out)
+		return fmt.Errorf("backup: the copy does not check: %w (nothing was kept at %s)", err, *out)
+	}
+	defer st.Close()
+	check := issuer.StoreAdmin{Store: st}
+	devs, err := check.Devices()
+	if err != nil {
+		return fmt.Errorf("backup: the copy does not read: %w", err)
+	}
+	last, err := check.LastEpoch()
+	if err != nil {
+		return fmt.Errorf("backup: the copy does not read: %w", err)
+	}
+	fmt.Fprintf(stdout, "backup written to %s: last epoch %d, %d devices (keep it encrypted: it holds ticket MAC keys)\n", *out, last, len(devs))
+	return nil
+}
+
 // cmdRecover rebuilds the store from the broker (issuer.Issuer.Recover).
 func cmdRecover(args []string, stdout, stderr io.Writer) error {
 	f, err := parseRunFlags("recover", args)

@@ -27,19 +27,31 @@ const usageText = `Usage:
   ekem-issuer run [flags]                       run the issuer (flags below, or EKEM_* variables)
   ekem-issuer keygen -out FILE -pub FILE [-alg ML-DSA-87|ML-DSA-65]
                                                  create the issuer signing key pair
-  ekem-issuer devices -store FILE [-json]       list the devices in the store (read-only)
-  ekem-issuer device  -store FILE [-json] ID    show one device in full (read-only)
-  ekem-issuer reset   -store FILE ID            forget ID's pinned key: its next registration is pinned anew
-  ekem-issuer revoke  -store FILE ID            stop issuing tickets to ID
-  ekem-issuer release -store FILE ID            make a quarantined or revoked ID active again
+  ekem-issuer devices -store FILE [-json]       list the devices
+  ekem-issuer device  -store FILE [-json] ID    show one device in full
+  ekem-issuer reset   -store FILE [-reason TEXT] ID
+                                                 forget ID's pinned key: its next registration is pinned anew
+  ekem-issuer revoke  -store FILE [-reason TEXT] ID
+                                                 stop issuing tickets to ID
+  ekem-issuer release -store FILE [-reason TEXT] ID
+                                                 make a quarantined or revoked ID active again
+  ekem-issuer approve -store FILE [-reason TEXT] ID
+                                                 pin the registration the running issuer holds for ID
+  ekem-issuer audit   -store FILE [-json]       print the audit log of operator actions
+  ekem-issuer backup  -store FILE -out COPY     write a consistent copy of the store
+  ekem-issuer recover [run flags] [-reason TEXT]
+                                                 rebuild a lost or restored store from the broker:
+                                                 raise the epoch floor, re-pin every device
   ekem-issuer rotate-key -store FILE -key CURRENT.key -new-pub NEW.pub [-overlap N]
                                                  announce NEW as the issuer signing key from epoch
                                                  (last issued + 1 + N) on; N epochs of overlap, default 3
 
-The store commands and rotate-key need the issuer stopped (the store is
-locked while it runs). After rotate-key, run the issuer with -key CURRENT.key
--next-key NEW.key until the new key's first epoch is issued; from then on,
-with -key NEW.key alone.
+The operator commands (devices … backup) reach a running issuer through its
+admin socket (-admin-socket, default: the store's path + ".sock") and open the
+store itself when no issuer runs; every action goes into the audit log.
+recover and rotate-key need the issuer stopped. After rotate-key, run the
+issuer with -key CURRENT.key -next-key NEW.key until the new key's first epoch
+is issued; from then on, with -key NEW.key alone.
 
 run flags (each also read from the environment variable named after it;
 a flag on the command line wins):
@@ -62,6 +74,7 @@ a flag on the command line wins):
   -cert FILE           EKEM_CERT           TLS client certificate (with -keyfile)
   -keyfile FILE        EKEM_KEYFILE        TLS client key (with -cert)
   -metrics ADDR        EKEM_METRICS        serve /metrics, /healthz, /readyz on ADDR (default off)
+  -admin-socket PATH   EKEM_ADMIN_SOCKET   operator commands' Unix socket (default STORE.sock; off: none)
   -log-level LEVEL     EKEM_LOG_LEVEL      debug, info, warn or error (default info)
   -log-format FORMAT   EKEM_LOG_FORMAT     text or json (default text)
 
@@ -72,7 +85,8 @@ Examples:
   ekem-issuer run -broker ssl://mqtt.example:8883 -ca ca.pem -cert issuer.crt -keyfile issuer-tls.key \
       -key issuer.key -store /var/lib/ekem/issuer.db -period 15m -metrics 127.0.0.1:9100
   ekem-issuer devices -store issuer.db
-  ekem-issuer release -store issuer.db sensor-0042
+  ekem-issuer release -store issuer.db -reason "inspected on site" sensor-0042
+  ekem-issuer backup -store /var/lib/ekem/issuer.db -out /backup/issuer-2026-12-06.db
   ekem-issuer keygen -out issuer-2.key -pub issuer-2.pub
   ekem-issuer rotate-key -store issuer.db -key issuer.key -new-pub issuer-2.pub -overlap 3
   ekem-issuer run ... -key issuer.key -next-key issuer-2.key
@@ -102,6 +116,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdOperator(cmd, rest, stdout)
 	case "audit":
 		err = cmdAudit(rest, stdout)
+	case "backup":
+		err = cmdBackup(rest, stdout)
 	case "recover":
 		err = cmdRecover(rest, stdout, stderr)
 	case "rotate-key":

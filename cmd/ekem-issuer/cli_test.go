@@ -259,6 +259,17 @@ func TestStoreCommands(t *testing.T) {
 		!strings.Contains(lines[1], fmt.Sprintf("uid=%d(", os.Getuid())) || !strings.Contains(lines[1], "dev-a") {
 		t.Fatalf("audit: %d %q %q", code, stdout, stderr)
 	}
+	// A backup of the stopped store is a whole store with the same devices.
+	copyPath := filepath.Join(t.TempDir(), "copy.db")
+	if code, stdout, stderr := runCmd(t, "backup", "-out", copyPath); code != 0 || !strings.Contains(stdout, "last epoch 1, 2 devices") {
+		t.Fatalf("backup: %d %q %q", code, stdout, stderr)
+	}
+	if storedDevice(t, copyPath, "dev-a").State != issuer.StateActive {
+		t.Fatal("the backup does not hold dev-a as stored")
+	}
+	if code, _, stderr := runCmd(t, "backup", "-out", copyPath); code != 1 || !strings.Contains(stderr, "file exists") {
+		t.Fatalf("backup over an existing file: %d %q", code, stderr)
+	}
 	// Approve needs the running issuer, which holds what it approves.
 	if code, _, stderr := runCmd(t, "approve", "dev-a"); code != 1 || !strings.Contains(stderr, "needs the running issuer") {
 		t.Fatalf("approve on a stopped store: %d %q", code, stderr)

@@ -16,6 +16,7 @@
 //	GET  /v1/devices/{id}          one device (404: unknown_device)
 //	GET  /v1/epoch                 {"last_epoch": N}
 //	GET  /v1/audit                 the audit log, oldest first
+//	GET  /v1/backup                a consistent copy of the store file
 //	POST /v1/devices/{id}/{action} action: reset, revoke, release, approve;
 //	                               body {"reason": "…"}
 //
@@ -104,6 +105,7 @@ func Listen(path string, admin issuer.Admin, log *slog.Logger) (*Server, error) 
 	mux.HandleFunc("GET /v1/devices/{id}", s.device)
 	mux.HandleFunc("GET /v1/epoch", s.epoch)
 	mux.HandleFunc("GET /v1/audit", s.audit)
+	mux.HandleFunc("GET /v1/backup", s.backup)
 	mux.HandleFunc("POST /v1/devices/{id}/{action}", s.act)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
@@ -262,6 +264,39 @@ func (s *Server) audit(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusOK, a)
 }
 
+// backup streams the store's copy. An error before the first byte is an
+// error reply; after it, the stream is cut (the client then gets an
+// unexpected EOF, and its check of the copy fails too).
+func (s *Server) backup(w http.ResponseWriter, r *http.Request) {
+	sw := &streamWriter{w: w}
+	err := s.admin.Backup(sw)
+	switch {
+	case err != nil && sw.n == 0:
+		s.fail(w, err)
+		return
+	case err != nil:
+		s.log.Error("admin backup cut short", "reason", "backup_failed", "bytes", sw.n, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	p, _ := r.Context().Value(peerKey{}).(peer)
+	s.log.Info("admin backup", "bytes", sw.n, "actor", issuer.ActorOf(p.uid, p.pid))
+}
+
+// streamWriter sets the content type before the first byte and counts.
+type streamWriter struct {
+	w http.ResponseWriter
+	n int64
+}
+
+func (sw *streamWriter) Write(b []byte) (int, error) {
+	if sw.n == 0 {
+		sw.w.Header().Set("Content-Type", "application/octet-stream")
+	}
+	n, err := sw.w.Write(b)
+	sw.n += int64(n)
+	return n, err
+}
+
 type actBody struct {
 	Reason string `json:"reason"`
 }
@@ -396,6 +431,29 @@ func (c *Client) LastEpoch() (uint64, error) {
 func (c *Client) Audit() ([]issuer.AuditEntry, error) {
 	var a []issuer.AuditEntry
 	return a, c.do(http.MethodGet, "/v1/audit", nil, &a)
+}
+
+// Backup copies the running issuer's store to w.
+func (c *Client) Backup(w io.Writer) error {
+	req, err := http.NewRequest(http.MethodGet, "http://issuer/v1/backup", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("adminsock: %s: %w", c.path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e errorBody
+		json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(&e)
+		return fmt.Errorf("adminsock: the issuer says: %s (%s)", e.Error, resp.Status)
+	}
+	n, err := io.Copy(w, resp.Body)
+	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
+		err = fmt.Errorf("adminsock: backup cut short: %d of %d bytes", n, resp.ContentLength)
+	}
+	return err
 }
 
 func (c *Client) act(action, id string, op issuer.Operator) error {

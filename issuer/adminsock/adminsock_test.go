@@ -1,8 +1,10 @@
 package adminsock
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -30,6 +32,10 @@ func (f *fakeAdmin) Device(id string) (issuer.DeviceInfo, error) {
 	return issuer.DeviceInfo{}, fmt.Errorf("%w: %q", issuer.ErrUnknownDevice, id)
 }
 func (f *fakeAdmin) LastEpoch() (uint64, error) { return 7, nil }
+func (f *fakeAdmin) Backup(w io.Writer) error {
+	_, err := w.Write([]byte("store bytes"))
+	return err
+}
 func (f *fakeAdmin) Audit() ([]issuer.AuditEntry, error) {
 	return []issuer.AuditEntry{{Seq: 1, Action: "revoke", Actor: "a"}}, nil
 }
@@ -82,6 +88,10 @@ func TestSocketRoundTrip(t *testing.T) {
 	if len(fa.ops) != 1 || !strings.HasPrefix(fa.ops[0].Actor, want) || !strings.Contains(fa.ops[0].Actor, fmt.Sprintf("pid=%d", os.Getpid())) ||
 		fa.ops[0].Reason != "stolen" || fa.acts[0] != "revoke dev-1" {
 		t.Fatalf("operator %+v acts %v", fa.ops, fa.acts)
+	}
+	var copy bytes.Buffer
+	if err := c.Backup(&copy); err != nil || copy.String() != "store bytes" {
+		t.Fatalf("Backup %q %v", copy.String(), err)
 	}
 	if a, err := c.Audit(); err != nil || len(a) != 1 || a[0].Action != "revoke" {
 		t.Fatalf("Audit %+v %v", a, err)
