@@ -137,7 +137,6 @@ func (i *Issuer) fence(ctx context.Context) error {
 		return err
 	}
 	var last uint64
-	var devices int
 	stored := map[uint64][]byte{}
 	err = i.store.View(func(tx ReadTx) error {
 		var err error
@@ -148,10 +147,7 @@ func (i *Issuer) fence(ctx context.Context) error {
 		for _, r := range roots {
 			stored[r.Epoch] = r.Root
 		}
-		if err != nil {
-			return err
-		}
-		return tx.Devices(func(*record) error { devices++; return nil })
+		return err
 	})
 	if err != nil {
 		return err
@@ -166,7 +162,7 @@ func (i *Issuer) fence(ctx context.Context) error {
 	}
 	if v.highest > last {
 		what := "restored from an older copy, or lost epochs"
-		if last == 0 && devices == 0 {
+		if last == 0 && i.storeEmpty() {
 			what = "empty: it was lost or deleted"
 		}
 		i.count("fenced_starts", 1)
@@ -188,6 +184,15 @@ func (i *Issuer) fence(ctx context.Context) error {
 			"reason", "epoch_info_ahead", "broker_epoch", v.info.Epoch, "last_epoch", last)
 	}
 	return nil
+}
+
+// storeEmpty reports whether the store holds no device at all.
+func (i *Issuer) storeEmpty() bool {
+	found := errors.New("found")
+	err := i.store.View(func(tx ReadTx) error {
+		return tx.Devices(func(*record) error { return found })
+	})
+	return err == nil
 }
 
 // RecoverReport says what Recover did.

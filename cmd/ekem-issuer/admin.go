@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sort"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -341,6 +343,17 @@ func cmdBackup(args []string, stdout io.Writer) error {
 	return nil
 }
 
+// maxListed bounds the device ids a command prints in a summary line.
+const maxListed = 20
+
+// firstFew joins up to maxListed ids, saying how many more there are.
+func firstFew(ids []string) string {
+	if len(ids) <= maxListed {
+		return strings.Join(ids, " ")
+	}
+	return fmt.Sprintf("%s … and %d more", strings.Join(ids[:maxListed], " "), len(ids)-maxListed)
+}
+
 // cmdRecover rebuilds the store from the broker (issuer.Issuer.Recover).
 func cmdRecover(args []string, stdout, stderr io.Writer) error {
 	f, err := parseRunFlags("recover", args)
@@ -372,11 +385,22 @@ func cmdRecover(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "recovered: epoch floor %d (the store had %d); the next epoch is %d\n", rep.Floor, rep.StoreEpoch, rep.Floor+1)
 	fmt.Fprintf(stdout, "re-pinned %d devices from their latest Status and %d from their Registration\n", rep.FromStatus, rep.FromRegistration)
-	if len(rep.Kept) > 0 {
-		fmt.Fprintf(stdout, "%d devices the broker holds nothing of are left as stored: %v\n", len(rep.Kept), rep.Kept)
+	if n := len(rep.Kept); n > 0 {
+		fmt.Fprintf(stdout, "%d devices the broker holds nothing of are left as stored: %s\n", n, firstFew(rep.Kept))
 	}
-	for id, why := range rep.Refused {
-		fmt.Fprintf(stdout, "not re-pinned: %s: %s\n", id, why)
+	if n := len(rep.Refused); n > 0 {
+		ids := make([]string, 0, n)
+		for id := range rep.Refused {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		fmt.Fprintf(stdout, "%d devices not re-pinned (re-enroll them):\n", n)
+		for _, id := range ids[:min(n, maxListed)] {
+			fmt.Fprintf(stdout, "  %s: %s\n", id, rep.Refused[id])
+		}
+		if n > maxListed {
+			fmt.Fprintf(stdout, "  … and %d more (the issuer's log names each)\n", n-maxListed)
+		}
 	}
 	fmt.Fprintln(stdout, "next: start the issuer (ekem-issuer run, same flags); devices accept its next ticket and report the gap")
 	return nil
