@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/entropykem/entropykem/internal/cliflag"
 	"github.com/entropykem/entropykem/issuer"
 	"github.com/entropykem/entropykem/issuer/adminsock"
 	"github.com/entropykem/entropykem/pkg/signature"
@@ -42,54 +43,63 @@ const usageText = `Usage:
   ekem-issuer recover [run flags] [-reason TEXT]
                                                  rebuild a lost or restored store from the broker:
                                                  raise the epoch floor, re-pin every device
-  ekem-issuer rotate-key -store FILE -key CURRENT.key -new-pub NEW.pub [-overlap N]
+  ekem-issuer rotate-key -store FILE -signing-key CURRENT.key -new-pub NEW.pub [-overlap N]
                                                  announce NEW as the issuer signing key from epoch
                                                  (last issued + 1 + N) on; N epochs of overlap, default 3
+  ekem-issuer version                           print version, commit, Go and protocol version
 
-The operator commands (devices … backup) reach a running issuer through its
-admin socket (-admin-socket, default: the store's path + ".sock") and open the
-store itself when no issuer runs; every action goes into the audit log.
-recover and rotate-key need the issuer stopped. After rotate-key, run the
-issuer with -key CURRENT.key -next-key NEW.key until the new key's first epoch
-is issued; from then on, with -key NEW.key alone.
+Run "ekem-issuer COMMAND -h" for one command's flags. The operator commands
+(devices … backup) reach a running issuer through its admin socket
+(-admin-socket, default: the store's path + ".sock") and open the store
+itself when no issuer runs; every action goes into the audit log. recover and
+rotate-key need the issuer stopped. After rotate-key, run the issuer with
+-signing-key CURRENT.key -next-signing-key NEW.key until the new key's first
+epoch is issued; from then on, with -signing-key NEW.key alone.
 
 run flags (each also read from the environment variable named after it;
 a flag on the command line wins):
-  -broker URL          EKEM_BROKER         tcp://host:1883 or ssl://host:8883 (required)
-  -username NAME       EKEM_USERNAME       broker account (usually ekem-issuer)
-  -password-file FILE  EKEM_PASSWORD_FILE  file holding the broker password
-                       EKEM_PASSWORD       the password itself (never a flag: argv is public)
-  -key FILE            EKEM_KEY            issuer secret key PEM from keygen (required)
-  -next-key FILE       EKEM_NEXT_KEY       the secret key announced by rotate-key; it signs from
-                                           the announced epoch on (-key signs the epochs before)
-  -store FILE          EKEM_STORE          bbolt store, created if missing (required)
-  -period DURATION     EKEM_PERIOD         epoch period, 1s..744h (default 1h)
-  -ttl DURATION        EKEM_TTL            ticket lifetime, whole seconds (default 2 x period)
-  -prefix PREFIX       EKEM_PREFIX         topic prefix (default ekem/v1)
-  -purpose LABEL       EKEM_PURPOSE        ticket purpose label (default "default")
-  -group LABEL         EKEM_GROUP          ticket group label (default "default")
-  -keep-roots N        EKEM_KEEP_ROOTS     root topics kept retained, at least 2 (default 4)
-  -client-id ID        EKEM_CLIENT_ID      MQTT client id (default ekem-issuer)
-  -ca FILE             EKEM_CA             CA certificates for a TLS broker
-  -cert FILE           EKEM_CERT           TLS client certificate (with -keyfile)
-  -keyfile FILE        EKEM_KEYFILE        TLS client key (with -cert)
-  -metrics ADDR        EKEM_METRICS        serve /metrics, /healthz, /readyz on ADDR (default off)
-  -admin-socket PATH   EKEM_ADMIN_SOCKET   operator commands' Unix socket (default STORE.sock; off: none)
-  -log-level LEVEL     EKEM_LOG_LEVEL      debug, info, warn or error (default info)
-  -log-format FORMAT   EKEM_LOG_FORMAT     text or json (default text)
+  -broker URL              EKEM_BROKER            tcp://host:1883 or ssl://host:8883 (required)
+  -username NAME           EKEM_USERNAME          broker account (usually ekem-issuer)
+  -password-file FILE      EKEM_PASSWORD_FILE     the broker password: a file holding it, or an
+                                                  account file from mkcreds (accounts/NAME.env)
+                           EKEM_PASSWORD          the password itself (never a flag: argv is public)
+  -signing-key FILE        EKEM_SIGNING_KEY       issuer secret key PEM from keygen (required)
+  -next-signing-key FILE   EKEM_NEXT_SIGNING_KEY  the secret key announced by rotate-key; it signs
+                                                  from the announced epoch on
+  -store FILE              EKEM_STORE             bbolt store; it and its directory are created
+                                                  if missing (required)
+  -period DURATION         EKEM_PERIOD            epoch period, 1s..744h (default 1h)
+  -ttl DURATION            EKEM_TTL               ticket lifetime, whole seconds (default 2 x period)
+  -prefix PREFIX           EKEM_PREFIX            topic prefix (default ekem/v1)
+  -purpose LABEL           EKEM_PURPOSE           ticket purpose label (default "default")
+  -group LABEL             EKEM_GROUP             ticket group label (default "default")
+  -keep-roots N            EKEM_KEEP_ROOTS        root topics kept retained, at least 2 (default 4)
+  -client-id ID            EKEM_CLIENT_ID         MQTT client id (default ekem-issuer)
+  -tls-ca FILE             EKEM_TLS_CA            CA certificates for a TLS broker
+  -tls-cert FILE           EKEM_TLS_CERT          TLS client certificate (with -tls-key)
+  -tls-key FILE            EKEM_TLS_KEY           TLS client key (with -tls-cert)
+  -metrics ADDR            EKEM_METRICS           serve /metrics, /healthz, /readyz on ADDR (default off)
+  -admin-socket PATH       EKEM_ADMIN_SOCKET      operator commands' Unix socket (default STORE.sock; off: none)
+  -log-level LEVEL         EKEM_LOG_LEVEL         debug, info, warn or error (default info)
+  -log-format FORMAT       EKEM_LOG_FORMAT        text or json (default text)
+
+Deprecated names, still accepted with a warning: -key/EKEM_KEY (-signing-key),
+-next-key/EKEM_NEXT_KEY (-next-signing-key), -ca/EKEM_CA (-tls-ca),
+-cert/EKEM_CERT (-tls-cert), -keyfile/EKEM_KEYFILE (-tls-key).
 
 Examples:
   ekem-issuer keygen -out issuer.key -pub issuer.pub
-  EKEM_PASSWORD_FILE=/run/secrets/issuer ekem-issuer run -broker tcp://localhost:1883 \
-      -username ekem-issuer -key issuer.key -store issuer.db -period 1h
-  ekem-issuer run -broker ssl://mqtt.example:8883 -ca ca.pem -cert issuer.crt -keyfile issuer-tls.key \
-      -key issuer.key -store /var/lib/ekem/issuer.db -period 15m -metrics 127.0.0.1:9100
+  EKEM_PASSWORD_FILE=creds/accounts/ekem-issuer.env ekem-issuer run -broker tcp://localhost:1883 \
+      -signing-key issuer.key -store issuer.db -period 1h
+  ekem-issuer run -broker ssl://mqtt.example:8883 -tls-ca ca.crt -tls-cert ekem-issuer.crt \
+      -tls-key ekem-issuer.key -signing-key issuer.key -store /var/lib/entropykem-issuer/issuer.db \
+      -period 15m -metrics 127.0.0.1:7741
   ekem-issuer devices -store issuer.db
   ekem-issuer release -store issuer.db -reason "inspected on site" sensor-0042
-  ekem-issuer backup -store /var/lib/ekem/issuer.db -out /backup/issuer-2026-12-06.db
+  ekem-issuer backup -store /var/lib/entropykem-issuer/issuer.db -out /backup/issuer-2026-12-06.db
   ekem-issuer keygen -out issuer-2.key -pub issuer-2.pub
-  ekem-issuer rotate-key -store issuer.db -key issuer.key -new-pub issuer-2.pub -overlap 3
-  ekem-issuer run ... -key issuer.key -next-key issuer-2.key
+  ekem-issuer rotate-key -store issuer.db -signing-key issuer.key -new-pub issuer-2.pub -overlap 3
+  ekem-issuer run ... -signing-key issuer.key -next-signing-key issuer-2.key
 `
 
 // errUsage marks an error after which the usage hint is printed.
@@ -102,8 +112,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usageText)
 		return 2
 	}
+	warn = cliflag.WarnTo(stderr, "ekem-issuer")
 	var err error
-	switch cmd, rest := args[0], args[1:]; cmd {
+	if err = cliflag.RefuseSecrets(args[1:], "password"); err != nil {
+		err = fmt.Errorf("%w: %w", errUsage, err)
+	}
+	cmd, rest := args[0], args[1:]
+	if (cmd == "help" || cmd == "-h" || cmd == "-help" || cmd == "--help") && len(rest) > 0 {
+		cmd, rest = rest[0], []string{"-h"} // "help run" is "run -h"
+	}
+	switch {
+	case err != nil:
+	case cmd == "version" || cmd == "-version" || cmd == "--version":
+		err = cmdVersion(rest, stdout)
+	default:
+		err = dispatch(cmd, rest, stdout, stderr)
+	}
+	return exitStatus(cmd, err, stdout, stderr)
+}
+
+// dispatch runs one command.
+func dispatch(cmd string, rest []string, stdout, stderr io.Writer) error {
+	var err error
+	switch cmd {
 	case "run":
 		err = cmdRun(rest, stderr)
 	case "keygen":
@@ -123,19 +154,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "rotate-key":
 		err = cmdRotateKey(rest, stdout)
 	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, usageText)
-		return 0
+		return flag.ErrHelp
 	default:
-		err = fmt.Errorf("%w: unknown command %q", errUsage, cmd)
+		err = fmt.Errorf("%w: unknown command %q (commands: %s)", errUsage, cmd, strings.Join(commands, ", "))
 	}
+	return err
+}
+
+// exitStatus prints err as its kind asks and returns the exit status.
+func exitStatus(cmd string, err error, stdout, stderr io.Writer) int {
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(stdout, usageText)
+		fmt.Fprint(stdout, helpFor(cmd))
 		return 0
 	case errors.Is(err, errUsage):
-		fmt.Fprintf(stderr, "ekem-issuer: %s\nRun \"ekem-issuer help\" for usage.\n", strings.TrimPrefix(err.Error(), "usage: "))
+		fmt.Fprintf(stderr, "ekem-issuer: %s\nhint: run \"ekem-issuer %s -h\" for usage\n", strings.TrimPrefix(err.Error(), "usage: "), hintFor(cmd))
 		return 2
 	default:
 		fmt.Fprintf(stderr, "ekem-issuer: %v\n", err)
@@ -156,24 +191,11 @@ func newFlagSet(name string) *flag.FlagSet {
 // from its environment variable (env maps flag name to variable), through
 // the same flag.Value so both are validated alike.
 func parse(fs *flag.FlagSet, args []string, env map[string]string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %s: %v", errUsage, fs.Name(), err)
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	e := make(map[string]cliflag.Env, len(env))
 	for name, variable := range env {
-		v, ok := os.LookupEnv(variable)
-		if set[name] || !ok {
-			continue
-		}
-		if err := fs.Set(name, v); err != nil {
-			return fmt.Errorf("%w: %s=%q: invalid value for -%s: %v", errUsage, variable, v, name, err)
-		}
+		e[name] = cliflag.Env{Var: variable}
 	}
-	return nil
+	return parseEnv(fs, args, e)
 }
 
 // runFlags are the run command's settings.
@@ -189,13 +211,18 @@ type runFlags struct {
 	reason                                     string // recover only
 }
 
-var runEnv = map[string]string{
-	"broker": "EKEM_BROKER", "username": "EKEM_USERNAME", "password-file": "EKEM_PASSWORD_FILE",
-	"key": "EKEM_KEY", "next-key": "EKEM_NEXT_KEY", "store": "EKEM_STORE", "period": "EKEM_PERIOD", "ttl": "EKEM_TTL",
-	"prefix": "EKEM_PREFIX", "purpose": "EKEM_PURPOSE", "group": "EKEM_GROUP", "keep-roots": "EKEM_KEEP_ROOTS",
-	"client-id": "EKEM_CLIENT_ID", "ca": "EKEM_CA", "cert": "EKEM_CERT", "keyfile": "EKEM_KEYFILE",
-	"metrics": "EKEM_METRICS", "log-level": "EKEM_LOG_LEVEL", "log-format": "EKEM_LOG_FORMAT",
-	"admin-socket": "EKEM_ADMIN_SOCKET",
+var runEnv = map[string]cliflag.Env{
+	"broker": {Var: "EKEM_BROKER"}, "username": {Var: "EKEM_USERNAME"}, "password-file": {Var: "EKEM_PASSWORD_FILE"},
+	cliflag.SigningKey:     {Var: cliflag.EnvSigningKey, Old: []string{"EKEM_KEY"}},
+	cliflag.NextSigningKey: {Var: cliflag.EnvNextSigningKey, Old: []string{"EKEM_NEXT_KEY"}},
+	"store":                {Var: "EKEM_STORE"}, "period": {Var: "EKEM_PERIOD"}, "ttl": {Var: "EKEM_TTL"},
+	"prefix": {Var: "EKEM_PREFIX"}, "purpose": {Var: "EKEM_PURPOSE"}, "group": {Var: "EKEM_GROUP"},
+	"keep-roots": {Var: "EKEM_KEEP_ROOTS"}, "client-id": {Var: "EKEM_CLIENT_ID"},
+	cliflag.TLSCA:   {Var: cliflag.EnvTLSCA, Old: []string{"EKEM_CA"}},
+	cliflag.TLSCert: {Var: cliflag.EnvTLSCert, Old: []string{"EKEM_CERT"}},
+	cliflag.TLSKey:  {Var: cliflag.EnvTLSKey, Old: []string{"EKEM_KEYFILE"}},
+	"metrics":       {Var: "EKEM_METRICS"}, "log-level": {Var: "EKEM_LOG_LEVEL"}, "log-format": {Var: "EKEM_LOG_FORMAT"},
+	"admin-socket":  {Var: "EKEM_ADMIN_SOCKET"},
 }
 
 func parseRun(args []string) (*runFlags, error) { return parseRunFlags("run", args) }
@@ -212,8 +239,8 @@ func parseRunFlags(name string, args []string) (*runFlags, error) {
 	fs.StringVar(&f.broker, "broker", "", "")
 	fs.StringVar(&f.username, "username", "", "")
 	fs.StringVar(&f.passwordFile, "password-file", "", "")
-	fs.StringVar(&f.key, "key", "", "")
-	fs.StringVar(&f.nextKey, "next-key", "", "")
+	fs.StringVar(&f.key, cliflag.SigningKey, "", "")
+	fs.StringVar(&f.nextKey, cliflag.NextSigningKey, "", "")
 	fs.StringVar(&f.store, "store", "", "")
 	fs.DurationVar(&f.period, "period", time.Hour, "")
 	fs.DurationVar(&f.ttl, "ttl", 0, "")
@@ -222,13 +249,16 @@ func parseRunFlags(name string, args []string) (*runFlags, error) {
 	fs.StringVar(&f.group, "group", issuer.DefaultLabel, "")
 	fs.IntVar(&f.keepRoots, "keep-roots", issuer.DefaultKeepRoots, "")
 	fs.StringVar(&f.clientID, "client-id", issuer.DefaultClientID, "")
-	fs.StringVar(&f.ca, "ca", "", "")
-	fs.StringVar(&f.cert, "cert", "", "")
-	fs.StringVar(&f.keyfile, "keyfile", "", "")
+	fs.StringVar(&f.ca, cliflag.TLSCA, "", "")
+	fs.StringVar(&f.cert, cliflag.TLSCert, "", "")
+	fs.StringVar(&f.keyfile, cliflag.TLSKey, "", "")
 	fs.StringVar(&f.metrics, "metrics", "", "")
 	fs.StringVar(&f.logLevel, "log-level", "info", "")
 	fs.StringVar(&f.logFormat, "log-format", "text", "")
-	if err := parse(fs, args, runEnv); err != nil {
+	for old, current := range runAliases {
+		cliflag.Alias(fs, old, current, warn)
+	}
+	if err := parseEnv(fs, args, runEnv); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
@@ -246,9 +276,9 @@ func (f *runFlags) check() error {
 	case f.broker == "":
 		return bad("-broker is required (or EKEM_BROKER)")
 	case f.key == "":
-		return bad("-key is required (or EKEM_KEY)")
+		return bad("-signing-key is required (or EKEM_SIGNING_KEY)")
 	case f.nextKey != "" && f.nextKey == f.key:
-		return bad("-next-key and -key must be different files")
+		return bad("-next-signing-key and -signing-key must be different files")
 	case f.store == "":
 		return bad("-store is required (or EKEM_STORE)")
 	case f.period < time.Second:
@@ -262,7 +292,7 @@ func (f *runFlags) check() error {
 	case f.keepRoots < issuer.MinKeepRoots:
 		return bad("-keep-roots must be at least %d, got %d", issuer.MinKeepRoots, f.keepRoots)
 	case (f.cert == "") != (f.keyfile == ""):
-		return bad("-cert and -keyfile go together")
+		return bad("-tls-cert and -tls-key go together")
 	case f.logFormat != "text" && f.logFormat != "json":
 		return bad("-log-format must be text or json, got %q", f.logFormat)
 	}
@@ -274,7 +304,7 @@ func (f *runFlags) check() error {
 	}
 	if f.ca != "" || f.cert != "" {
 		if s := strings.SplitN(f.broker, "://", 2)[0]; s != "ssl" && s != "tls" && s != "mqtts" && s != "wss" {
-			return bad("-ca, -cert and -keyfile need an ssl://, tls://, mqtts:// or wss:// broker, got %q", f.broker)
+			return bad("-tls-ca, -tls-cert and -tls-key need an ssl://, tls://, mqtts:// or wss:// broker, got %q", f.broker)
 		}
 	}
 	return nil
@@ -338,18 +368,21 @@ func cmdRun(args []string, stderr io.Writer) error {
 // config builds the issuer configuration, reading the key, password and
 // TLS files.
 func (f *runFlags) config(log *slog.Logger) (issuer.Config, error) {
-	key, err := readKey("-key", f.key, log)
+	key, err := readKey("-signing-key", f.key, log)
 	if err != nil {
 		return issuer.Config{}, err
 	}
 	var nextKey *signature.PrivateKey
 	if f.nextKey != "" {
-		if nextKey, err = readKey("-next-key", f.nextKey, log); err != nil {
+		if nextKey, err = readKey("-next-signing-key", f.nextKey, log); err != nil {
 			return issuer.Config{}, err
 		}
 	}
-	password, err := readPassword(f.passwordFile)
+	username, password, err := readPassword(f.passwordFile, f.username)
 	if err != nil {
+		return issuer.Config{}, err
+	}
+	if err := makeStoreDir(f.store); err != nil {
 		return issuer.Config{}, err
 	}
 	tlsCfg, err := loadTLS(f.ca, f.cert, f.keyfile)
@@ -357,7 +390,7 @@ func (f *runFlags) config(log *slog.Logger) (issuer.Config, error) {
 		return issuer.Config{}, err
 	}
 	cfg := issuer.Config{
-		Broker: f.broker, Username: f.username, Password: password, TLS: tlsCfg, ClientID: f.clientID,
+		Broker: f.broker, Username: username, Password: password, TLS: tlsCfg, ClientID: f.clientID,
 		Prefix: f.prefix, Key: key, NextKey: nextKey, StorePath: f.store, Period: f.period, TTL: f.ttl,
 		Purpose: f.purpose, Group: f.group, KeepRoots: f.keepRoots, Logger: log,
 	}
@@ -396,27 +429,6 @@ func readKey(name, path string, log *slog.Logger) (*signature.PrivateKey, error)
 	return k, nil
 }
 
-// readPassword returns the broker password from -password-file /
-// EKEM_PASSWORD_FILE or EKEM_PASSWORD; setting both is an error.
-func readPassword(file string) (string, error) {
-	env, inEnv := os.LookupEnv("EKEM_PASSWORD")
-	if file == "" {
-		return env, nil
-	}
-	if inEnv {
-		return "", fmt.Errorf("%w: set either EKEM_PASSWORD or -password-file (EKEM_PASSWORD_FILE), not both", errUsage)
-	}
-	b, err := readLimited(file, 4096)
-	if err != nil {
-		return "", fmt.Errorf("-password-file: %w", err)
-	}
-	p := strings.TrimRight(string(b), "\r\n")
-	if p == "" {
-		return "", fmt.Errorf("-password-file %s: empty", file)
-	}
-	return p, nil
-}
-
 func loadTLS(ca, cert, key string) (*tls.Config, error) {
 	if ca == "" && cert == "" {
 		return nil, nil
@@ -425,18 +437,18 @@ func loadTLS(ca, cert, key string) (*tls.Config, error) {
 	if ca != "" {
 		b, err := readLimited(ca, 1<<20)
 		if err != nil {
-			return nil, fmt.Errorf("-ca: %w", err)
+			return nil, fmt.Errorf("-tls-ca: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("-ca %s: no PEM certificates", ca)
+			return nil, fmt.Errorf("-tls-ca %s: no PEM certificates", ca)
 		}
 		c.RootCAs = pool
 	}
 	if cert != "" {
 		kp, err := tls.LoadX509KeyPair(cert, key)
 		if err != nil {
-			return nil, fmt.Errorf("-cert/-keyfile: %w", err)
+			return nil, fmt.Errorf("-tls-cert/-tls-key: %w", err)
 		}
 		c.Certificates = []tls.Certificate{kp}
 	}
@@ -531,10 +543,12 @@ func writeNew(path string, b []byte, mode os.FileMode) error {
 func cmdRotateKey(args []string, stdout io.Writer) error {
 	fs := newFlagSet("rotate-key")
 	store := fs.String("store", "", "")
-	keyFile := fs.String("key", "", "")
+	keyFile := fs.String(cliflag.SigningKey, "", "")
 	newPub := fs.String("new-pub", "", "")
 	overlap := fs.Uint64("overlap", issuer.DefaultRotationOverlap, "")
-	if err := parse(fs, args, map[string]string{"store": "EKEM_STORE", "key": "EKEM_KEY"}); err != nil {
+	cliflag.Alias(fs, "key", cliflag.SigningKey, warn)
+	if err := parseEnv(fs, args, map[string]cliflag.Env{"store": {Var: "EKEM_STORE"},
+		cliflag.SigningKey: {Var: cliflag.EnvSigningKey, Old: []string{"EKEM_KEY"}}}); err != nil {
 		return err
 	}
 	switch {
@@ -543,13 +557,13 @@ func cmdRotateKey(args []string, stdout io.Writer) error {
 	case *store == "":
 		return fmt.Errorf("%w: rotate-key needs -store (or EKEM_STORE)", errUsage)
 	case *keyFile == "":
-		return fmt.Errorf("%w: rotate-key needs -key, the current issuer secret key (or EKEM_KEY)", errUsage)
+		return fmt.Errorf("%w: rotate-key needs -signing-key, the current issuer secret key (or EKEM_SIGNING_KEY)", errUsage)
 	case *newPub == "":
 		return fmt.Errorf("%w: rotate-key needs -new-pub, the new key's public key file from keygen", errUsage)
 	case *overlap < 1:
 		return fmt.Errorf("%w: rotate-key: -overlap must be at least 1 epoch, got %d", errUsage, *overlap)
 	}
-	current, err := readKey("-key", *keyFile, slog.New(slog.DiscardHandler))
+	current, err := readKey("-signing-key", *keyFile, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
@@ -569,7 +583,7 @@ func cmdRotateKey(args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "last issued epoch %d; epochs %d..%d are still signed by %x; from epoch %d on, by %x\n",
 		info.LastEpoch, info.LastEpoch+1, info.From-1, info.OldKID, info.From, info.NewKID)
 	fmt.Fprintf(stdout, "the announcement is published retained on {prefix}/issuer/key/%x when the issuer connects\n", info.NewKID)
-	fmt.Fprintf(stdout, "next: restart the issuer with -next-key NEW.key (the secret key of %s), keeping -key %s;\n", *newPub, *keyFile)
-	fmt.Fprintf(stdout, "once epoch %d is issued, run it with -key NEW.key alone\n", info.From)
+	fmt.Fprintf(stdout, "next: restart the issuer with -next-signing-key NEW.key (the secret key of %s), keeping -signing-key %s;\n", *newPub, *keyFile)
+	fmt.Fprintf(stdout, "once epoch %d is issued, run it with -signing-key NEW.key alone\n", info.From)
 	return nil
 }

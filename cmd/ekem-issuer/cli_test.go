@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/entropykem/entropykem/internal/cliflag"
 	"github.com/entropykem/entropykem/issuer"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/signature"
@@ -25,16 +26,16 @@ func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
 
 // clearEnv makes sure no EKEM_* variable of the environment leaks in.
 func clearEnv(t *testing.T) {
-	for _, v := range append([]string{"EKEM_PASSWORD"}, mapValues(runEnv)...) {
+	for _, v := range append([]string{"EKEM_PASSWORD", "EKEM_KEY", "EKEM_NEXT_KEY", "EKEM_CA", "EKEM_CERT", "EKEM_KEYFILE"}, mapValues(runEnv)...) {
 		t.Setenv(v, "")
 		os.Unsetenv(v)
 	}
 }
 
-func mapValues(m map[string]string) []string {
+func mapValues(m map[string]cliflag.Env) []string {
 	var out []string
 	for _, v := range m {
-		out = append(out, v)
+		out = append(out, v.Var)
 	}
 	return out
 }
@@ -53,16 +54,16 @@ func TestRunFlagErrors(t *testing.T) {
 		{append(base, "-period", "0s"), nil, "ekem-issuer: -period must be at least 1s, got 0s", 2},
 		{append(base, "-period", "abc"), nil, `invalid value "abc" for flag -period`, 2},
 		{base, map[string]string{"EKEM_PERIOD": "500ms"}, "-period must be at least 1s, got 500ms", 2},
-		{base, map[string]string{"EKEM_PERIOD": "abc"}, `EKEM_PERIOD="abc": invalid value for -period`, 2},
+		{base, map[string]string{"EKEM_PERIOD": "abc"}, `EKEM_PERIOD: invalid value for -period`, 2},
 		{append(base, "-ttl", "1500ms"), nil, "-ttl must be a whole number of seconds", 2},
 		{append(base, "-ttl", "800h"), nil, "-ttl must be between 1s and", 2},
 		{append(base, "-keep-roots", "1"), nil, "-keep-roots must be at least 2, got 1", 2},
-		{append(base, "-cert", "c.pem"), nil, "-cert and -keyfile go together", 2},
+		{append(base, "-cert", "c.pem"), nil, "-tls-cert and -tls-key go together", 2},
 		{append(base, "-ca", "ca.pem"), nil, "need an ssl://", 2},
 		{append(base, "-log-level", "loud"), nil, "-log-level", 2},
 		{append(base, "extra"), nil, `unexpected argument "extra"`, 2},
 		{[]string{"run", "-broker", "http://x:1", "-key", "k", "-store", "s"}, nil, "scheme must be", 2},
-		{base, nil, "-key: open k.pem", 1},
+		{base, nil, "-signing-key: open k.pem", 1},
 		{[]string{"frobnicate"}, nil, `unknown command "frobnicate"`, 2},
 	}
 	for _, c := range cases {
@@ -100,20 +101,20 @@ func TestPasswordSources(t *testing.T) {
 	dir := t.TempDir()
 	pf := filepath.Join(dir, "pw")
 	os.WriteFile(pf, []byte("s3cret\n"), 0o600)
-	if p, err := readPassword(pf); err != nil || p != "s3cret" {
+	if _, p, err := readPassword(pf, ""); err != nil || p != "s3cret" {
 		t.Fatalf("%q %v", p, err)
 	}
 	t.Setenv("EKEM_PASSWORD", "other")
-	if _, err := readPassword(pf); err == nil || !strings.Contains(err.Error(), "not both") {
+	if _, _, err := readPassword(pf, ""); err == nil || !strings.Contains(err.Error(), "not both") {
 		t.Fatalf("both sources: %v", err)
 	}
-	if p, err := readPassword(""); err != nil || p != "other" {
+	if _, p, err := readPassword("", ""); err != nil || p != "other" {
 		t.Fatalf("%q %v", p, err)
 	}
 	empty := filepath.Join(dir, "empty")
 	os.WriteFile(empty, []byte("\n"), 0o600)
 	os.Unsetenv("EKEM_PASSWORD")
-	if _, err := readPassword(empty); err == nil {
+	if _, _, err := readPassword(empty, ""); err == nil {
 		t.Fatal("empty password file accepted")
 	}
 }

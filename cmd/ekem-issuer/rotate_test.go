@@ -23,7 +23,7 @@ func TestRotateKeyUsage(t *testing.T) {
 		want string
 	}{
 		{[]string{"rotate-key"}, 2, "rotate-key needs -store"},
-		{[]string{"rotate-key", "-store", "s.db"}, 2, "rotate-key needs -key"},
+		{[]string{"rotate-key", "-store", "s.db"}, 2, "rotate-key needs -signing-key"},
 		{[]string{"rotate-key", "-store", "s.db", "-key", "k.pem"}, 2, "rotate-key needs -new-pub"},
 		{append(base, "-overlap", "0"), 2, "-overlap must be at least 1 epoch, got 0"},
 		{append(base, "-overlap", "-1"), 2, `invalid value "-1" for flag -overlap`},
@@ -36,8 +36,8 @@ func TestRotateKeyUsage(t *testing.T) {
 			t.Errorf("%v: code %d stderr %q, want %d containing %q", c.args, code, stderr, c.code, c.want)
 		}
 	}
-	if _, stdout, _ := runCmd(t, "help"); !strings.Contains(stdout, "ekem-issuer rotate-key -store FILE -key CURRENT.key -new-pub NEW.pub") ||
-		!strings.Contains(stdout, "-next-key FILE       EKEM_NEXT_KEY") {
+	if _, stdout, _ := runCmd(t, "help"); !strings.Contains(stdout, "ekem-issuer rotate-key -store FILE -signing-key CURRENT.key -new-pub NEW.pub") ||
+		!strings.Contains(stdout, "-next-signing-key FILE   EKEM_NEXT_SIGNING_KEY") {
 		t.Error("usage does not describe rotate-key and -next-key")
 	}
 }
@@ -84,7 +84,7 @@ func TestRotateKey(t *testing.T) {
 	}{
 		{[]string{"-key", otherKey, "-new-pub", newPub}, "not the issuer's current key"},
 		{[]string{"-key", curFile, "-new-pub", newKey}, "-new-pub " + newKey},
-		{[]string{"-key", newPub, "-new-pub", newPub}, "-key " + newPub},
+		{[]string{"-key", newPub, "-new-pub", newPub}, "-signing-key " + newPub},
 	} {
 		code, _, stderr := runCmd(t, append([]string{"rotate-key", "-store", path}, c.args...)...)
 		if code != 1 || !strings.Contains(stderr, c.want) {
@@ -102,8 +102,8 @@ func TestRotateKey(t *testing.T) {
 		"last issued epoch 1; epochs 2..4 are still signed by",
 		"from epoch 5 on, by " + nextKID,
 		"issuer/key/" + nextKID,
-		"restart the issuer with -next-key NEW.key (the secret key of " + newPub + "), keeping -key " + curFile,
-		"once epoch 5 is issued, run it with -key NEW.key alone",
+		"restart the issuer with -next-signing-key NEW.key (the secret key of " + newPub + "), keeping -signing-key " + curFile,
+		"once epoch 5 is issued, run it with -signing-key NEW.key alone",
 	} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("stdout lacks %q:\n%s", want, stdout)
@@ -153,7 +153,7 @@ func TestRotateKey(t *testing.T) {
 	if _, err := issuer.New(cfg); !errors.Is(err, issuer.ErrSigningKey) || !strings.Contains(err.Error(), "epoch 2") {
 		t.Fatalf("new key alone before the switch: %v", err)
 	}
-	if code, _, stderr := runCmd(t, append([]string{"run", "-next-key", curFile}, args...)...); code != 2 || !strings.Contains(stderr, "-next-key and -key must be different files") {
+	if code, _, stderr := runCmd(t, append([]string{"run", "-next-key", curFile}, args...)...); code != 2 || !strings.Contains(stderr, "-next-signing-key and -signing-key must be different files") {
 		t.Fatalf("same file: %d %q", code, stderr)
 	}
 }
