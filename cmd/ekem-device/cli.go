@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/entropykem/entropykem/internal/buildinfo"
 )
 
 const usage = `usage: ekem-device <command> [flags]
@@ -22,10 +24,17 @@ commands:
   provision-cohort
             load the cohort secret into the device's TPM once and keep only
             the TPM's blob of it in the state directory (cohort.blob)
+  version   print the version, commit, Go version and protocol version
 
 Run 'ekem-device <command> -h' for a command's flags. Every flag of the form
 -name also reads the environment variable shown in its help when the flag is
-not given. A bad flag or environment value exits with status 2.
+not given. A bad flag or environment value exits with status 2. The broker
+password comes from -password-file (a file holding it, or the device's
+account file from mkcreds) or EKEM_PASSWORD, never from a flag: argv is
+public. TLS to the broker: -tls-ca, -tls-cert, -tls-key (EKEM_TLS_CA,
+EKEM_TLS_CERT, EKEM_TLS_KEY); the old names -ca, -cert, -key (EKEM_CA,
+EKEM_CERT, EKEM_KEY) still work and warn. Events are logged once, on stderr
+(-log-format text or json).
 
 Production devices keep the cohort secret in a TPM: provision-cohort loads it
 once, then run, fleet and next-key use it with -tpm (EKEM_TPM), reading the
@@ -35,18 +44,19 @@ development provider: 32 raw bytes or 64 hex characters. -tpm and
 
 examples:
   ekem-device run -id dev-0001 -broker tcp://localhost:1883 \
-      -password-file dev-0001.pw -state /var/lib/ekem/dev-0001 \
+      -password-file creds/accounts/dev-0001.env -state /var/lib/ekem/dev-0001 \
       -issuer-pub issuer.pub -cohort-file cohort.key
   EKEM_DEVICE_ID=dev-0001 EKEM_BROKER=ssl://broker:8883 EKEM_STATE_DIR=./s \
       EKEM_ISSUER_PUB=issuer.pub EKEM_COHORT_FILE=cohort.key \
-      ekem-device run -ca ca.pem -cert dev.pem -key dev.key
-  ekem-device fleet -n 100 -broker tcp://localhost:1883 -passwords ./pw \
+      ekem-device run -tls-ca ca.crt -tls-cert dev-0001.crt -tls-key dev-0001.key
+  ekem-device fleet -n 100 -broker tcp://localhost:1883 -passwords creds/accounts \
       -state ./fleet -issuer-pub issuer.pub -cohort-file cohort.key
   ekem-device next-key -id dev-0001 -state /var/lib/ekem/dev-0001 -cohort-file cohort.key
   ekem-device provision-cohort -state /var/lib/ekem/dev-0001 -tpm /dev/tpmrm0 \
       -secret-file cohort.key
-  ekem-device run -id dev-0001 -broker ssl://broker:8883 -ca ca.pem -cert dev.pem \
-      -key dev.key -state /var/lib/ekem/dev-0001 -issuer-pub issuer.pub -tpm /dev/tpmrm0
+  ekem-device run -id dev-0001 -broker ssl://broker:8883 -tls-ca ca.crt \
+      -tls-cert dev-0001.crt -tls-key dev-0001.key -state /var/lib/ekem/dev-0001 \
+      -issuer-pub issuer.pub -tpm /dev/tpmrm0
 `
 
 // errUsage marks errors that exit with status 2.
@@ -80,11 +90,16 @@ func execute(ctx context.Context, args []string, getenv func(string) string, std
 		err = cmdNextKey(args[1:], getenv, stdout, stderr)
 	case "provision-cohort":
 		err = cmdProvisionCohort(args[1:], getenv, stdout, stderr)
+	case "version", "-version", "--version":
+		err = cmdVersion(args[1:], stdout)
 	case "-h", "-help", "--help", "help":
+		if len(args) > 1 {
+			return execute(ctx, []string{args[1], "-h"}, getenv, stdout, stderr)
+		}
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
-		fmt.Fprintf(stderr, "ekem-device: unknown command %q\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "ekem-device: unknown command %q (commands: run, fleet, next-key, provision-cohort, version, help)\nhint: run \"ekem-device -h\" for usage\n", args[0])
 		return 2
 	}
 	switch {
@@ -97,6 +112,19 @@ func execute(ctx context.Context, args []string, getenv func(string) string, std
 		fmt.Fprintf(stderr, "ekem-device: %v\n", err)
 		return 1
 	}
+}
+
+// cmdVersion prints the build: version, commit, Go and protocol version.
+func cmdVersion(args []string, stdout io.Writer) error {
+	if len(args) > 0 {
+		if args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+			fmt.Fprintln(stdout, "usage: ekem-device version\n\nPrints the version, the commit, the Go version and the protocol version.")
+			return nil
+		}
+		return usageErr("version: unexpected argument %q", args[0])
+	}
+	fmt.Fprintln(stdout, buildinfo.Read().String("ekem-device"))
+	return nil
 }
 
 // trimUsage drops the "usage: " marker from a usage error's text.

@@ -5,42 +5,16 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"os"
 	"sync"
 
 	"github.com/entropykem/entropykem/device"
+	"github.com/entropykem/entropykem/internal/cliflag"
 	"github.com/entropykem/entropykem/pkg/accept"
 )
 
 var commonFlags = []string{"broker", "password", "password-file", "issuer-pub", "cohort-file", "tpm", "kem",
-	"prefix", "log-level", "ca", "cert", "key", "skew", "max-jump"}
-
-// printer writes one line per agent event; safe for concurrent agents.
-type printer struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (p *printer) event(e device.Event) {
-	var line string
-	switch e.Kind {
-	case device.EventAccepted:
-		line = fmt.Sprintf("%s accepted epoch=%d state=%s key=%s", e.DeviceID, e.Epoch, e.State, e.Fingerprint)
-		if e.Gap {
-			line += fmt.Sprintf(" prev_epoch=%d", e.PrevEpoch)
-		}
-	case device.EventRejected:
-		line = fmt.Sprintf("%s rejected reason=%s ticket_epoch=%d epoch=%d", e.DeviceID, e.Reason, e.TicketEpoch, e.Epoch)
-	case device.EventStale:
-		line = fmt.Sprintf("%s stale epoch=%d", e.DeviceID, e.Epoch)
-	case device.EventFailed:
-		line = fmt.Sprintf("%s failed reason=%s epoch=%d", e.DeviceID, accept.ReasonInternal, e.Epoch)
-	default:
-		return // duplicates are routine retained re-deliveries
-	}
-	p.mu.Lock()
-	fmt.Fprintln(p.w, line)
-	p.mu.Unlock()
-}
+	"prefix", "log-level", "log-format", cliflag.TLSCA, cliflag.TLSCert, cliflag.TLSKey, "skew", "max-jump"}
 
 // cmdRun runs one agent until ctx ends.
 func cmdRun(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -65,14 +39,14 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return err
 	}
-	p := &printer{w: stdout}
-	c.ID, c.StateDir, c.Password, c.OnEvent = id, dir, pw, p.event
+	// Events are logged once, by the agent's logger (stderr, -log-format).
+	c.ID, c.StateDir, c.Password = id, dir, pw
 	a, err := device.New(c)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	fmt.Fprintf(stdout, "%s epoch=%d state dir %s, broker %s\n", id, a.Epoch(), dir, c.Broker)
+	c.Logger.Info("device agent started", "device", id, "epoch", a.Epoch(), "state_dir", dir, "broker", c.Broker)
 	return a.Run(ctx)
 }
 
@@ -107,9 +81,7 @@ func cmdFleet(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	p := &printer{w: stdout}
 	c.Roots = accept.NewRootCache(2 * device.DefaultRootEpochs)
-	c.OnEvent = p.event
 	agents := make([]*device.Agent, 0, len(ids))
 	defer func() {
 		for _, a := range agents {
@@ -126,7 +98,7 @@ func cmdFleet(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		agents = append(agents, a)
 	}
-	fmt.Fprintf(stdout, "fleet of %d devices (%s … %s) under %s, broker %s\n", len(ids), ids[0], ids[len(ids)-1], base, c.Broker)
+	c.Logger.Info("fleet started", "devices", len(ids), "first", ids[0], "last", ids[len(ids)-1], "state_dir", base, "broker", c.Broker)
 	var wg sync.WaitGroup
 	errs := make(chan error, len(agents))
 	for _, a := range agents {
@@ -174,13 +146,25 @@ func fleetPasswords(o *opts, ids []string) ([]string, error) {
 		return nil, usageErr("-passwords excludes %s and %s", o.src("password"), o.src("password-file"))
 	}
 	for i, id := range ids {
-		pw, err := o.passwordFrom("passwords", filepath.Join(o.passwords, id))
+		pw, err := o.passwordFrom("passwords", fleetPasswordFile(o.passwords, id), id)
 		if err != nil {
 			return nil, err
 		}
 		pws[i] = pw
 	}
 	return pws, nil
+}
+
+// fleetPasswordFile is id's password file in dir: DIR/ID (a bare
+// password), else DIR/ID.env, else DIR/accounts/ID.env (a mkcreds
+// directory), the first that exists.
+func fleetPasswordFile(dir, id string) string {
+	for _, p := range []string{filepath.Join(dir, id), filepath.Join(dir, id+".env"), filepath.Join(dir, "accounts", id+".env")} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return filepath.Join(dir, id)
 }
 
 // cmdNextKey advances the ratchet of a device from its state directory.

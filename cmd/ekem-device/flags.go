@@ -15,7 +15,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/entropykem/entropykem/broker-config/creds"
 	"github.com/entropykem/entropykem/device"
+	"github.com/entropykem/entropykem/internal/cliflag"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/cohort"
 	"github.com/entropykem/entropykem/pkg/kem"
@@ -30,11 +32,16 @@ const maxSecretFile = 4096
 type opts struct {
 	fs      *flag.FlagSet
 	usage   func()
-	envOf   map[string]string // flag name → environment variable
-	fromEnv map[string]bool   // flag value came from the environment
+	envOf   map[string]string   // flag name → environment variable
+	oldEnv  map[string][]string // flag name → deprecated environment variables
+	fromEnv map[string]string   // flag name → the variable its value came from
+	stderr  io.Writer           // deprecation warnings
+	// passwordEnv: the command takes EKEM_PASSWORD (never a flag).
+	passwordEnv bool
 
 	id, broker, password, passwordFile, stateDir     string
 	issuerPub, cohortFile, kemName, prefix, logLevel string
+	logFormat                                        string
 	ca, cert, key                                    string
 	tpm                                              string      // TPM holding the cohort key (tpm.go)
 	closers                                          []io.Closer // closed by closeAll when the command ends
@@ -50,7 +57,8 @@ type opts struct {
 // newOpts defines the flags named in which (a subset of the known ones)
 // on a new FlagSet for cmd.
 func newOpts(cmd, synopsis string, stderr io.Writer, which ...string) *opts {
-	o := &opts{fs: flag.NewFlagSet(cmd, flag.ContinueOnError), envOf: map[string]string{}, fromEnv: map[string]bool{}}
+	o := &opts{fs: flag.NewFlagSet(cmd, flag.ContinueOnError), envOf: map[string]string{}, oldEnv: map[string][]string{},
+		fromEnv: map[string]string{}, stderr: stderr}
 	// The flag package's own messages are off: parse reports errors
 	// (prefixed, exit 2) and prints the usage only for -h.
 	o.fs.SetOutput(io.Discard)
@@ -66,9 +74,10 @@ func newOpts(cmd, synopsis string, stderr io.Writer, which ...string) *opts {
 			o.str(&o.id, "id", "EKEM_DEVICE_ID", "", "device id = broker username (1-64 of [A-Za-z0-9._-])")
 		},
 		"broker":   func() { o.str(&o.broker, "broker", "EKEM_BROKER", "", "broker URL: tcp://host:1883, ssl://host:8883") },
-		"password": func() { o.str(&o.password, "password", "EKEM_PASSWORD", "", "broker password (prefer -password-file)") },
+		// The password itself is only read from EKEM_PASSWORD: argv is public.
+		"password": func() { o.passwordEnv, o.envOf["password"] = true, "EKEM_PASSWORD" },
 		"password-file": func() {
-			o.str(&o.passwordFile, "password-file", "EKEM_PASSWORD_FILE", "", "file holding the broker password")
+			o.str(&o.passwordFile, "password-file", "EKEM_PASSWORD_FILE", "", "file holding the broker password, or the device's account file from mkcreds (accounts/ID.env); the password itself may come from EKEM_PASSWORD, never a flag")
 		},
 		"state": func() { o.str(&o.stateDir, "state", "EKEM_STATE_DIR", "", "state directory") },
 		"issuer-pub": func() {
@@ -85,11 +94,21 @@ func newOpts(cmd, synopsis string, stderr io.Writer, which ...string) *opts {
 		"log-level": func() {
 			o.str(&o.logLevel, "log-level", "EKEM_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 		},
-		"ca": func() {
-			o.str(&o.ca, "ca", "EKEM_CA", "", "CA certificate PEM file that signs the broker's certificate")
+		"log-format": func() {
+			o.str(&o.logFormat, "log-format", "EKEM_LOG_FORMAT", "text", "log format: text or json (one line per event, on stderr)")
 		},
-		"cert": func() { o.str(&o.cert, "cert", "EKEM_CERT", "", "client certificate PEM file (with -key)") },
-		"key":  func() { o.str(&o.key, "key", "EKEM_KEY", "", "client private key PEM file (with -cert)") },
+		cliflag.TLSCA: func() {
+			o.str(&o.ca, cliflag.TLSCA, cliflag.EnvTLSCA, "", "CA certificate PEM file that signs the broker's certificate")
+			o.alias("ca", cliflag.TLSCA, "EKEM_CA")
+		},
+		cliflag.TLSCert: func() {
+			o.str(&o.cert, cliflag.TLSCert, cliflag.EnvTLSCert, "", "TLS client certificate PEM file (with -tls-key)")
+			o.alias("cert", cliflag.TLSCert, "EKEM_CERT")
+		},
+		cliflag.TLSKey: func() {
+			o.str(&o.key, cliflag.TLSKey, cliflag.EnvTLSKey, "", "TLS client private key PEM file (with -tls-cert)")
+			o.alias("key", cliflag.TLSKey, "EKEM_KEY")
+		},
 		"skew": func() {
 			o.fs.DurationVar(&o.skew, "skew", device.DefaultSkew, "clock skew allowed around a ticket's validity (EKEM_SKEW)")
 			o.envOf["skew"] = "EKEM_SKEW"
@@ -120,9 +139,18 @@ func (o *opts) str(p *string, name, env, def, help string) {
 	o.envOf[name] = env
 }
 
+// alias defines -old and the variable oldEnv as deprecated names of name.
+func (o *opts) alias(old, name, oldEnv string) {
+	cliflag.Alias(o.fs, old, name, cliflag.WarnTo(o.stderr, "ekem-device"))
+	o.oldEnv[name] = append(o.oldEnv[name], oldEnv)
+}
+
 // parse parses args, then fills every flag not given from its environment
 // variable. Errors name the flag or variable.
 func (o *opts) parse(args []string, getenv func(string) string) error {
+	if err := cliflag.RefuseSecrets(args, "password"); err != nil {
+		return usageErr("%v", err)
+	}
 	if err := o.fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			o.usage()
@@ -133,25 +161,35 @@ func (o *opts) parse(args []string, getenv func(string) string) error {
 	if o.fs.NArg() > 0 {
 		return usageErr("unexpected argument %q", o.fs.Arg(0))
 	}
-	set := map[string]bool{}
-	o.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	for name, env := range o.envOf {
-		v := getenv(env)
-		if set[name] || v == "" {
-			continue
+	if err := cliflag.CheckAliases(o.fs); err != nil {
+		return usageErr("%v", err)
+	}
+	env := map[string]cliflag.Env{}
+	for name, v := range o.envOf {
+		if name != "password" {
+			env[name] = cliflag.Env{Var: v, Old: o.oldEnv[name]}
 		}
-		if err := o.fs.Set(name, v); err != nil {
-			return usageErr("%s: %v", env, err)
+	}
+	from, err := cliflag.FillFromEnv(o.fs, env, getenv, cliflag.WarnTo(o.stderr, "ekem-device"))
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	o.fromEnv = from
+	if o.passwordEnv {
+		if o.password = getenv("EKEM_PASSWORD"); o.password != "" {
+			o.fromEnv["password"] = "EKEM_PASSWORD"
 		}
-		o.fromEnv[name] = true
 	}
 	return nil
 }
 
 // src names where flag name's value came from, for error messages.
 func (o *opts) src(name string) string {
-	if o.fromEnv[name] {
-		return o.envOf[name]
+	if v, ok := o.fromEnv[name]; ok {
+		return v
+	}
+	if name == "password" {
+		return "EKEM_PASSWORD"
 	}
 	return "-" + name
 }
@@ -233,24 +271,22 @@ func (o *opts) brokerPassword() (string, error) {
 		return "", usageErr("%s and %s are exclusive", o.src("password"), o.src("password-file"))
 	}
 	if o.passwordFile != "" {
-		return o.passwordFrom("password-file", o.passwordFile)
+		return o.passwordFrom("password-file", o.passwordFile, o.id)
 	}
 	if o.password == "" && o.cert == "" {
-		return "", usageErr("a broker password is required: %s or %s (or a client certificate, -cert)", o.src("password-file"), o.src("password"))
+		return "", usageErr("a broker password is required: %s or %s (or a client certificate, -tls-cert)", o.src("password-file"), o.src("password"))
 	}
 	return o.password, nil
 }
 
-func (o *opts) passwordFrom(name, path string) (string, error) {
-	b, err := o.readSecret(name, path)
+// passwordFrom reads a bare password or a mkcreds account file; an account
+// file must be the one of the device id (if one is known).
+func (o *opts) passwordFrom(name, path, id string) (string, error) {
+	a, err := creds.ReadPasswordFile(path, id)
 	if err != nil {
-		return "", err
+		return "", usageErr("%s: %v", o.src(name), err)
 	}
-	pw := strings.TrimRight(string(b), "\r\n")
-	if pw == "" {
-		return "", usageErr("%s: %s is empty", o.src(name), path)
-	}
-	return pw, nil
+	return a.Password, nil
 }
 
 // issuerKeys parses the pinned issuer public keys.
@@ -324,20 +360,20 @@ func (o *opts) tlsConfig() (*tls.Config, error) {
 	if o.ca != "" {
 		pem, err := os.ReadFile(o.ca)
 		if err != nil {
-			return nil, usageErr("%s: %v", o.src("ca"), err)
+			return nil, usageErr("%s: %v", o.src(cliflag.TLSCA), err)
 		}
 		c.RootCAs = x509.NewCertPool()
 		if !c.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, usageErr("%s: %s holds no PEM certificate", o.src("ca"), o.ca)
+			return nil, usageErr("%s: %s holds no PEM certificate", o.src(cliflag.TLSCA), o.ca)
 		}
 	}
 	if (o.cert == "") != (o.key == "") {
-		return nil, usageErr("%s and %s go together", o.src("cert"), o.src("key"))
+		return nil, usageErr("%s and %s go together", o.src(cliflag.TLSCert), o.src(cliflag.TLSKey))
 	}
 	if o.cert != "" {
 		pair, err := tls.LoadX509KeyPair(o.cert, o.key)
 		if err != nil {
-			return nil, usageErr("%s/%s: %v", o.src("cert"), o.src("key"), err)
+			return nil, usageErr("%s/%s: %v", o.src(cliflag.TLSCert), o.src(cliflag.TLSKey), err)
 		}
 		c.Certificates = []tls.Certificate{pair}
 	}
@@ -349,7 +385,14 @@ func (o *opts) logger(stderr io.Writer) (*slog.Logger, error) {
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return nil, usageErr("%s: %q is not debug, info, warn or error", o.src("log-level"), o.logLevel)
 	}
-	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
+	hopts := &slog.HandlerOptions{Level: lvl}
+	switch o.logFormat {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(stderr, hopts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(stderr, hopts)), nil
+	}
+	return nil, usageErr("%s: %q is not text or json", o.src("log-format"), o.logFormat)
 }
 
 // baseConfig builds what run and fleet share.
@@ -390,9 +433,9 @@ func (o *opts) baseConfig(stderr io.Writer) (device.Config, error) {
 func examplesOf(cmd string) string {
 	switch cmd {
 	case "run":
-		return "examples:\n  ekem-device run -id dev-0001 -broker tcp://localhost:1883 -password-file dev-0001.pw \\\n      -state /var/lib/ekem/dev-0001 -issuer-pub issuer.pub -cohort-file cohort.key\n"
+		return "examples:\n  ekem-device run -id dev-0001 -broker tcp://localhost:1883 -password-file creds/accounts/dev-0001.env \\\n      -state /var/lib/ekem/dev-0001 -issuer-pub issuer.pub -cohort-file cohort.key\n"
 	case "fleet":
-		return "examples:\n  ekem-device fleet -n 100 -broker tcp://localhost:1883 -passwords ./pw -state ./fleet \\\n      -issuer-pub issuer.pub -cohort-file cohort.key\n"
+		return "examples:\n  ekem-device fleet -n 100 -broker tcp://localhost:1883 -passwords creds/accounts -state ./fleet \\\n      -issuer-pub issuer.pub -cohort-file cohort.key\n"
 	case "provision-cohort":
 		return provisionExamples
 	}

@@ -93,27 +93,34 @@ func TestUsageErrors(t *testing.T) {
 		{"bad id", with("-id", "a/b"), nil, "-id: wire: invalid device id"},
 		{"bad id from env", []string{"run", "-broker", "tcp://x:1"}, map[string]string{"EKEM_DEVICE_ID": "bad id"}, "EKEM_DEVICE_ID: wire: invalid device id"},
 		{"missing state", []string{"run", "-id", "dev-1"}, nil, "-state is required"},
-		{"missing broker", []string{"run", "-id", "dev-1", "-state", f.dir, "-password", "x"}, nil, "-broker is required"},
+		{"missing broker", []string{"run", "-id", "dev-1", "-state", f.dir}, map[string]string{"EKEM_PASSWORD": "x"}, "-broker is required"},
 		{"bad broker scheme", with("-broker", "http://h:1"), nil, `-broker: unsupported scheme "http"`},
-		{"bad broker env", []string{"run", "-id", "dev-1", "-state", f.dir, "-password", "x"}, map[string]string{"EKEM_BROKER": "nohost"}, "EKEM_BROKER: \"nohost\" is not a broker URL"},
+		{"bad broker env", []string{"run", "-id", "dev-1", "-state", f.dir}, map[string]string{"EKEM_BROKER": "nohost", "EKEM_PASSWORD": "x"}, "EKEM_BROKER: \"nohost\" is not a broker URL"},
 		{"bad kem", with("-kem", "ML-KEM-512"), nil, `-kem: unknown KEM "ML-KEM-512"`},
 		{"short cohort", with("-cohort-file", short), nil, "-cohort-file: " + short + " must hold 32 raw bytes or 64 hex characters"},
 		{"missing cohort env", append([]string{"run"}, good[:len(good)-2]...), map[string]string{"EKEM_COHORT_FILE": filepath.Join(f.dir, "none")}, "EKEM_COHORT_FILE: open"},
 		{"missing issuer key", with("-issuer-pub", filepath.Join(f.dir, "none.pub")), nil, "-issuer-pub: open"},
 		{"issuer key not PEM", with("-issuer-pub", f.password), nil, "-issuer-pub: " + f.password},
-		{"two passwords", with("-password", "x"), nil, "-password and -password-file are exclusive"},
+		{"two passwords", with(), map[string]string{"EKEM_PASSWORD": "x"}, "EKEM_PASSWORD and -password-file are exclusive"},
+		{"password in argv", with("-password", "hunter2"), nil, "-password: secrets are never accepted on the command line"},
+		{"password= in argv", with("--password=hunter2"), nil, "-password: secrets are never accepted on the command line"},
+		{"tls flag and its alias", with("-tls-ca", "a", "-ca", "b"), nil, "-tls-ca and its deprecated alias -ca"},
+		{"tls env and its old name differ", with(), map[string]string{"EKEM_TLS_KEY": "a", "EKEM_KEY": "b"}, "EKEM_TLS_KEY and its deprecated name EKEM_KEY differ"},
+		{"bad log format", with("-log-format", "xml"), nil, `-log-format: "xml" is not text or json`},
 		{"no password", []string{"run", "-id", "dev-1", "-state", f.dir, "-broker", "tcp://h:1"}, nil, "a broker password is required"},
-		{"bad skew env", with(), map[string]string{"EKEM_SKEW": "soon"}, "EKEM_SKEW: parse error"},
+		{"bad skew env", with(), map[string]string{"EKEM_SKEW": "soon"}, "EKEM_SKEW: invalid value for -skew: parse error"},
 		{"negative skew", with("-skew", "-1s"), nil, "-skew: negative skew"},
 		{"zero max jump", with("-max-jump", "0"), nil, "-max-jump: must be at least 1"},
 		{"bad log level", with("-log-level", "loud"), nil, `-log-level: "loud" is not debug`},
-		{"cert without key", with("-cert", f.password), nil, "-cert and -key go together"},
-		{"bad ca", with("-ca", f.password), nil, "-ca: " + f.password + " holds no PEM certificate"},
+		{"cert without key", with("-tls-cert", f.password), nil, "-tls-cert and -tls-key go together"},
+		{"bad ca", with("-tls-ca", f.password), nil, "-tls-ca: " + f.password + " holds no PEM certificate"},
+		{"bad ca by its old name", with("-ca", f.password), nil, "ekem-device: warning: -ca is deprecated; use -tls-ca\nekem-device: -tls-ca: " + f.password + " holds no PEM certificate"},
+		{"bad ca by its old variable", with(), map[string]string{"EKEM_CA": f.password}, "ekem-device: warning: EKEM_CA is deprecated; use EKEM_TLS_CA\nekem-device: EKEM_CA: " + f.password + " holds no PEM certificate"},
 		{"bad prefix", with("-prefix", "a/#"), nil, "-prefix:"},
 		{"fleet n", []string{"fleet", "-n", "0"}, nil, "-n: 0 is not between 1 and 10000"},
 		{"fleet id prefix", []string{"fleet", "-n", "2", "-state", f.dir, "-id-prefix", "a/"}, nil, `-id-prefix: "a/" gives device id "a/0001"`},
 		{"fleet passwords dir", []string{"fleet", "-n", "3", "-state", f.dir, "-passwords", f.passwords}, nil, "-passwords: open " + filepath.Join(f.passwords, "dev-0003")},
-		{"fleet passwords and password", []string{"fleet", "-n", "1", "-state", f.dir, "-passwords", f.passwords, "-password", "x"}, nil, "-passwords excludes -password"},
+		{"fleet passwords and password", []string{"fleet", "-n", "1", "-state", f.dir, "-passwords", f.passwords}, map[string]string{"EKEM_PASSWORD": "x"}, "-passwords excludes EKEM_PASSWORD"},
 		{"next-key id", []string{"next-key"}, nil, "-id is required"},
 	}
 	for _, c := range cases {
@@ -125,6 +132,9 @@ func TestUsageErrors(t *testing.T) {
 			}
 			if !strings.Contains(errb.String(), c.want) {
 				t.Fatalf("stderr %q does not contain %q", errb.String(), c.want)
+			}
+			if strings.Contains(errb.String(), "hunter2") {
+				t.Fatalf("stderr shows the password: %q", errb.String())
 			}
 			if c.args != nil && !strings.HasPrefix(errb.String(), "ekem-device: ") {
 				t.Fatalf("stderr not prefixed: %q", errb.String())
@@ -212,8 +222,8 @@ func TestFleetAndNextKey(t *testing.T) {
 	for _, tk := range ep.Tickets {
 		iss.Put(topics.Ticket(tk.DeviceID), tk.Ticket)
 	}
-	fp1 := waitFor(t, &out, `dev-0001 accepted epoch=1 state=ok key=[0-9a-f]{16}`)
-	waitFor(t, &out, `dev-0002 accepted epoch=1 state=ok key=[0-9a-f]{16}`)
+	fp1 := waitFor(t, &errb, `msg="ticket accepted" fleet_index=1 device=dev-0001 epoch=1 state=ok prev_epoch=0 key=[0-9a-f]{16}`)
+	waitFor(t, &errb, `msg="ticket accepted" fleet_index=2 device=dev-0002 epoch=1 state=ok prev_epoch=0 key=[0-9a-f]{16}`)
 	for i, id := range []string{"dev-0001", "dev-0002"} {
 		s, err := wire.ParseStatus(iss.Wait(topics.Status(id), 1))
 		if err != nil || s.Epoch != 1 || !ep.Tickets[i].Secrets.CheckConfirm(s.Confirm) {
@@ -288,9 +298,9 @@ func TestRunFromEnvironment(t *testing.T) {
 	ep := issueFor(t, f, 1, []batch.Device{d})
 	iss.Put(topics.Root(1), ep.Root)
 	iss.Put(topics.Ticket("sensor-7"), ep.Tickets[0].Ticket)
-	waitFor(t, &out, `sensor-7 accepted epoch=1 state=ok`)
+	waitFor(t, &errb, `msg="ticket accepted" device=sensor-7 epoch=1 state=ok`)
 	iss.Put(topics.Ticket("sensor-7"), []byte("junk"))
-	waitFor(t, &out, `sensor-7 rejected reason=malformed ticket_epoch=0 epoch=1`)
+	waitFor(t, &errb, `msg="ticket rejected" device=sensor-7 reason=malformed ticket_epoch=0 epoch=1`)
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("run exit %d: %s", code, errb.String())

@@ -180,7 +180,7 @@ func tpmRunEpoch(t *testing.T, f files, dir, sock, id string) {
 	ep := issueFor(t, f, 1, []batch.Device{regDevice(t, reg)})
 	iss.Put(topics.Root(1), ep.Root)
 	iss.Put(topics.Ticket(id), ep.Tickets[0].Ticket)
-	waitFor(t, &out, id+` accepted epoch=1 state=ok key=[0-9a-f]{16}`)
+	waitFor(t, &errb, `msg="ticket accepted" device=`+id+` epoch=1 state=ok prev_epoch=0 key=[0-9a-f]{16}`)
 	s, err := wire.ParseStatus(iss.Wait(topics.Status(id), 1))
 	if err != nil || s.Epoch != 1 || !ep.Tickets[0].Secrets.CheckConfirm(s.Confirm) {
 		t.Fatalf("status %+v %v", s, err)
@@ -634,7 +634,7 @@ func TestProvisionCohortFleet(t *testing.T) {
 		iss.Put(topics.Ticket(tk.DeviceID), tk.Ticket)
 	}
 	for i, id := range ids {
-		waitFor(t, &out, id+` accepted epoch=1 state=ok`)
+		waitFor(t, &errb, `msg="ticket accepted" fleet_index=\d device=`+id+` epoch=1 state=ok`)
 		s, err := wire.ParseStatus(iss.Wait(topics.Status(id), 1))
 		if err != nil || s.Epoch != 1 || !ep.Tickets[i].Secrets.CheckConfirm(s.Confirm) {
 			t.Fatalf("%s status %+v %v", id, s, err)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,12 +22,16 @@ func TestFleetUsage(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"fleet"}, 2, "usage: ekemctl fleet status"},
+		{[]string{"fleet"}, 2, "ekemctl fleet: missing subcommand (the only one is status)"},
+		{[]string{"fleet", "list"}, 2, `ekemctl fleet: unknown subcommand "list" (the only one is status)`},
+		{[]string{"fleet", "status", "-h"}, 0, "usage: ekemctl fleet status"},
 		{[]string{"fleet", "-h"}, 0, ""},
 		{[]string{"fleet", "status"}, 2, "-broker is required"},
 		{[]string{"fleet", "status", "-broker", "tcp://127.0.0.1:1"}, 2, "-issuer-pub is required"},
 		{[]string{"fleet", "status", "-broker", "tcp://127.0.0.1:1", "-issuer-pub", "x"}, 2, "a credential is required"},
-		{[]string{"fleet", "status", "-broker", "tcp://127.0.0.1:1", "-issuer-pub", "x", "-cert", "c"}, 2, "-cert and -key go together"},
+		{[]string{"fleet", "status", "-broker", "tcp://127.0.0.1:1", "-issuer-pub", "x", "-tls-cert", "c"}, 2, "-tls-cert and -tls-key go together"},
+		{[]string{"fleet", "status", "-broker", "tcp://127.0.0.1:1", "-issuer-pub", "x", "-cert", "c"}, 2, "ekemctl fleet: warning: -cert is deprecated; use -tls-cert"},
+		{[]string{"fleet", "status", "-broker", "tcp://127.0.0.1:1", "-issuer-pub", "x", "-password", "hunter2"}, 2, "secrets are never accepted on the command line"},
 		{[]string{"fleet", "status", "-broker", "tcp://127.0.0.1:1", "-issuer-pub", "x", "-password-file", "p", "-json", "-watch"}, 2, "exclude each other"},
 		{[]string{"fleet", "status", "-broker", "tcp://127.0.0.1:1", "-issuer-pub", "/nonexistent", "-password-file", "p"}, 2, "-issuer-pub"},
 	} {
@@ -78,5 +83,30 @@ func TestFleetStatusEmbedded(t *testing.T) {
 	t.Setenv("EKEM_PASSWORD", "wrong")
 	if code := run([]string{"fleet", "status", "-broker", b.URL(), "-issuer-pub", pub, "-timeout", "5s"}, &out, &errb); code != 1 {
 		t.Fatalf("wrong password: exit %d", code)
+	}
+}
+
+// TestFleetStatusBrokerDown: with nothing listening, the one-shot status
+// gives up after -connect-timeout with a message that says so (it used to
+// wait -timeout, 60 s, and print "context deadline exceeded").
+func TestFleetStatusBrokerDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	dir := t.TempDir()
+	key, _ := signature.GenerateKey(signature.MLDSA65)
+	pub := filepath.Join(dir, "issuer.pub")
+	os.WriteFile(pub, signature.MarshalPublicKeyPEM(key.Public()), 0o600)
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("x\n"), 0o600)
+	t.Setenv("EKEM_PASSWORD", "")
+	var out, errb bytes.Buffer
+	code := run([]string{"fleet", "status", "-broker", "tcp://" + addr, "-issuer-pub", pub, "-password-file", pw, "-connect-timeout", "1s"}, &out, &errb)
+	if code != 1 || !strings.Contains(errb.String(), "cannot reach the broker at tcp://"+addr+" within 1s") ||
+		!strings.Contains(errb.String(), "hint: is the broker running") {
+		t.Fatalf("exit %d, stderr %q", code, errb.String())
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/entropykem/entropykem/internal/buildinfo"
 )
 
 const usage = `usage: ekemctl <command> [flags]
@@ -14,6 +16,7 @@ commands:
   demo     run an issuer and a fleet of devices end to end on an embedded broker
   bench    measure broker floor, issuer epoch, crypto, device and fleet rotation on Mosquitto
   fleet    fleet status: every device's epoch, lag and state, read-only (-json, -watch, -prometheus)
+  version  print the version, commit, Go version and protocol version
 
 Run 'ekemctl <command> -h' for a command's flags.
 
@@ -36,10 +39,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runBench(args[1:], stdout, stderr)
 	case "fleet":
 		return fleet(args[1:], stdout, stderr)
+	case "version", "-version", "--version":
+		if len(args) > 1 {
+			fmt.Fprintf(stderr, "ekemctl: version takes no arguments\n")
+			return 2
+		}
+		fmt.Fprintln(stdout, buildinfo.Read().String("ekemctl"))
+		return 0
 	case "-h", "-help", "--help", "help":
+		if len(args) > 1 {
+			return run([]string{args[1], "-h"}, stdout, stderr)
+		}
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fmt.Fprintf(stderr, "ekemctl: unknown command %q\n%s", args[0], usage)
+	fmt.Fprintf(stderr, "ekemctl: unknown command %q (commands: demo, bench, fleet, version, help)\nhint: run \"ekemctl -h\" for usage\n", args[0])
 	return 2
 }

@@ -19,6 +19,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/entropykem/entropykem/broker-config/creds"
+	"github.com/entropykem/entropykem/internal/cliflag"
 	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
@@ -49,39 +51,49 @@ current, pending (most severe first; see internal/monitor).
 flags:
   -broker URL          tcp://host:1883 or ssl://host:8883 (required)
   -username NAME       broker account (default $EKEM_USERNAME, else ekem-monitor;
-                       not needed with -cert)
-  -password-file FILE  file holding the broker password (default: $EKEM_PASSWORD,
-                       as in the account files mkcreds writes)
-  -ca FILE             CA certificate(s) for ssl:// brokers
-  -cert FILE, -key FILE  client certificate and key (TLS listener)
+                       not needed with -tls-cert)
+  -password-file FILE  file holding the broker password, or the monitor's account
+                       file from mkcreds (default: $EKEM_PASSWORD; never a flag)
+  -tls-ca FILE         CA certificate(s) for ssl:// brokers
+  -tls-cert FILE, -tls-key FILE
+                       client certificate and key (TLS listener)
   -issuer-pub FILES    pinned issuer public key(s), comma separated (required)
   -prefix P            topic prefix (default ekem/v1)
   -json                print one JSON document instead of the table
   -watch               redraw the table every -interval until interrupted
   -interval D          refresh period with -watch (default 2s)
   -prometheus ADDR     serve /metrics (fleet and broker $SYS figures) and
-                       /healthz on ADDR until interrupted, e.g. :9101
+                       /healthz on ADDR until interrupted, e.g. 127.0.0.1:7742
   -limit N             table rows (most severe first; default 0 = all)
   -settle D            one-shot: print once no message came for D (default 1s)
   -timeout D           one-shot: print after D at the latest (default 60s)
+  -connect-timeout D   give up when the broker cannot be reached within D
+                       (default 5s; -watch and -prometheus keep trying for -timeout)
   -tickets             also read ticket/+ to tell quarantined and revoked
                        devices and ticket expiry (default true)
 
-exit status: 0 ok, 1 error, 2 usage, 3 (one-shot) an alarm was seen.
+Every flag also reads its environment variable when not given: EKEM_BROKER,
+EKEM_USERNAME, EKEM_PASSWORD_FILE, EKEM_TLS_CA, EKEM_TLS_CERT, EKEM_TLS_KEY,
+EKEM_ISSUER_PUB, EKEM_PREFIX. The old names -ca, -cert, -key (EKEM_CA,
+EKEM_CERT, EKEM_KEY) still work and warn. -watch redraws the screen only
+when stdout is a terminal; otherwise it prints one table per -interval.
+
+exit status: 0 ok, 1 error (the broker unreachable), 2 usage, 3 (one-shot)
+an alarm was seen.
 
 examples:
-  ekemctl fleet status -broker ssl://broker:8883 -ca ca.crt -cert ekem-monitor.crt \
-      -key ekem-monitor.key -issuer-pub issuer.pub
-  ekemctl fleet status -broker tcp://127.0.0.1:1883 -username ekem-monitor \
-      -password-file monitor.pw -issuer-pub issuer.pub -json
-  ekemctl fleet status ... -prometheus :9101
+  ekemctl fleet status -broker ssl://broker:8883 -tls-ca ca.crt -tls-cert ekem-monitor.crt \
+      -tls-key ekem-monitor.key -issuer-pub issuer.pub
+  ekemctl fleet status -broker tcp://127.0.0.1:1883 \
+      -password-file creds/accounts/ekem-monitor.env -issuer-pub issuer.pub -json
+  ekemctl fleet status ... -prometheus 127.0.0.1:7742
 `
 
 // Options are the parsed flags of "fleet status".
 type Options struct {
 	Broker, Username, PasswordFile, CA, Cert, Key, IssuerPub, Prefix, Prometheus string
 	JSON, Watch, Tickets                                                         bool
-	Interval, Settle, Timeout                                                    time.Duration
+	Interval, Settle, Timeout, ConnectTimeout                                    time.Duration
 	Limit                                                                        int
 	// Password is the broker password when there is no -password-file:
 	// the environment's EKEM_PASSWORD (never a flag: argv is public).
@@ -100,9 +112,9 @@ func ParseOptions(args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.Broker, "broker", "", "")
 	fs.StringVar(&o.Username, "username", "", "")
 	fs.StringVar(&o.PasswordFile, "password-file", "", "")
-	fs.StringVar(&o.CA, "ca", "", "")
-	fs.StringVar(&o.Cert, "cert", "", "")
-	fs.StringVar(&o.Key, "key", "", "")
+	fs.StringVar(&o.CA, cliflag.TLSCA, "", "")
+	fs.StringVar(&o.Cert, cliflag.TLSCert, "", "")
+	fs.StringVar(&o.Key, cliflag.TLSKey, "", "")
 	fs.StringVar(&o.IssuerPub, "issuer-pub", "", "")
 	fs.StringVar(&o.Prefix, "prefix", wire.DefaultPrefix, "")
 	fs.StringVar(&o.Prometheus, "prometheus", "", "")
@@ -113,7 +125,21 @@ func ParseOptions(args []string, stderr io.Writer) (Options, error) {
 	fs.DurationVar(&o.Settle, "settle", time.Second, "")
 	fs.DurationVar(&o.Timeout, "timeout", time.Minute, "")
 	fs.IntVar(&o.Limit, "limit", 0, "")
+	fs.DurationVar(&o.ConnectTimeout, "connect-timeout", 5*time.Second, "")
+	warn := cliflag.WarnTo(stderr, "ekemctl fleet")
+	for old, name := range map[string]string{"ca": cliflag.TLSCA, "cert": cliflag.TLSCert, "key": cliflag.TLSKey} {
+		cliflag.Alias(fs, old, name, warn)
+	}
+	if err := cliflag.RefuseSecrets(args, "password"); err != nil {
+		return o, err
+	}
 	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if err := cliflag.CheckAliases(fs); err != nil {
+		return o, err
+	}
+	if _, err := cliflag.FillFromEnv(fs, statusEnv, os.Getenv, warn); err != nil {
 		return o, err
 	}
 	switch {
@@ -124,13 +150,13 @@ func ParseOptions(args []string, stderr io.Writer) (Options, error) {
 	case o.IssuerPub == "":
 		return o, errors.New("-issuer-pub is required: the issuer public key(s) every root must verify under")
 	case (o.Cert == "") != (o.Key == ""):
-		return o, errors.New("-cert and -key go together")
+		return o, errors.New("-tls-cert and -tls-key go together")
 	case o.PasswordFile == "" && o.Cert == "" && os.Getenv("EKEM_PASSWORD") == "":
-		return o, errors.New("a credential is required: -password-file or EKEM_PASSWORD (with -username), or -cert/-key")
+		return o, errors.New("a credential is required: -password-file or EKEM_PASSWORD (with -username), or -tls-cert/-tls-key")
 	case o.JSON && o.Watch:
 		return o, errors.New("-json and -watch exclude each other")
-	case o.Interval < 100*time.Millisecond || o.Settle <= 0 || o.Timeout <= 0 || o.Limit < 0:
-		return o, errors.New("-interval must be at least 100ms; -settle and -timeout positive; -limit not negative")
+	case o.Interval < 100*time.Millisecond || o.Settle <= 0 || o.Timeout <= 0 || o.ConnectTimeout <= 0 || o.Limit < 0:
+		return o, errors.New("-interval must be at least 100ms; -settle, -timeout and -connect-timeout positive; -limit not negative")
 	}
 	if _, err := wire.NewTopics(o.Prefix); err != nil {
 		return o, fmt.Errorf("-prefix: %w", err)
@@ -138,13 +164,30 @@ func ParseOptions(args []string, stderr io.Writer) (Options, error) {
 	if o.PasswordFile == "" {
 		o.Password = os.Getenv("EKEM_PASSWORD")
 	}
-	if o.Username == "" {
-		o.Username = os.Getenv("EKEM_USERNAME")
-	}
 	if o.Username == "" && o.Cert == "" {
 		o.Username = "ekem-monitor"
 	}
 	return o, nil
+}
+
+// statusEnv are the environment variables of "fleet status" flags.
+var statusEnv = map[string]cliflag.Env{
+	"broker": {Var: "EKEM_BROKER"}, "username": {Var: "EKEM_USERNAME"}, "password-file": {Var: "EKEM_PASSWORD_FILE"},
+	"issuer-pub": {Var: "EKEM_ISSUER_PUB"}, "prefix": {Var: "EKEM_PREFIX"},
+	cliflag.TLSCA:   {Var: cliflag.EnvTLSCA, Old: []string{"EKEM_CA"}},
+	cliflag.TLSCert: {Var: cliflag.EnvTLSCert, Old: []string{"EKEM_CERT"}},
+	cliflag.TLSKey:  {Var: cliflag.EnvTLSKey, Old: []string{"EKEM_KEY"}},
+}
+
+// IsTerminal reports whether w is a character device (a terminal), where
+// -watch may clear the screen; a file, pipe or journal gets plain tables.
+func IsTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // Command runs "ekemctl fleet ARGS" and returns its exit status. ctx ends
@@ -155,7 +198,11 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprint(stdout, Usage)
 			return ExitOK
 		}
-		fmt.Fprint(stderr, Usage)
+		if len(args) == 0 {
+			fmt.Fprintf(stderr, "ekemctl fleet: missing subcommand (the only one is status)\nhint: ekemctl fleet status -h\n")
+		} else {
+			fmt.Fprintf(stderr, "ekemctl fleet: unknown subcommand %q (the only one is status)\nhint: ekemctl fleet status -h\n", args[0])
+		}
 		return ExitUsage
 	}
 	o, err := ParseOptions(args[1:], stderr)
@@ -188,24 +235,34 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) 
 	}
 	password := o.Password
 	if o.PasswordFile != "" {
-		b, err := readSmall(o.PasswordFile)
+		a, err := creds.ReadPasswordFile(o.PasswordFile, o.Username)
 		if err != nil {
 			return ExitUsage, fmt.Errorf("-password-file: %w", err)
 		}
-		password = strings.TrimRight(string(b), "\r\n")
+		password = a.Password
+		if o.Username == "" {
+			o.Username = a.Username
+		}
 	}
 	topics, _ := wire.NewTopics(o.Prefix)
 	fleet := NewFleet(Config{Topics: topics, Pins: pins, TrackTickets: o.Tickets})
 	id := make([]byte, 4)
 	rand.Read(id)
-	dialCtx, cancel := context.WithTimeout(ctx, o.Timeout)
+	connect := o.ConnectTimeout
+	if o.Watch || o.Prometheus != "" {
+		connect = max(connect, o.Timeout) // a service waits longer for its broker
+	}
+	dialCtx, cancel := context.WithTimeout(ctx, connect)
 	defer cancel()
 	c, err := mqttc.Dial(dialCtx, mqttc.Options{
 		Broker: o.Broker, ClientID: "ekem-monitor-" + hex.EncodeToString(id), Username: o.Username, Password: password,
-		TLS: tlsConf, Logger: slog.New(slog.DiscardHandler),
+		TLS: tlsConf, Logger: slog.New(slog.DiscardHandler), Timeout: connect,
 	})
 	if err != nil {
-		return ExitError, err
+		if errors.Is(err, mqttc.ErrRefused) {
+			return ExitError, err
+		}
+		return ExitError, fmt.Errorf("cannot reach the broker at %s within %v: %w\nhint: is the broker running, and is -broker right? (-connect-timeout waits longer)", o.Broker, connect, err)
 	}
 	defer c.Close()
 	// Issuer key rotations first: their retained messages then arrive
@@ -295,8 +352,13 @@ func serve(ctx context.Context, o Options, c *mqttc.Client, fleet *Fleet, feed f
 	}
 	t := time.NewTicker(o.Interval)
 	defer t.Stop()
+	clear := IsTerminal(stdout)
 	for {
-		fmt.Fprint(stdout, "\x1b[H\x1b[2J") // home, clear screen
+		if clear {
+			fmt.Fprint(stdout, "\x1b[H\x1b[2J") // home, clear screen
+		} else {
+			fmt.Fprintf(stdout, "--- %s\n", o.Now().UTC().Format(time.RFC3339))
+		}
 		if err := WriteTable(stdout, fleet.Snapshot(o.Now()), o.Limit); err != nil {
 			return ExitError, err
 		}
@@ -341,18 +403,18 @@ func loadTLS(o Options) (*tls.Config, error) {
 	if o.CA != "" {
 		b, err := readSmall(o.CA)
 		if err != nil {
-			return nil, fmt.Errorf("-ca: %w", err)
+			return nil, fmt.Errorf("-tls-ca: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("-ca %s: no PEM certificates", o.CA)
+			return nil, fmt.Errorf("-tls-ca %s: no PEM certificates", o.CA)
 		}
 		c.RootCAs = pool
 	}
 	if o.Cert != "" {
 		kp, err := tls.LoadX509KeyPair(o.Cert, o.Key)
 		if err != nil {
-			return nil, fmt.Errorf("-cert/-key: %w", err)
+			return nil, fmt.Errorf("-tls-cert/-tls-key: %w", err)
 		}
 		c.Certificates = []tls.Certificate{kp}
 	}
