@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path/filepath"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/entropykem/entropykem/device"

@@ -73,7 +73,7 @@ func newOpts(cmd, synopsis string, stderr io.Writer, which ...string) *opts {
 		"id": func() {
 			o.str(&o.id, "id", "EKEM_DEVICE_ID", "", "device id = broker username (1-64 of [A-Za-z0-9._-])")
 		},
-		"broker":   func() { o.str(&o.broker, "broker", "EKEM_BROKER", "", "broker URL: tcp://host:1883, ssl://host:8883") },
+		"broker": func() { o.str(&o.broker, "broker", "EKEM_BROKER", "", "broker URL: tcp://host:1883, ssl://host:8883") },
 		// The password itself is only read from EKEM_PASSWORD: argv is public.
 		"password": func() { o.passwordEnv, o.envOf["password"] = true, "EKEM_PASSWORD" },
 		"password-file": func() {
