@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -22,8 +23,11 @@ type demoBroker struct {
 	close    func() error
 }
 
-func openBroker(c demoConfig, log *slog.Logger) (*demoBroker, error) {
+func openBroker(ctx context.Context, c demoConfig, run demoRun, log *slog.Logger) (*demoBroker, error) {
 	if c.broker != "" {
+		if err := checkNoLiveFleet(ctx, c.broker, c.creds, wire.DefaultPrefix, run.clientID("check")); err != nil {
+			return nil, err
+		}
 		return &demoBroker{
 			url:      c.broker,
 			describe: fmt.Sprintf("external broker %s, accounts from %s", c.broker, c.creds),
@@ -37,7 +41,7 @@ func openBroker(c demoConfig, log *slog.Logger) (*demoBroker, error) {
 			close: func() error { return nil },
 		}, nil
 	}
-	b, err := embedbroker.Start(c.listen, wire.DefaultPrefix, log)
+	b, err := embedbroker.Start(c.listen, run.prefix, log)
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/entropykem/entropykem/issuer"
 	"github.com/entropykem/entropykem/pkg/cohort"
 	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/wire"
 )
 
 type demoConfig struct {
@@ -39,13 +40,13 @@ func parseDemo(args []string, stderr io.Writer) (demoConfig, error) {
 	fs.IntVar(&c.devices, "devices", 5, "number of simulated devices (1..1000)")
 	fs.IntVar(&c.epochs, "epochs", 3, "number of epochs to issue (1..1000)")
 	fs.DurationVar(&c.period, "period", 2*time.Second, "epoch period")
-	fs.StringVar(&c.broker, "broker", "", "use this broker (tcp://host:port, e.g. Mosquitto with broker-config) instead of the embedded one; needs -creds")
+	fs.StringVar(&c.broker, "broker", "", "use this broker (tcp://host:port, e.g. Mosquitto with broker-config) instead of the embedded one; needs -creds. The demo refuses a broker that carries a fleet (a retained ekem/v1/issuer/online)")
 	fs.StringVar(&c.creds, "creds", "", "with -broker: the directory made by 'go run ./broker-config/mkcreds' for that broker")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:0", "address of the embedded broker")
 	fs.StringVar(&c.dir, "dir", "", "keep keys and state in this directory (default: a temporary one, removed at exit)")
 	fs.BoolVar(&c.verbose, "v", false, "log the issuer's and devices' structured logs to stderr")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: ekemctl demo [flags]\n\nRuns an issuer and -devices devices over real MQTT on an embedded broker, issues -epochs\nepochs and checks that every device accepted every epoch.\n\nflags:\n")
+		fmt.Fprintf(stderr, "usage: ekemctl demo [flags]\n\nRuns an issuer and -devices devices over real MQTT on an embedded broker, issues -epochs\nepochs and checks that every device accepted every epoch. Its topics are under\n%s/<random> and its MQTT client ids its own, so it never disturbs a fleet; with\n-broker it refuses a broker whose %s/issuer/online is retained (a fleet's issuer).\n\nflags:\n", DemoPrefixRoot, wire.DefaultPrefix)
 		fs.PrintDefaults()
 		fmt.Fprintf(stderr, "\nexamples:\n  ekemctl demo\n  ekemctl demo -devices 20 -epochs 5 -period 1s\n")
 	}
@@ -122,14 +123,28 @@ func runDemo(ctx context.Context, c demoConfig, stdout, stderr io.Writer) error 
 	}
 	out := &printer{w: stdout}
 
-	broker, err := openBroker(c, logger)
+	run := newDemoRun()
+	broker, err := openBroker(ctx, c, run, logger)
 	if err != nil {
 		return err
 	}
 	defer broker.close()
-	out.say("broker   %s", broker.describe)
+	out.say("broker   %s, topics under %s/", broker.describe, run.prefix)
+	if c.broker != "" {
+		// Runs after the issuer and the devices are closed (defers run
+		// last-in first-out).
+		defer func() {
+			ids := make([]string, c.devices)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("dev-%d", i+1)
+			}
+			if err := clearRetained(context.WithoutCancel(ctx), broker, run, ids, c.epochs); err != nil {
+				fmt.Fprintf(stderr, "ekemctl demo: warning: %v\n", err)
+			}
+		}()
+	}
 
-	iss, pins, kid, err := startIssuer(ctx, c, dir, broker, logger)
+	iss, pins, kid, err := startIssuer(ctx, c, run, dir, broker, logger)
 	if err != nil {
 		return err
 	}
@@ -137,7 +152,7 @@ func runDemo(ctx context.Context, c demoConfig, stdout, stderr io.Writer) error 
 	out.say("issuer   ML-DSA-87 key %s, epoch period %v", hex.EncodeToString(kid), c.period)
 
 	view := &fleetView{accepted: map[string][]uint64{}, problems: map[string]string{}}
-	agents, err := startDevices(ctx, c, dir, broker, pins, logger, out, view)
+	agents, err := startDevices(ctx, c, run, dir, broker, pins, logger, out, view)
 	if err != nil {
 		return err
 	}
@@ -172,7 +187,7 @@ func runDemo(ctx context.Context, c demoConfig, stdout, stderr io.Writer) error 
 	return finalCheck(iss, agents, view, uint64(c.epochs), out)
 }
 
-func startIssuer(ctx context.Context, c demoConfig, dir string, broker *demoBroker, logger *slog.Logger) (*issuer.Issuer, *signature.KeySet, []byte, error) {
+func startIssuer(ctx context.Context, c demoConfig, run demoRun, dir string, broker *demoBroker, logger *slog.Logger) (*issuer.Issuer, *signature.KeySet, []byte, error) {
 	key, err := signature.GenerateKey(signature.MLDSA87)
 	if err != nil {
 		return nil, nil, nil, err
@@ -186,7 +201,7 @@ func startIssuer(ctx context.Context, c demoConfig, dir string, broker *demoBrok
 		return nil, nil, nil, err
 	}
 	iss, err := issuer.New(issuer.Config{
-		Broker: broker.url, Username: embedbroker.IssuerUser, Password: pw, ClientID: "ekem-issuer",
+		Broker: broker.url, Username: embedbroker.IssuerUser, Password: pw, ClientID: run.clientID("issuer"), Prefix: run.prefix,
 		Key: key, StorePath: filepath.Join(dir, "issuer.db"), Period: c.period, TTL: 10 * c.period,
 		Logger: logger.With("role", "issuer"),
 	})
@@ -200,7 +215,7 @@ func startIssuer(ctx context.Context, c demoConfig, dir string, broker *demoBrok
 	return iss, pins, key.Public().KID(), nil
 }
 
-func startDevices(ctx context.Context, c demoConfig, dir string, broker *demoBroker, pins *signature.KeySet, logger *slog.Logger, out *printer, view *fleetView) ([]*device.Agent, error) {
+func startDevices(ctx context.Context, c demoConfig, run demoRun, dir string, broker *demoBroker, pins *signature.KeySet, logger *slog.Logger, out *printer, view *fleetView) ([]*device.Agent, error) {
 	secret := make([]byte, cohort.SecretSize)
 	rand.Read(secret)
 	coh, err := cohort.NewSoftware(secret)
@@ -216,6 +231,7 @@ func startDevices(ctx context.Context, c demoConfig, dir string, broker *demoBro
 		}
 		a, err := device.New(device.Config{
 			ID: id, Broker: broker.url, Password: pw, StateDir: filepath.Join(dir, id),
+			ClientID: run.clientID(id), Prefix: run.prefix,
 			Cohort: coh, IssuerKeys: pins, Logger: logger.With("role", "device", "device", id),
 			OnEvent: func(ev device.Event) { onDeviceEvent(out, view, id, ev) },
 		})
