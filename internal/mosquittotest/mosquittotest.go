@@ -429,3 +429,11 @@ func lookBinary() (string, error) {
 	}
 	return "", errors.New("no mosquitto binary in PATH, /usr/sbin or /usr/local/sbin")
 }
+
+// Binary returns the path of a Mosquitto 2 binary for a test that runs its
+// own configuration, or skips the test (fails it under
+// EKEM_REQUIRE_MOSQUITTO=1) as Start does.
+func Binary(t testing.TB) string {
+	t.Helper()
+	return findBinary(t)
+}

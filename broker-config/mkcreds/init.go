@@ -1,0 +1,50 @@
+package main
+
+import (
+	"io"
+	"strings"
+
+	"fmt"
+
+	"github.com/entropykem/entropykem/broker-config/creds"
+)
+
+const initHelp = `usage: mkcreds init -out DIR [-devices N] [-prefix dev-] [-ids a,b,...] [-ca] [-hosts h1,h2]
+       mkcreds -out DIR ...     (the same)
+
+Makes a fleet's credentials in DIR (created if missing), without
+overwriting anything: the password file, accounts/NAME.env for ekem-issuer,
+ekem-monitor and every device, and with -ca a test CA, the broker's
+certificate for -hosts and a client certificate per account.
+`
+
+// cmdInit makes a new credentials directory.
+func cmdInit(args []string, stdout, _ io.Writer) error {
+	fs := newFlagSet("init", initHelp, stdout)
+	out := fs.String("out", "", "output directory (required)")
+	n := fs.Int("devices", 0, "number of device accounts to make, named PREFIX1..PREFIXN")
+	prefix := fs.String("prefix", "dev-", "device id prefix for -devices")
+	ids := fs.String("ids", "", "comma-separated device ids (in addition to -devices)")
+	ca := fs.Bool("ca", false, "also make a test CA, a server certificate and client certificates")
+	hosts := fs.String("hosts", strings.Join(creds.DefaultServerHosts, ","), "server certificate DNS names and IPs, with -ca")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	devices, err := deviceIDs(*n, *prefix, *ids)
+	switch {
+	case err != nil:
+		return err
+	case *out == "":
+		return usageErr("-out is required")
+	case fs.NArg() != 0:
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	set, err := creds.Generate(*out, creds.Options{Devices: devices, CA: *ca, ClientCerts: *ca, ServerHosts: splitList(*hosts)})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "mkcreds: wrote %d accounts to %s\n", len(set.Accounts()), *out)
+	fmt.Fprintf(stdout, "hint: install the broker's files with: mkcreds render-config -layout debian|docker -creds %s -install\n", *out)
+	fmt.Fprintf(stdout, "hint: give each account its own %s/accounts/NAME.env (and certs/clients/NAME.*) only; keep certs/ca.key offline\n", *out)
+	return nil
+}
