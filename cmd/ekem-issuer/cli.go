@@ -170,7 +170,7 @@ func exitStatus(cmd string, err error, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, helpFor(cmd))
 		return 0
 	case errors.Is(err, errUsage):
-		fmt.Fprintf(stderr, "ekem-issuer: %s\nhint: run \"ekem-issuer %s -h\" for usage\n", strings.TrimPrefix(err.Error(), "usage: "), hintFor(cmd))
+		fmt.Fprintf(stderr, "ekem-issuer: %s\nhint: run \"%s\" for usage\n", strings.TrimPrefix(err.Error(), "usage: "), hintFor(cmd))
 		return 2
 	default:
 		fmt.Fprintf(stderr, "ekem-issuer: %v\n", err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -302,4 +303,33 @@ func TestStoreCommands(t *testing.T) {
 	if code, _, stderr := runCmd(t, "revoke", "dev-a"); code != 1 || !strings.Contains(stderr, "in use") {
 		t.Fatalf("locked store: %d %q", code, stderr)
 	}
+}
+
+// TestStoreDirectoryCreated: -store's help says "created if missing"; the
+// directory is, too (it was "no such file or directory").
+func TestStoreDirectoryCreated(t *testing.T) {
+	clearEnv(t)
+	dir := t.TempDir()
+	keyFile, pubFile := filepath.Join(dir, "issuer.key"), filepath.Join(dir, "issuer.pub")
+	if code, _, stderr := runCmd(t, "keygen", "-out", keyFile, "-pub", pubFile); code != 0 {
+		t.Fatal(stderr)
+	}
+	store := filepath.Join(dir, "var", "lib", "ekem", "issuer.db")
+	f, err := parseRun([]string{"-broker", "tcp://127.0.0.1:1", "-signing-key", keyFile, "-store", store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.config(slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(filepath.Dir(store))
+	if err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
+		t.Fatalf("store directory: %v %v", st, err)
+	}
+	iss, err := issuer.New(cfg)
+	if err != nil {
+		t.Fatalf("issuer with a store in a new directory: %v", err)
+	}
+	iss.Close()
 }

@@ -115,12 +115,12 @@ func runHelp() string {
 	return usageText
 }
 
-// hintFor names the command whose help an error hint points to.
+// hintFor is the help command an error's hint points to.
 func hintFor(cmd string) string {
 	if _, ok := commandHelp[cmd]; ok || cmd == "run" {
-		return cmd
+		return "ekem-issuer " + cmd + " -h"
 	}
-	return "help"
+	return "ekem-issuer help"
 }
 
 // cmdVersion prints the build: version, commit, Go and protocol version.

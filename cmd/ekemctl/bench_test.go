@@ -8,16 +8,19 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rogpeppe/go-internal/testscript"
+
 	"github.com/entropykem/entropykem/internal/bench"
 )
 
 // TestMain lets the bench re-execute this test binary as its one
-// device-agent process (bench.ChildEnv), as it re-executes ekemctl.
+// device-agent process (bench.ChildEnv), as it re-executes ekemctl, and
+// makes it the ekemctl command of the scripts in testdata/script.
 func TestMain(m *testing.M) {
 	if bench.IsChild() {
 		os.Exit(bench.RunChild(os.Stdout, os.Stderr))
 	}
-	os.Exit(m.Run())
+	testscript.Main(m, map[string]func(){"ekemctl": main})
 }
 
 // TestBench runs the whole benchmark at tiny sizes against a real

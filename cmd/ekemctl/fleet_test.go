@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/entropykem/entropykem/broker-config/creds"
 	"github.com/entropykem/entropykem/internal/embedbroker"
 	"github.com/entropykem/entropykem/internal/monitor"
 	"github.com/entropykem/entropykem/pkg/signature"
@@ -108,5 +109,43 @@ func TestFleetStatusBrokerDown(t *testing.T) {
 	if code != 1 || !strings.Contains(errb.String(), "cannot reach the broker at tcp://"+addr+" within 1s") ||
 		!strings.Contains(errb.String(), "hint: is the broker running") {
 		t.Fatalf("exit %d, stderr %q", code, errb.String())
+	}
+}
+
+// TestFleetStatusAccountFile: the monitor's account file from mkcreds
+// (accounts/ekem-monitor.env) is accepted as -password-file: the embedded
+// broker checks the password, so a wrong file fails to log in.
+func TestFleetStatusAccountFile(t *testing.T) {
+	b, err := embedbroker.Start("127.0.0.1:0", wire.DefaultPrefix, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	acct, err := creds.NewAccount("ekem-monitor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.AddUser(acct.Username, acct.Password); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	key, _ := signature.GenerateKey(signature.MLDSA65)
+	pub := filepath.Join(dir, "issuer.pub")
+	os.WriteFile(pub, signature.MarshalPublicKeyPEM(key.Public()), 0o600)
+	good := filepath.Join(dir, "ekem-monitor.env")
+	os.WriteFile(good, acct.Marshal(), 0o600)
+	other, _ := creds.NewAccount("ekem-monitor")
+	wrong := filepath.Join(dir, "wrong.env")
+	os.WriteFile(wrong, other.Marshal(), 0o600)
+	t.Setenv("EKEM_PASSWORD", "")
+	t.Setenv("EKEM_USERNAME", "")
+	var out, errb bytes.Buffer
+	if code := run([]string{"fleet", "status", "-broker", b.URL(), "-issuer-pub", pub, "-password-file", good, "-json", "-settle", "200ms"}, &out, &errb); code != 0 {
+		t.Fatalf("account file: exit %d: %s", code, errb.String())
+	}
+	errb.Reset()
+	if code := run([]string{"fleet", "status", "-broker", b.URL(), "-issuer-pub", pub, "-password-file", wrong, "-json"}, &out, &errb); code != 1 ||
+		!strings.Contains(errb.String(), "refused") {
+		t.Fatalf("another password: exit %d: %s", code, errb.String())
 	}
 }
