@@ -346,6 +346,7 @@ func TestSysAndPrometheus(t *testing.T) {
 		`ekem_fleet_devices{state="current"} 1`,
 		`ekem_fleet_devices{state="stale"} 0`,
 		"ekem_fleet_epoch 1",
+		"ekem_fleet_epoch_period_seconds 60",
 		"ekem_fleet_broker_connected 1",
 		"ekem_fleet_root_verification_failures_total 0",
 		"ekem_broker_clients_connected 12",

@@ -16,6 +16,8 @@ var (
 		"The latest epoch whose EpochRoot verified under the pinned issuer keys (0: none).", nil, nil)
 	descFleetEpochIssued = prometheus.NewDesc("ekem_fleet_epoch_issued_timestamp_seconds",
 		"issued_at of the latest verified EpochRoot, Unix seconds.", nil, nil)
+	descFleetPeriod = prometheus.NewDesc("ekem_fleet_epoch_period_seconds",
+		"The epoch period the issuer announces (EpochInfo period_s, unsigned; absent until one is seen), for the stalled-issuer alert.", nil, nil)
 	descFleetMaxLag = prometheus.NewDesc("ekem_fleet_max_lag_epochs",
 		"The largest number of epochs a device's last Status is behind the latest verified root.", nil, nil)
 	descFleetRootFailures = prometheus.NewDesc("ekem_fleet_root_verification_failures_total",
@@ -56,7 +58,7 @@ type Collector struct {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFleetDevices, descFleetEpoch, descFleetEpochIssued, descFleetMaxLag,
+	for _, d := range []*prometheus.Desc{descFleetDevices, descFleetEpoch, descFleetEpochIssued, descFleetPeriod, descFleetMaxLag,
 		descFleetRootFailures, descFleetClones, descFleetEquivocation, descFleetMessages, descFleetMalformed,
 		descFleetKeysLearned, descFleetKeyConflicts,
 		descFleetConnected, descBrokerVersion} {
@@ -77,6 +79,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	f.mu.Lock()
 	totals, maxLag := f.totalsLocked(unix(now()))
 	latest, issued := f.latest, f.roots[f.latest]
+	var period uint64
+	if f.info != nil {
+		period = f.info.PeriodS
+	}
 	counts := map[string]uint64{}
 	for k, v := range f.counts {
 		counts[k] = v
@@ -100,6 +106,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descFleetEpoch, float64(latest))
 	if latest > 0 {
 		gauge(descFleetEpochIssued, float64(issued))
+	}
+	if period > 0 {
+		gauge(descFleetPeriod, float64(period))
 	}
 	gauge(descFleetMaxLag, float64(maxLag))
 	counter(descFleetRootFailures, float64(counts[CountRootFailures]))
