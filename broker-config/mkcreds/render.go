@@ -164,10 +164,10 @@ func installBroker(credsDir string, l layout, at func(string) string, conf strin
 		if err := creds.ReplaceFile(f.path, f.data, mode); err != nil {
 			return err
 		}
-		if err := owner.chown(f.path, f.private); err != nil {
+		if err := owner.chown(f.path); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "installed %s (mode %v%s)\n", f.path, mode, owner.describe(f.private))
+		fmt.Fprintf(stdout, "installed %s (mode %04o%s)\n", f.path, mode, owner.describe())
 	}
 	// The parents as a system has them (/var/lib is 0755); only the data
 	// directory itself belongs to the broker's user.
@@ -210,7 +210,7 @@ func brokerOwner(name string) (owner, error) {
 	return owner{active: true, uid: uid, gid: gid, user: name}, nil
 }
 
-func (o owner) chown(path string, private bool) error {
+func (o owner) chown(path string) error {
 	if !o.active {
 		return nil
 	}
@@ -224,7 +224,7 @@ func (o owner) chownData(dir string) error {
 	return os.Chown(dir, o.uid, o.gid)
 }
 
-func (o owner) describe(private bool) string {
+func (o owner) describe() string {
 	if !o.active {
 		return ""
 	}

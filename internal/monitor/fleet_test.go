@@ -2,6 +2,8 @@ package monitor
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
@@ -478,4 +480,17 @@ func FuzzHandle(f *testing.F) {
 			t.Fatalf("one topic made %d devices", len(s.Devices))
 		}
 	})
+}
+
+// TestIsTerminal: -watch clears the screen only on a terminal; a file or a
+// buffer (a pipe, the journal) gets plain tables.
+func TestIsTerminal(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if IsTerminal(f) || IsTerminal(&bytes.Buffer{}) {
+		t.Fatal("a file or a buffer taken for a terminal")
+	}
 }
