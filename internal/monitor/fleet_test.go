@@ -2,11 +2,11 @@ package monitor
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
