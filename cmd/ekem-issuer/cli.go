@@ -222,7 +222,7 @@ var runEnv = map[string]cliflag.Env{
 	cliflag.TLSCert: {Var: cliflag.EnvTLSCert, Old: []string{"EKEM_CERT"}},
 	cliflag.TLSKey:  {Var: cliflag.EnvTLSKey, Old: []string{"EKEM_KEYFILE"}},
 	"metrics":       {Var: "EKEM_METRICS"}, "log-level": {Var: "EKEM_LOG_LEVEL"}, "log-format": {Var: "EKEM_LOG_FORMAT"},
-	"admin-socket":  {Var: "EKEM_ADMIN_SOCKET"},
+	"admin-socket": {Var: "EKEM_ADMIN_SOCKET"},
 }
 
 func parseRun(args []string) (*runFlags, error) { return parseRunFlags("run", args) }
