@@ -125,7 +125,7 @@ func newOpts(cmd, synopsis string, stderr io.Writer, which ...string) *opts {
 			o.fs.StringVar(&o.idPrefix, "id-prefix", "dev-", "device ids are this prefix and a 4-digit index: dev-0001")
 		},
 		"passwords": func() {
-			o.fs.StringVar(&o.passwords, "passwords", "", "directory of password files, one per device id")
+			o.fs.StringVar(&o.passwords, "passwords", "", "directory of password files, one per device id: DIR/ID, DIR/ID.env or DIR/accounts/ID.env (a mkcreds directory)")
 		},
 	}
 	for _, w := range which {

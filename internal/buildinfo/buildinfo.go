@@ -18,6 +18,10 @@ import (
 // ("(devel)" for a build inside the repository).
 var Version = ""
 
+// UnknownCommit is Info.Commit of a build without VCS stamping (go build
+// -buildvcs=false, or outside a repository).
+const UnknownCommit = "unknown"
+
 // Info describes one build.
 type Info struct {
 	Version   string // release or module version, "(devel)" if unknown
@@ -28,7 +32,7 @@ type Info struct {
 
 // Read returns the build information of the running binary.
 func Read() Info {
-	i := Info{Version: Version, Commit: "unknown", Protocol: wire.Version}
+	i := Info{Version: Version, Commit: UnknownCommit, Protocol: wire.Version}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		if i.Version == "" {
@@ -52,7 +56,7 @@ func Read() Info {
 			dirty = s.Value == "true"
 		}
 	}
-	if dirty && i.Commit != "unknown" {
+	if dirty && i.Commit != UnknownCommit {
 		i.Commit += "-dirty"
 	}
 	return i

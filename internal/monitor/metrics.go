@@ -1,11 +1,12 @@
 package monitor
 
 import (
-	"runtime/debug"
 	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/entropykem/entropykem/internal/buildinfo"
 )
 
 var (
@@ -150,18 +151,13 @@ func NewRegistry(c *Collector) *prometheus.Registry {
 }
 
 func buildInfo() prometheus.Collector {
-	version, rev, gov := "", "", ""
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		version, gov = bi.Main.Version, bi.GoVersion
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				rev = s.Value
-			}
-		}
+	bi := buildinfo.Read() // the same build as "ekemctl version"
+	if bi.Commit == buildinfo.UnknownCommit {
+		bi.Commit = "" // an empty label, as before, rather than a word
 	}
 	g := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ekem_build_info", Help: "Build information; the value is always 1.",
-		ConstLabels: prometheus.Labels{"role": "monitor", "version": version, "goversion": gov, "revision": rev},
+		ConstLabels: prometheus.Labels{"role": "monitor", "version": bi.Version, "goversion": bi.GoVersion, "revision": bi.Commit},
 	})
 	g.Set(1)
 	return g
