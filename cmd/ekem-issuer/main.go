@@ -3,6 +3,14 @@
 // (schema/PROTOCOL.md §6, §10). Run "ekem-issuer help" for usage.
 package main
 
-import "os"
+import (
+	"os"
 
-func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+	"github.com/entropykem/entropykem/internal/buildinfo"
+	"github.com/entropykem/entropykem/issuer"
+)
+
+func main() {
+	issuer.Version = buildinfo.Read().Version // ekem_build_info says what "version" says
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
