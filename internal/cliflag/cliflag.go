@@ -179,10 +179,10 @@ func FillFromEnv(fs *flag.FlagSet, env map[string]Env, getenv func(string) strin
 // of the named flags, in any of the forms -name, --name, -name=V.
 func RefuseSecrets(args []string, names ...string) error {
 	for _, a := range args {
-		if a == "--" || !strings.HasPrefix(a, "-") {
-			if a == "--" {
-				return nil
-			}
+		if a == "--" {
+			return nil // what follows is not flags
+		}
+		if !strings.HasPrefix(a, "-") {
 			continue
 		}
 		n := strings.TrimLeft(a, "-")
