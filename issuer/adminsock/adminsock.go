@@ -25,6 +25,7 @@
 package adminsock
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -151,11 +152,25 @@ func (l *peerListener) Accept() (net.Conn, error) {
 		if p.uid != os.Getuid() && p.uid != 0 {
 			l.log.Warn("admin socket: connection from another user refused", "reason", "admin_peer_refused",
 				"peer_uid", p.uid, "peer_pid", p.pid, "issuer_uid", os.Getuid())
-			c.Close()
+			go refuse(c, p)
 			continue
 		}
 		return &peerConn{Conn: c, peer: p}, nil
 	}
+}
+
+// refuse answers a refused peer's first request with 403 and the code
+// "refused", so that its client says why, then closes the connection. The
+// request is read first (bounded), so the answer is not lost to a reset.
+func refuse(c net.Conn, p peer) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := http.ReadRequest(bufio.NewReader(io.LimitReader(c, maxBody))); err != nil {
+		return
+	}
+	b, _ := json.Marshal(errorBody{Code: "refused",
+		Error: fmt.Sprintf("uid %d is neither the issuer's user (uid %d) nor root", p.uid, os.Getuid())})
+	fmt.Fprintf(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(b), b)
 }
 
 // peerOf reads a Unix connection's SO_PEERCRED.
@@ -378,7 +393,8 @@ func (c *Client) do(method, path string, body, out any) error {
 			errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM)) {
 			return fmt.Errorf("adminsock: %s: %w", c.path, oe.Err)
 		}
-		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+			strings.Contains(err.Error(), "server closed") {
 			return fmt.Errorf("%w: %s closed the connection (run the command as the issuer's user or root)", ErrRefused, c.path)
 		}
 		return fmt.Errorf("adminsock: %s: %w", c.path, err)
@@ -394,6 +410,8 @@ func (c *Client) do(method, path string, body, out any) error {
 			return fmt.Errorf("adminsock: %s: %s", c.path, resp.Status)
 		}
 		switch e.Code {
+		case "refused":
+			return fmt.Errorf("%w: %s (run the command as the issuer's user or root)", ErrRefused, e.Error)
 		case "unknown_device":
 			return fmt.Errorf("%w (%s)", issuer.ErrUnknownDevice, e.Error)
 		case "nothing_to_approve":
