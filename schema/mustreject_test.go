@@ -213,6 +213,7 @@ func makeMustReject(t *testing.T, v *Vectors) MustReject {
 	add("ok without confirm", sn, "§5.6 ok and gap carry 8-11", "state ok, no confirm", s.del(8).enc())
 	add("ok with prev_epoch", sn, "§5.6 prev_epoch exactly with gap", "state ok with prev_epoch", s.add(cu(12), cu(0)).enc())
 	add("gap without prev_epoch", sn, "§5.6 prev_epoch exactly with gap", "state gap, no prev_epoch", s.set(3, cu(1)).enc())
+	add("prev_epoch not below epoch", sn, "§5.6 prev_epoch below epoch", "gap with prev_epoch 1 at epoch 1", s.set(3, cu(1)).add(cu(12), cu(1)).enc())
 	add("ok with a reason", sn, "§5.6 reason 0 with ok and gap", "state ok, reason 7", s.set(4, cu(7)).enc())
 	rej := cmap{s[0], s[1], s[2], {cu(3), cu(2)}, {cu(4), cu(7)}, s[5], s[6], s[7]}
 	valid(sn, rej.enc())
