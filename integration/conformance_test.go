@@ -12,15 +12,10 @@ import (
 	"github.com/entropykem/entropykem/pkg/signature"
 )
 
-// waitExit waits (bounded) for p to end and returns its exit code.
-func waitExit(t *testing.T, p *proc, d time.Duration) int {
+// exitCode waits (bounded) for p to end and returns its exit code.
+func exitCode(t *testing.T, p *proc, d time.Duration) int {
 	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(d):
-		t.Fatalf("%s did not finish within %v; stdout:\n%s\nstderr:\n%s", p.name, d, p.stdout.tail(40), p.stderr.tail(40))
-	}
-	if p.err == nil {
+	if err := waitExit(t, p, d); err == nil {
 		return 0
 	}
 	return p.cmd.ProcessState.ExitCode()
@@ -46,7 +41,7 @@ func TestConformanceDeviceBinary(t *testing.T) {
 		"-broker", b.URL(), "-password-file", issPw, "-id", id, "-issuer-key", keyFile)
 	dev := startProc(t, "ekem-device run", []string{"EKEM_PASSWORD=" + b.Account(id).Password}, binary(t, "ekem-device"), "run",
 		"-id", id, "-broker", b.URL(), "-state", filepath.Join(dir, "state"), "-issuer-pub", pubFile, "-cohort-file", cohortFile)
-	code := waitExit(t, kit, 3*time.Minute)
+	code := exitCode(t, kit, 3*time.Minute)
 	out := strings.Join(kit.stdout.all(), "\n")
 	t.Logf("kit:\n%s", out)
 	if code != 0 || !strings.Contains(out, " 0 failed") {
@@ -78,7 +73,7 @@ func TestConformanceIssuerBinary(t *testing.T) {
 	}
 	kit := startProc(t, "ekemctl conformance issuer", nil, binary(t, "ekemctl"), "conformance", "issuer",
 		"-broker", b.URL(), "-issuer-pub", pubFile, "-devices-file", devices)
-	code := waitExit(t, kit, 3*time.Minute)
+	code := exitCode(t, kit, 3*time.Minute)
 	out := strings.Join(kit.stdout.all(), "\n")
 	t.Logf("kit:\n%s", out)
 	if code != 0 || !strings.Contains(out, " 0 failed") {
