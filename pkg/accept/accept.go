@@ -217,13 +217,17 @@ func derive(st *State, in Input, body *wire.TicketBody, th []byte, key kem.Priva
 }
 
 // gap reports whether body does not directly follow the last accepted
-// ticket (rule 6).
+// ticket (rule 6): it follows directly if its epoch is the next one and
+// prev names the last accepted ticket, or, for the first ticket, if prev is
+// zero (the issuer's first ticket to this device, whatever its epoch: a
+// device that registered late missed nothing).
 func gap(st *State, body *wire.TicketBody) (bool, uint64) {
-	prev := st.TicketHash
-	if prev == nil {
-		prev = make([]byte, wire.HashSize)
+	var direct bool
+	if st.TicketHash == nil {
+		direct = bytes.Equal(body.Prev, make([]byte, wire.HashSize))
+	} else {
+		direct = body.Epoch == st.Epoch+1 && bytes.Equal(body.Prev, st.TicketHash)
 	}
-	direct := body.Epoch == st.Epoch+1 && bytes.Equal(body.Prev, prev)
 	return !direct, st.Epoch
 }
 

@@ -192,6 +192,22 @@ func TestKeyRotation(t *testing.T) {
 	}
 }
 
+// PROTOCOL.md §8.2 rule 6: the first ticket follows directly when its prev
+// is zero, whatever its epoch (a device that registered at epoch 40 missed
+// nothing); a first ticket whose prev is not zero is a gap since epoch 0.
+func TestFirstTicketChain(t *testing.T) {
+	f := newFixture(t)
+	tk, root, _ := f.issue(40)
+	if r := f.accept(tk, root); r.Gap {
+		t.Fatal("first ticket at a later epoch with zero prev reported as a gap")
+	}
+	g := newFixture(t)
+	tk, root, _ = g.issueWith(g.issuer, 1, g.now, g.self(g.st.Current, bytes.Repeat([]byte{1}, 32)))
+	if r := g.accept(tk, root); !r.Gap || r.PrevEpoch != 0 {
+		t.Fatalf("first ticket with a non-zero prev: gap %v prev %d", r.Gap, r.PrevEpoch)
+	}
+}
+
 func TestGap(t *testing.T) {
 	f := newFixture(t)
 	tk, root, _ := f.issue(1)
