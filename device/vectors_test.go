@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"os"
 	"testing"
+	"time"
+
+	"github.com/entropykem/entropykem/pkg/wire"
 )
 
 // TestStateFileVector opens schema/testdata/files.json's state.bin with the
@@ -51,5 +54,34 @@ func TestStateFileVector(t *testing.T) {
 	other[0] ^= 1
 	if _, err := openState(other, id, hx("state_bin")); err == nil {
 		t.Fatal("state.bin opened under another key")
+	}
+}
+
+// PROTOCOL.md §7.4/§8.1: when the issuer refuses a Status (say, for its
+// next_alg) it encapsulates the next epoch to the key the previous ticket
+// used. The agent accepts it, counts and logs "next_key_not_taken", and
+// announces a fresh next key instead of repeating the refused one.
+func TestNextKeyNotTaken(t *testing.T) {
+	e := newEnv(t, nil)
+	s1, iss1 := e.first()
+	refused := s1.NextPK
+	cur := regDevice(t, e.a.Registration())
+	cur.Prev = iss1.TicketHash
+	e.clock.Add(time.Minute)
+	iss2, ep2 := e.is.issue(2, e.clock.Now(), cur)
+	e.deliver(iss2, ep2)
+	s2, _ := e.pub.lastStatus(t)
+	if s2.Epoch != 2 || s2.State != wire.StateOK {
+		t.Fatalf("epoch 2 to the current key: %+v", s2)
+	}
+	if bytes.Equal(s2.NextPK, refused) {
+		t.Fatal("the refused next key is announced again")
+	}
+	if s2.NextAlg != cur.Key.Scheme().ID() {
+		t.Fatal("next_alg is not the ticket's kem_alg")
+	}
+	nextDevice(t, s2, iss2)
+	if e.a.Counters()["next_key_not_taken"] != 1 {
+		t.Fatalf("counters %v", e.a.Counters())
 	}
 }
