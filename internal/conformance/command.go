@@ -55,7 +55,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	broker := fs.String("broker", os.Getenv("EKEM_BROKER"), "broker URL: tcp://host:1883 or ssl://host:8883")
 	prefix := fs.String("prefix", "", "topic prefix (default ekem/v1)")
-	ca := fs.String("ca", "", "CA certificate PEM for an ssl:// broker")
+	ca := fs.String("tls-ca", "", "CA certificate PEM for an ssl:// broker")
 	wait := fs.Duration("timeout", 10*time.Second, "how long to wait for each expected message")
 	quiet := fs.Duration("quiet", 1500*time.Millisecond, "how long nothing must arrive where nothing is expected")
 	verbose := fs.Bool("v", false, "log the kit's own progress to stderr")
@@ -92,7 +92,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pemBytes) {
-			return fail("-ca %s holds no certificate", *ca)
+			return fail("-tls-ca %s holds no certificate", *ca)
 		}
 		b.TLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
