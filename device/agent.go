@@ -557,6 +557,10 @@ func (a *Agent) decide(pub publisher, ticket, root []byte) {
 func (a *Agent) accepted(pub publisher, res *accept.Result) {
 	fp := Fingerprint(res.EpochKey)
 	clear(res.EpochKey)
+	// §8.1: a ticket not to the announced next key means the issuer did
+	// not take it (a Status it refused, e.g. next_alg, or never got); the
+	// new state already announces a fresh one. Said, never silent.
+	notTaken := a.st.Next != nil && !bytes.Equal(res.Body.PKHash, a.st.Next.PublicKey().Hash())
 	next := res.State.Next
 	s := a.newStatus(res.State, wire.StateOK, accept.ReasonNone)
 	s.Confirm, s.NextTag = res.Secrets.Confirm(), res.NextTag
@@ -577,6 +581,11 @@ func (a *Agent) accepted(pub publisher, res *accept.Result) {
 	a.mu.Unlock()
 
 	a.count("accepted")
+	if notTaken {
+		a.count("next_key_not_taken")
+		a.log.Warn("the issuer did not use the announced next key; announcing a fresh one", "epoch", s.Epoch,
+			"reason", "next_key_not_taken")
+	}
 	a.log.Info("ticket accepted", "epoch", s.Epoch, "state", s.State.String(), "prev_epoch", res.PrevEpoch, "key", fp)
 	a.publishStatus(pub, sb)
 	a.emit(Event{Kind: EventAccepted, Epoch: s.Epoch, TicketEpoch: s.Epoch, Gap: res.Gap,
@@ -807,7 +816,9 @@ func (a *Agent) Registration() []byte { return bytes.Clone(a.reg) }
 // Counters returns a snapshot of the agent's counters: "accepted",
 // "duplicate", "rejected:<reason>" (one per rejected ticket or root, also
 // when the Status it would publish repeats the last one and is not sent),
-// "stale", "failed" (local failures) and "publish_failed".
+// "stale", "failed" (local failures), "publish_failed" and
+// "next_key_not_taken" (an accepted ticket was not encapsulated to the
+// announced next key, PROTOCOL.md §8.1).
 func (a *Agent) Counters() map[string]uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -244,9 +244,11 @@ func (i *Issuer) rekey(rec *record, topic string, reg *wire.Registration, payloa
 	}
 	rec.RegAlg, rec.RegKey = reg.KEMAlg, bytes.Clone(reg.PublicKey)
 	rec.PinnedAt = unixSeconds(i.cfg.Now())
-	// The new registered key is used for the next epoch.
-	rec.KeyAlg, rec.Key = 0, nil
-	rec.NextAlg, rec.NextKey = 0, nil
+	// §7.5: the re-keyed key is the next epoch's key, whether the Status
+	// of the same ticket is handled before or after (verifyAccepted leaves
+	// it in place). The key the latest ticket used stays recorded: a
+	// Status of that ticket is still checked against its kem_alg.
+	rec.NextAlg, rec.NextKey = reg.KEMAlg, bytes.Clone(reg.PublicKey)
 	i.count("registrations_rekeyed", 1)
 	i.log.Warn("device re-keyed with a valid proof", "device", id, "kem", reg.KEMAlg.String(),
 		"pk_hash", shortHash(kem.PublicKeyHash(reg.PublicKey)))
@@ -305,9 +307,12 @@ func (i *Issuer) onStatus(tx ReadTx, topic string, payload []byte) (outcome, err
 			i.log.Error("two different Status messages with one seq for one device: possible clone; device quarantined",
 				"reason", "clone_detected", "device", id, "seq", st.Seq)
 			return outcome{changed: true, rec: rec}, nil
-		case !st.State.Accepted() || rec.ConfirmedEpoch == rec.Epoch:
+		case !st.State.Accepted() || rec.ConfirmedEpoch == rec.Epoch || !bytes.Equal(st.TicketHash, rec.TicketHash):
 			// An older Status: a broker restored from an older save
-			// re-delivers what it had. It says nothing new.
+			// re-delivers what it had, or a restarted device republishes
+			// its last acceptance of a ticket that newer ones have since
+			// replaced (§8.5). It says nothing new, and is not a
+			// stale_status.
 			i.count("statuses_older", 1)
 			i.log.Debug("older Status ignored", "device", id, "seq", st.Seq, "last_seq", rec.StatusSeq)
 			return outcome{}, nil
@@ -373,6 +378,15 @@ func (i *Issuer) verifyAccepted(rec *record, topic string, st *wire.Status) bool
 		return false
 	}
 	rec.ConfirmedEpoch = rec.Epoch
+	if rekeyedForLatest(rec) {
+		// §7.5: a re-key of this ticket already fixed the next key; the
+		// Status confirms the ticket and changes nothing else, so the
+		// order of the two topics does not decide the outcome.
+		i.count("statuses_verified", 1)
+		i.log.Info("device confirmed ticket; its re-keyed key stays the next key", "device", id, "epoch", rec.Epoch,
+			"state", st.State.String())
+		return true
+	}
 	rec.NextAlg, rec.NextKey = st.NextAlg, bytes.Clone(st.NextPK)
 	i.count("statuses_verified", 1)
 	if st.State == wire.StateGap {
@@ -381,6 +395,15 @@ func (i *Issuer) verifyAccepted(rec *record, topic string, st *wire.Status) bool
 	i.log.Info("device confirmed ticket", "device", id, "epoch", rec.Epoch, "state", st.State.String(),
 		"next_pk_hash", shortHash(kem.PublicKeyHash(st.NextPK)))
 	return true
+}
+
+// rekeyedForLatest reports whether the next key recorded for the latest
+// ticket came from a re-key (§7.5): a re-key stores its key both as the
+// pinned key and as the next key, and every issuance clears the next key.
+// (A Status announcing the pinned key itself as its next key would match
+// too; keeping that key is then the same outcome.)
+func rekeyedForLatest(rec *record) bool {
+	return rec.NextKey != nil && rec.NextAlg == rec.RegAlg && bytes.Equal(rec.NextKey, rec.RegKey)
 }
 
 // reportProblem logs and counts a rejected, equivocation or stale Status.

@@ -16,6 +16,8 @@ commands:
   demo     run an issuer and a fleet of devices end to end on an embedded broker
   bench    measure broker floor, issuer epoch, crypto, device and fleet rotation on Mosquitto
   fleet    fleet status: every device's epoch, lag and state, read-only (-json, -watch, -prometheus)
+  conformance  check another implementation against schema/PROTOCOL.md over a real broker
+           (conformance device: the kit plays the issuer; conformance issuer: it plays devices)
   version  print the version, commit, Go version and protocol version
 
 Run 'ekemctl <command> -h' for a command's flags.
@@ -39,6 +41,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runBench(args[1:], stdout, stderr)
 	case "fleet":
 		return fleet(args[1:], stdout, stderr)
+	case "conformance":
+		return conformanceCmd(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		if len(args) > 1 {
 			fmt.Fprintf(stderr, "ekemctl: version takes no arguments\n")
@@ -53,6 +57,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fmt.Fprintf(stderr, "ekemctl: unknown command %q (commands: demo, bench, fleet, version, help)\nhint: run \"ekemctl -h\" for usage\n", args[0])
+	fmt.Fprintf(stderr, "ekemctl: unknown command %q (commands: demo, bench, fleet, conformance, version, help)\nhint: run \"ekemctl -h\" for usage\n", args[0])
 	return 2
 }

@@ -217,19 +217,26 @@ func derive(st *State, in Input, body *wire.TicketBody, th []byte, key kem.Priva
 }
 
 // gap reports whether body does not directly follow the last accepted
-// ticket (rule 6).
+// ticket (rule 6): it follows directly if its epoch is the next one and
+// prev names the last accepted ticket, or, for the first ticket, if prev is
+// zero (the issuer's first ticket to this device, whatever its epoch: a
+// device that registered late missed nothing).
 func gap(st *State, body *wire.TicketBody) (bool, uint64) {
-	prev := st.TicketHash
-	if prev == nil {
-		prev = make([]byte, wire.HashSize)
+	var direct bool
+	if st.TicketHash == nil {
+		direct = bytes.Equal(body.Prev, make([]byte, wire.HashSize))
+	} else {
+		direct = body.Epoch == st.Epoch+1 && bytes.Equal(body.Prev, st.TicketHash)
 	}
-	direct := body.Epoch == st.Epoch+1 && bytes.Equal(body.Prev, prev)
 	return !direct, st.Epoch
 }
 
 // advance moves s (a clone) past the accepted ticket: last-ticket fields,
-// the ratchet (init or mix), and the KEM keys. A ticket to the announced
-// next key retires the current one; a next key is always announced.
+// the ratchet (init or mix), and the KEM keys (schema/PROTOCOL.md §8.1):
+// the key the ticket used becomes current, every other key is deleted, and
+// a fresh next key of the ticket's kem_alg is generated. A ticket to
+// current therefore replaces an announced next key the issuer did not take
+// (a Status it refused or never got), so rotation never stops on it.
 func advance(s *State, body *wire.TicketBody, th, ek []byte, used kem.PrivateKey) error {
 	var err error
 	if s.Ratchet == nil {
@@ -240,13 +247,9 @@ func advance(s *State, body *wire.TicketBody, th, ek []byte, used kem.PrivateKey
 	if err != nil {
 		return fmt.Errorf("accept: ratchet: %w", err)
 	}
-	if s.Next != nil && used == s.Next {
-		s.Current, s.Next = s.Next, nil
-	}
-	if s.Next == nil {
-		if s.Next, err = s.Current.Scheme().GenerateKey(); err != nil {
-			return fmt.Errorf("accept: next device key: %w", err)
-		}
+	s.Current = used
+	if s.Next, err = used.Scheme().GenerateKey(); err != nil {
+		return fmt.Errorf("accept: next device key: %w", err)
 	}
 	s.Epoch, s.TicketHash, s.IssuedAt, s.TTL = body.Epoch, th, body.IssuedAt, body.TTL
 	return nil

@@ -161,22 +161,50 @@ func TestKeyRotation(t *testing.T) {
 	if announced == nil || f.st.Current != reg {
 		t.Fatal("first ticket must keep the registered key and announce a next one")
 	}
-	// The issuer missed the Status: epoch 2 is to the current key again.
+	// PROTOCOL.md §8.1: the issuer did not take the announced key (it
+	// refused or never got the Status), so epoch 2 is to the current key
+	// again. The device learns it from pk_hash: it keeps current, deletes
+	// the announced key and announces a fresh one, so rotation resumes.
 	tk, root, _ = f.issue(2)
 	f.accept(tk, root)
-	if f.st.Next != announced || f.st.Current != reg {
-		t.Fatal("a ticket to the current key must keep the announced next key")
+	if f.st.Current != reg || f.st.Next == nil || f.st.Next == announced {
+		t.Fatal("a ticket to the current key must replace the announced next key with a fresh one")
 	}
-	// Epoch 3 uses the announced key: the registered key is retired.
+	tk, root, _ = f.issueWith(f.issuer, 3, f.now, f.self(announced, f.st.TicketHash))
+	if _, err := Accept(f.st, f.input(tk, root)); !errors.Is(err, ErrWrongDeviceKey) {
+		t.Fatalf("ticket to a next key the issuer did not take: %v", err)
+	}
+	// Epoch 3 uses the key announced after epoch 2: the registered key is
+	// retired.
+	announced = f.st.Next
 	tk, root, _ = f.issueWith(f.issuer, 3, f.now, f.self(announced, f.st.TicketHash))
 	f.accept(tk, root)
 	if f.st.Current != announced || f.st.Next == nil || f.st.Next == announced {
 		t.Fatal("a ticket to the next key must make it current and announce a new one")
 	}
+	if f.st.Next.Scheme().ID() != announced.Scheme().ID() {
+		t.Fatal("the next key must be of the ticket's kem_alg")
+	}
 	// A ticket to the retired key is now refused.
 	tk, root, _ = f.issueWith(f.issuer, 4, f.now, f.self(reg, f.st.TicketHash))
 	if _, err := Accept(f.st, f.input(tk, root)); !errors.Is(err, ErrWrongDeviceKey) {
 		t.Fatalf("ticket to a retired key: %v", err)
+	}
+}
+
+// PROTOCOL.md §8.2 rule 6: the first ticket follows directly when its prev
+// is zero, whatever its epoch (a device that registered at epoch 40 missed
+// nothing); a first ticket whose prev is not zero is a gap since epoch 0.
+func TestFirstTicketChain(t *testing.T) {
+	f := newFixture(t)
+	tk, root, _ := f.issue(40)
+	if r := f.accept(tk, root); r.Gap {
+		t.Fatal("first ticket at a later epoch with zero prev reported as a gap")
+	}
+	g := newFixture(t)
+	tk, root, _ = g.issueWith(g.issuer, 1, g.now, g.self(g.st.Current, bytes.Repeat([]byte{1}, 32)))
+	if r := g.accept(tk, root); !r.Gap || r.PrevEpoch != 0 {
+		t.Fatalf("first ticket with a non-zero prev: gap %v prev %d", r.Gap, r.PrevEpoch)
 	}
 }
 

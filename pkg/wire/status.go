@@ -156,5 +156,11 @@ func (s *Status) validateProblem() error {
 	if s.State != StateStale && s.Reason == 0 {
 		return bad(what, "state %v needs a reason", s.State)
 	}
+	if s.State == StateStale && s.Reason != reasonStale {
+		return bad(what, "state stale carries reason %d, want %d", s.Reason, reasonStale)
+	}
 	return nil
 }
+
+// reasonStale is the reason code of a stale Status (PROTOCOL.md §5.6, §9).
+const reasonStale = 12

@@ -1,0 +1,55 @@
+package conformance
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/entropykem/entropykem/internal/mosquittotest"
+	"github.com/entropykem/entropykem/issuer"
+	"github.com/entropykem/entropykem/pkg/signature"
+)
+
+// The project's own issuer passes every issuer rule.
+func TestIssuerKitPassesIssuer(t *testing.T) {
+	ids := []string{"kit-a", "kit-b", "kit-c"}
+	b := mosquittotest.Start(t, mosquittotest.Options{Devices: ids})
+	key, err := signature.GenerateKey(signature.MLDSA65)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pins, err := signature.NewKeySet(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := b.Issuer()
+	iss, err := issuer.New(issuer.Config{Broker: b.URL(), Username: a.Username, Password: a.Password, Key: key,
+		StorePath: filepath.Join(t.TempDir(), "issuer.db"), Period: time.Second, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer iss.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	go func() {
+		if err := iss.Run(ctx); err != nil {
+			t.Errorf("issuer: %v", err)
+		}
+	}()
+	var accts []Account
+	for _, id := range ids {
+		accts = append(accts, Account{ID: id, Password: b.Account(id).Password})
+	}
+	rep, err := RunIssuer(ctx, IssuerOptions{Broker: Broker{URL: b.URL()}, Devices: accts, IssuerKeys: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	rep.Print(&buf)
+	t.Logf("\n%s", buf.String())
+	if rep.Failed() != 0 {
+		t.Fatalf("%d rules failed", rep.Failed())
+	}
+}
