@@ -29,6 +29,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -122,6 +123,7 @@ type Agent struct {
 	// which a later rejection may have followed before it could be sent.
 	acceptedStatus []byte
 	counters       map[string]uint64
+	reenrolled     bool          // the state was made by Config.Reenroll
 	changed        chan struct{} // closed and replaced when the epoch changes
 	closed         bool
 	// staleEpoch is the epoch whose expiry was last reported (stale).
@@ -156,6 +158,13 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	topics, _ := wire.NewTopics(cfg.Prefix) // validated by withDefaults
+	if !cfg.Reenroll {
+		// Refuse a lost or foreign identity before the directory is
+		// touched (not even its lock file is created).
+		if err := preflight(cfg); err != nil {
+			return nil, err
+		}
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("device: state directory: %w", err)
 	}
@@ -184,25 +193,75 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
+// preflight checks, without writing anything, that New may load or create
+// the state in cfg.StateDir: a missing state.bin is fine only in a
+// directory without an earlier identity (ErrIdentityLost), and a present
+// one must decrypt and decode. open checks the same again under the lock.
+func preflight(cfg Config) error {
+	dir := cfg.StateDir
+	path := filepath.Join(dir, stateFileName)
+	data, err := readOptional(path, MaxStateFile)
+	switch {
+	case err != nil:
+		return err
+	case data == nil:
+		found, err := earlierIdentity(dir)
+		if err != nil {
+			return err
+		}
+		if len(found) > 0 {
+			return identityLost(dir, cfg.ID, found)
+		}
+		return nil
+	}
+	key, err := keyschedule.StateKey(cfg.Cohort, cfg.ID)
+	if err != nil {
+		return fmt.Errorf("device: state key: %w", err)
+	}
+	defer clear(key)
+	l, err := openState(key, cfg.ID, data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if l.st.Ratchet != nil {
+		l.st.Ratchet.Wipe()
+	}
+	return nil
+}
+
 // open loads or creates the state; it runs under the directory lock.
+// Temporary files a crash left are removed only once the state loaded.
 func (a *Agent) open() error {
 	dir := a.cfg.StateDir
-	if err := cleanTemps(dir); err != nil {
-		return err
-	}
 	key, err := keyschedule.StateKey(a.cfg.Cohort, a.cfg.ID)
 	if err != nil {
 		return fmt.Errorf("device: state key: %w", err)
 	}
 	a.key = key
+	if a.cfg.Reenroll {
+		if err := a.reenroll(); err != nil {
+			return err
+		}
+		return cleanTemps(dir)
+	}
 	data, err := readOptional(filepath.Join(dir, stateFileName), MaxStateFile)
-	switch {
-	case err != nil:
+	if err != nil {
 		return err
-	case data == nil && a.cfg.MustExist:
-		return fmt.Errorf("%w: %s", ErrNoState, dir)
-	case data == nil:
-		return a.create()
+	}
+	if data == nil {
+		found, err := earlierIdentity(dir)
+		switch {
+		case err != nil:
+			return err
+		case len(found) > 0:
+			return identityLost(dir, a.cfg.ID, found)
+		case a.cfg.MustExist:
+			return fmt.Errorf("%w: %s", ErrNoState, dir)
+		}
+		if err := a.create(); err != nil {
+			return err
+		}
+		return cleanTemps(dir)
 	}
 	l, err := openState(key, a.cfg.ID, data)
 	if err != nil {
@@ -222,7 +281,32 @@ func (a *Agent) open() error {
 			a.staleEpoch, a.staleReported = s.Epoch, true
 		}
 	}
-	return a.loadRegistration()
+	if err := a.loadRegistration(); err != nil {
+		return err
+	}
+	return cleanTemps(dir)
+}
+
+// reenroll removes the device's old identity (its state, last Status and
+// registration, in that order: a crash in between leaves a directory that
+// New refuses with ErrIdentityLost and that reenroll completes) and creates
+// a new one whose Registration is marked as a re-enrollment.
+func (a *Agent) reenroll() error {
+	for _, n := range []string{stateFileName, statusFileName, regFileName} {
+		if err := os.Remove(filepath.Join(a.cfg.StateDir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("device: re-enroll: %w", err)
+		}
+	}
+	if err := syncDir(a.cfg.StateDir); err != nil {
+		return fmt.Errorf("device: re-enroll: %w", err)
+	}
+	a.reenrolled = true
+	if err := a.create(); err != nil {
+		return err
+	}
+	a.log.Warn("re-enrolled with a new device key; the issuer must approve it (or accept re-enrollments by policy)",
+		"pk_hash", hex.EncodeToString(a.st.Current.PublicKey().Hash()[:8]))
+	return nil
 }
 
 // create makes a new device: a fresh KEM key, its state, its registration.
@@ -260,6 +344,7 @@ func (a *Agent) writeRegistration() error {
 	r := wire.Registration{
 		Version: wire.Version, DeviceID: a.cfg.ID, KEMAlg: a.st.Current.Scheme().ID(),
 		PublicKey: a.st.Current.PublicKey().Bytes(), CreatedAt: unix(a.cfg.Now()),
+		Reenroll: a.reenrolled,
 	}
 	b, err := r.Marshal()
 	if err != nil {

@@ -68,6 +68,15 @@ type Config struct {
 	// MustExist makes New fail with ErrNoState instead of creating a new
 	// device when StateDir holds no state.
 	MustExist bool
+	// Reenroll makes New create a new device key whatever StateDir holds:
+	// an earlier identity without its state (ErrIdentityLost), a state that
+	// does not decrypt (ErrStateKey) or decode (ErrStateCorrupt), or a
+	// working state. The old state.bin, status.cbor and registration.cbor
+	// are removed (issuer-keys.cbor and cohort.blob stay), and the new
+	// Registration is marked as a re-enrollment (schema/PROTOCOL.md §7.6),
+	// which the issuer holds for an operator's approval or accepts under
+	// its re-enrollment policy. Run publishes it like any registration.
+	Reenroll bool
 	// Timeout bounds every wait for the broker (default 10 s).
 	Timeout time.Duration
 	Logger  *slog.Logger

@@ -86,7 +86,44 @@ var (
 	ErrNoState = errors.New("device: no device state in the state directory")
 	// ErrLocked: another agent holds the state directory.
 	ErrLocked = errors.New("device: state directory is in use by another agent")
+	// ErrIdentityLost: the state directory shows an earlier identity of
+	// the device (a registration, a Status or learned issuer keys) but
+	// holds no state.bin. Creating a new key there would silently make a
+	// new identity that the issuer refuses (key_changed); the agent refuses
+	// instead, and leaves the directory as it is. The way back is a backup
+	// of state.bin or a re-enrollment (Config.Reenroll).
+	ErrIdentityLost = errors.New("device: state directory shows an earlier identity but holds no state.bin")
 )
+
+// identityFiles are the files that only a device that had a state writes
+// (cohort.blob is not one: provisioning writes it before the first run).
+var identityFiles = []string{regFileName, statusFileName, issuerKeysFileName}
+
+// earlierIdentity returns which of identityFiles dir holds. It writes
+// nothing.
+func earlierIdentity(dir string) ([]string, error) {
+	var found []string
+	for _, n := range identityFiles {
+		_, err := os.Lstat(filepath.Join(dir, n))
+		switch {
+		case err == nil:
+			found = append(found, n)
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("device: state directory: %w", err)
+		}
+	}
+	return found, nil
+}
+
+// identityLost is the ErrIdentityLost error for dir, naming what it found
+// and what to do.
+func identityLost(dir, id string, found []string) error {
+	return fmt.Errorf("%w: %s holds %s of device %q without its state.bin (a lost or deleted state); "+
+		"starting would make a new key that the issuer refuses. Restore the state directory from a backup "+
+		"(README: Restoring a device from a backup), or re-enroll the device with a new key: "+
+		"ekem-device reenroll -id %s -state %s, then approve it at the issuer (ekem-issuer approve %s)",
+		ErrIdentityLost, dir, strings.Join(found, ", "), id, id, dir, id)
+}
 
 // record is the plaintext of state.bin.
 type record struct {

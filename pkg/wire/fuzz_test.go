@@ -12,6 +12,9 @@ import (
 // from every message shape.
 func seeds(t testing.TB) [][]byte {
 	reg, _ := testRegistration(t).Marshal()
+	re := testRegistration(t)
+	re.Reenroll = true
+	reenroll, _ := re.Marshal()
 	body, _ := testBody().Marshal()
 	tk, _ := (&Ticket{Version: 1, Body: body, LeafIndex: 1, TreeSize: 3, Path: [][]byte{seq(32, 1), seq(32, 2)}}).Marshal()
 	root, _ := (&EpochRoot{Version: 1, Epoch: 3, IssuedAt: 5, TreeSize: 3, Root: seq(32, 9)}).Marshal()
@@ -21,7 +24,7 @@ func seeds(t testing.TB) [][]byte {
 	info, _ := (&EpochInfo{Version: 1, Epoch: 3, IssuedAt: 5, PeriodS: 60, NextAt: 65}).Marshal()
 	on, _ := (&Online{Version: 1, Online: true, Since: 5}).Marshal()
 	kr, _ := testKeyRotation(t).Marshal()
-	return [][]byte{reg, body, tk, root, st, rej, info, on, kr}
+	return [][]byte{reg, reenroll, body, tk, root, st, rej, info, on, kr}
 }
 
 // roundTrip is the property every decoder must have: never panic, and an

@@ -15,6 +15,12 @@ type Registration struct {
 	PublicKey []byte      `cbor:"3,keyasint"`
 	CreatedAt uint64      `cbor:"4,keyasint"`
 	Rekey     *RekeyProof `cbor:"5,keyasint,omitempty"`
+	// Reenroll marks a re-enrollment (schema/PROTOCOL.md §7.6): a new key
+	// for a device whose earlier key is lost, with no re-key proof. The
+	// issuer holds it for an operator's approval, or accepts it under an
+	// explicit policy. On the wire it is present (true) or absent, never
+	// false.
+	Reenroll bool `cbor:"6,keyasint,omitempty"`
 }
 
 // RekeyProof lets a device replace its pinned key: Tag is
@@ -62,6 +68,9 @@ func (r *Registration) validate() error {
 	}
 	if err := checkTime(what, "created_at", r.CreatedAt); err != nil {
 		return err
+	}
+	if r.Reenroll && r.Rekey != nil {
+		return bad(what, "a re-enrollment carries no re-key proof")
 	}
 	if r.Rekey != nil {
 		if err := r.Rekey.validate(); err != nil {

@@ -90,6 +90,51 @@ func TestRegistrationGolden(t *testing.T) {
 	}
 }
 
+// TestRegistrationReenrollGolden pins a re-enrollment (PROTOCOL.md §7.6):
+// key 6 is true, after created_at; false is never on the wire, and a
+// re-enrollment carries no re-key proof.
+func TestRegistrationReenrollGolden(t *testing.T) {
+	r := testRegistration(t)
+	plain, err := r.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Reenroll = true
+	want := cat(
+		hx(t, "a6"), plain[1:], // map, 6 pairs; fields 0..4 as in TestRegistrationGolden
+		hx(t, "06 f5"), //         6: reenroll = true (simple value 21)
+	)
+	got, err := r.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("re-enrollment differs from golden bytes:\n got %x\nwant %x", got[len(got)-8:], want[len(want)-8:])
+	}
+	back, err := ParseRegistration(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !back.Reenroll || back.Rekey != nil || !bytes.Equal(back.PublicKey, r.PublicKey) {
+		t.Fatalf("decoded %+v", back)
+	}
+	for _, c := range []struct {
+		name string
+		in   []byte
+	}{
+		{"reenroll false on the wire", cat(hx(t, "a6"), plain[1:], hx(t, "06 f4"))},
+		{"reenroll not a bool", cat(hx(t, "a6"), plain[1:], hx(t, "06 01"))},
+	} {
+		if _, err := ParseRegistration(c.in); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v, want ErrMalformed", c.name, err)
+		}
+	}
+	r.Rekey = &RekeyProof{Epoch: 7, TicketHash: seq(32, 0x40), Tag: seq(32, 0x80)}
+	if _, err := r.Marshal(); !errors.Is(err, ErrMalformed) {
+		t.Errorf("re-enrollment with a re-key proof encoded: %v", err)
+	}
+}
+
 func testBody() *TicketBody {
 	return &TicketBody{
 		Version: 1, Aud: "dev-01", Epoch: 3, IssuedAt: 1700000000, TTL: 600,

@@ -1,0 +1,208 @@
+package device
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/entropykem/entropykem/pkg/wire"
+)
+
+// dirSnapshot is every entry of a directory tree: name → mode and bytes.
+func dirSnapshot(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		v := fi.Mode().String()
+		if d.Type().IsRegular() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			v += " " + string(b)
+		}
+		out[p] = v
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func sameSnapshot(t testing.TB, before, after map[string]string) {
+	t.Helper()
+	for p, v := range before {
+		if w, ok := after[p]; !ok {
+			t.Errorf("%s was removed", p)
+		} else if w != v {
+			t.Errorf("%s changed", p)
+		}
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok {
+			t.Errorf("%s was created", p)
+		}
+	}
+}
+
+// TestLostStateRefused: a state directory that shows an earlier identity
+// (any of registration.cbor, status.cbor, issuer-keys.cbor) without its
+// state.bin is refused with ErrIdentityLost, an error that names the cause
+// and the command to run, and nothing in the directory changes, not even a
+// crash's leftover temporary file.
+func TestLostStateRefused(t *testing.T) {
+	for _, keep := range [][]string{
+		{regFileName, statusFileName},
+		{regFileName},
+		{statusFileName},
+		{issuerKeysFileName},
+	} {
+		t.Run(strings.Join(keep, "+"), func(t *testing.T) {
+			e := newEnv(t, nil)
+			e.first()
+			// A rejection writes status.cbor.
+			iss, ep := e.is.issue(2, e.clock.Now(), regDevice(t, e.a.Registration()))
+			iss.Ticket[len(iss.Ticket)-1] ^= 1
+			e.deliver(iss, ep)
+			if err := e.a.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(e.dir, issuerKeysFileName), []byte{0xa1, 0x00, 0x01}, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range []string{stateFileName, regFileName, statusFileName, issuerKeysFileName} {
+				if !contains(keep, n) {
+					if err := os.Remove(filepath.Join(e.dir, n)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := os.WriteFile(filepath.Join(e.dir, stateFileName+tmpInfix+"1"), []byte("crash"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			before := dirSnapshot(t, e.dir)
+			for _, mustExist := range []bool{false, true} {
+				c := e.config()
+				c.MustExist = mustExist
+				_, err := New(c)
+				if !errors.Is(err, ErrIdentityLost) {
+					t.Fatalf("New: %v, want ErrIdentityLost", err)
+				}
+				for _, want := range append([]string{"ekem-device reenroll", "backup", e.dir}, keep...) {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error does not say %q: %v", want, err)
+					}
+				}
+			}
+			sameSnapshot(t, before, dirSnapshot(t, e.dir))
+		})
+	}
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// TestForeignStateRefused: a state.bin that does not decrypt (another
+// cohort secret or id) or does not decode is refused and nothing in the
+// directory changes; a directory without state.bin for another id does
+// not count as an identity of this one only if it holds no identity file.
+func TestForeignStateRefused(t *testing.T) {
+	e := newEnv(t, nil)
+	e.first()
+	if err := e.a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.dir, statusFileName+tmpInfix+"9"), []byte("crash"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := dirSnapshot(t, e.dir)
+	c := e.config()
+	c.Cohort = newCohort(t, 8)
+	if _, err := New(c); !errors.Is(err, ErrStateKey) {
+		t.Fatalf("other cohort: %v, want ErrStateKey", err)
+	}
+	sameSnapshot(t, before, dirSnapshot(t, e.dir))
+
+	b := e.stateFile()
+	b[len(b)-1] ^= 1
+	if err := os.WriteFile(filepath.Join(e.dir, stateFileName), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before = dirSnapshot(t, e.dir)
+	if _, err := New(e.config()); !errors.Is(err, ErrStateKey) {
+		t.Fatalf("damaged state: %v, want ErrStateKey", err)
+	}
+	sameSnapshot(t, before, dirSnapshot(t, e.dir))
+}
+
+// TestReenroll: Config.Reenroll replaces a lost identity with a new key
+// whose registration is marked as a re-enrollment; the learned issuer keys
+// stay, the old Status goes (sequence numbers restart with the new key),
+// and the re-enrolled state then loads like any other.
+func TestReenroll(t *testing.T) {
+	e := newEnv(t, nil)
+	e.first()
+	oldReg := e.a.Registration()
+	if err := e.a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	keys := []byte{0xa1, 0x00, 0x01}
+	if err := os.WriteFile(filepath.Join(e.dir, issuerKeysFileName), keys, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(e.dir, stateFileName)); err != nil {
+		t.Fatal(err)
+	}
+	c := e.config()
+	c.Reenroll = true
+	a, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := wire.ParseRegistration(a.Registration())
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := wire.ParseRegistration(oldReg)
+	if !reg.Reenroll || bytes.Equal(reg.PublicKey, old.PublicKey) {
+		t.Fatalf("re-enrollment: marked %v, same key %v", reg.Reenroll, bytes.Equal(reg.PublicKey, old.PublicKey))
+	}
+	if a.Epoch() != 0 || a.StatusBytes() != nil {
+		t.Fatalf("re-enrolled device at epoch %d with a status", a.Epoch())
+	}
+	if got, _ := os.ReadFile(filepath.Join(e.dir, issuerKeysFileName)); !bytes.Equal(got, keys) {
+		t.Fatal("issuer-keys.cbor changed")
+	}
+	onDisk, _ := os.ReadFile(filepath.Join(e.dir, regFileName))
+	if !bytes.Equal(onDisk, a.Registration()) {
+		t.Fatal("registration.cbor is not the published registration")
+	}
+	a.Close()
+	c.Reenroll = false
+	b, err := New(c)
+	if err != nil {
+		t.Fatalf("reopen after re-enrollment: %v", err)
+	}
+	defer b.Close()
+	if !bytes.Equal(b.Registration(), onDisk) {
+		t.Fatal("reopened registration differs")
+	}
+}
