@@ -124,11 +124,18 @@ type Agent struct {
 	acceptedStatus []byte
 	counters       map[string]uint64
 	reenrolled     bool          // the state was made by Config.Reenroll
+	// seqFloor: a re-enrolled device numbers its Statuses above its
+	// registration's created_at (see newStatus).
+	seqFloor uint64
 	changed        chan struct{} // closed and replaced when the epoch changes
 	closed         bool
 	// staleEpoch is the epoch whose expiry was last reported (stale).
 	staleEpoch    uint64
 	staleReported bool
+	// rejectEpoch is the ticket epoch of the last rejection reported
+	// since the agent started (rejectReported).
+	rejectEpoch    uint64
+	rejectReported bool
 
 	runMu   sync.Mutex
 	running bool
@@ -354,6 +361,9 @@ func (a *Agent) writeRegistration() error {
 		return err
 	}
 	a.reg = b
+	if r.Reenroll {
+		a.seqFloor = r.CreatedAt
+	}
 	return nil
 }
 
@@ -384,6 +394,9 @@ func (a *Agent) loadRegistration() error {
 		return fmt.Errorf("%w: %s does not hold the device's key", ErrStateCorrupt, path)
 	}
 	a.reg = b
+	if r.Reenroll {
+		a.seqFloor = r.CreatedAt
+	}
 	return nil
 }
 
@@ -706,16 +719,17 @@ func (a *Agent) commitState(st *accept.State, s *wire.Status) ([]byte, error) {
 // rejected reports a rejection: the state is unchanged, the Status is
 // written to status.cbor (state.bin is not rewritten) and then published.
 // A rejection whose Status would repeat the last one (same state, reason,
-// epoch and ticket_hash; e.g. a retained bad ticket re-delivered after a
-// reconnect or restart) is counted and logged but not published again: a
-// Status reports the device's state, and that did not change. Called with
-// a.mu held; releases it.
+// epoch and ticket_hash) is reported again only for a ticket of another
+// epoch than the last reported one: a rejection that persists is reported
+// once per epoch (so observers see it is still there, and when), while a
+// retained bad ticket re-delivered after a reconnect or restart is counted
+// and logged but not published again. Called with a.mu held; releases it.
 func (a *Agent) rejected(pub publisher, rerr error) {
 	reason := accept.ReasonOf(rerr)
 	epoch, te, accepted := a.st.Epoch, a.ticketEpoch, a.acceptedStatus
 	s := a.newStatus(a.st, accept.StateOf(rerr), reason)
 	var sb []byte
-	repeat := a.repeats(s)
+	repeat := a.repeats(s) && (!a.rejectReported || a.rejectEpoch == te)
 	if !repeat {
 		var err error
 		if sb, err = a.commitStatus(s); err != nil {
@@ -724,6 +738,9 @@ func (a *Agent) rejected(pub publisher, rerr error) {
 			return
 		}
 	}
+	// After a restart, the first repeat stands for the Status already
+	// published (and republished on connect) for this ticket epoch.
+	a.rejectReported, a.rejectEpoch = true, te
 	a.mu.Unlock()
 
 	a.count("rejected:" + reason.String())
@@ -800,10 +817,14 @@ func (a *Agent) checkStale(pub publisher) {
 }
 
 // newStatus starts the next Status for state st. Called with a.mu held.
+// Its seq is the last one plus one; a re-enrolled device starts above its
+// re-enrollment's created_at (schema/PROTOCOL.md §7.6), so that it never
+// repeats a seq its earlier identity used: the issuer and the monitor would
+// take that for a clone.
 func (a *Agent) newStatus(st *accept.State, state wire.State, reason accept.Reason) *wire.Status {
 	return &wire.Status{
 		Version: wire.Version, DeviceID: a.cfg.ID, Epoch: st.Epoch, State: state,
-		Reason: uint64(reason), Time: unix(a.cfg.Now()), Seq: a.seq + 1,
+		Reason: uint64(reason), Time: unix(a.cfg.Now()), Seq: max(a.seq, a.seqFloor) + 1,
 		TicketHash: bytes.Clone(st.TicketHash),
 	}
 }

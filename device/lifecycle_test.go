@@ -206,3 +206,74 @@ func TestReenroll(t *testing.T) {
 		t.Fatal("reopened registration differs")
 	}
 }
+
+// TestPersistentRejectionReportedOncePerEpoch: a device that keeps
+// rejecting (here, tickets to a key it does not hold: its registration was
+// re-pinned from a stale copy) reports the rejection again for each new
+// ticket epoch, never twice for one (retained re-delivery, reconnect,
+// restart).
+func TestPersistentRejectionReportedOncePerEpoch(t *testing.T) {
+	e := newEnv(t, nil)
+	e.first()
+	other := newEnv(t, nil) // a key this device does not hold
+	stranger := regDevice(t, other.a.Registration())
+	stranger.ID = devID
+	n := e.pub.n()
+	var seqs []uint64
+	for ep := uint64(2); ep <= 4; ep++ {
+		iss, epoch := e.is.issue(ep, e.clock.Now(), stranger)
+		for range 3 { // retained re-deliveries of one ticket
+			e.deliver(iss, epoch)
+		}
+		s, _ := e.pub.lastStatus(t)
+		if s.State != wire.StateRejected || s.Reason != uint64(6) || s.Epoch != 1 {
+			t.Fatalf("epoch %d: status %v reason %d epoch %d", ep, s.State, s.Reason, s.Epoch)
+		}
+		seqs = append(seqs, s.Seq)
+		if ep == 3 {
+			e.reopen() // after a restart the same ticket is not reported again
+			e.deliver(iss, epoch)
+		}
+	}
+	if got := e.pub.n() - n; got != 3 {
+		t.Fatalf("%d Statuses for three rejected epochs, want 3", got)
+	}
+	if seqs[0]+1 != seqs[1] || seqs[1]+1 != seqs[2] {
+		t.Fatalf("seqs %v", seqs)
+	}
+}
+
+// TestReenrolledSeqAboveEarlierIdentity: a re-enrolled device numbers its
+// Statuses above its re-enrollment's created_at, so it never repeats a seq
+// of its earlier identity (which the issuer and the monitor would take for
+// a clone), also after a restart.
+func TestReenrolledSeqAboveEarlierIdentity(t *testing.T) {
+	e := newEnv(t, nil)
+	e.first()
+	if err := e.a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.mod = func(c *Config) { c.Reenroll = true }
+	e.open()
+	e.mod = nil
+	e.reopen()
+	reg, _ := wire.ParseRegistration(e.a.Registration())
+	if !reg.Reenroll {
+		t.Fatal("not a re-enrollment")
+	}
+	iss, ep := e.is.issue(5, e.clock.Now(), regDevice(t, e.a.Registration()))
+	e.deliver(iss, ep)
+	s, _ := e.pub.lastStatus(t)
+	if s.State != wire.StateGap && s.State != wire.StateOK {
+		t.Fatalf("re-enrolled device did not accept: %v reason %d", s.State, s.Reason)
+	}
+	if s.Seq != reg.CreatedAt+1 {
+		t.Fatalf("first Status seq %d, want created_at+1 = %d", s.Seq, reg.CreatedAt+1)
+	}
+	e.reopen()
+	iss2, ep2 := e.is.issue(6, e.clock.Now(), nextDevice(t, s, iss))
+	e.deliver(iss2, ep2)
+	if s2, _ := e.pub.lastStatus(t); s2.Seq != s.Seq+1 || s2.Epoch != 6 {
+		t.Fatalf("after restart: seq %d epoch %d, want %d, 6", s2.Seq, s2.Epoch, s.Seq+1)
+	}
+}

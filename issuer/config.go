@@ -72,6 +72,9 @@ type Config struct {
 	// KEMs restricts the KEM algorithms accepted in registrations and next
 	// keys (default: the whole allow-list of pkg/kem).
 	KEMs []kem.ID
+	// Reenroll is what a re-enrollment (schema/PROTOCOL.md §7.6) gets:
+	// ReenrollHold (default) or ReenrollAuto.
+	Reenroll ReenrollPolicy
 	// Timeout bounds every wait for the broker (default 10 s).
 	Timeout time.Duration
 	// BrokerQuiet is how long a pause ends the burst of retained messages
@@ -164,6 +167,9 @@ func (c Config) Validate() error {
 		if _, err := kem.Lookup(id); err != nil {
 			return bad("kem %v: %v", id, err)
 		}
+	}
+	if !c.Reenroll.valid() {
+		return bad("reenroll policy must be %q or %q, got %q", ReenrollHold, ReenrollAuto, c.Reenroll)
 	}
 	if c.Timeout < 0 {
 		return bad("timeout must not be negative, got %v", c.Timeout)

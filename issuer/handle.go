@@ -223,6 +223,9 @@ func (i *Issuer) pin(rec *record, id string, reg *wire.Registration) outcome {
 func (i *Issuer) rekey(rec *record, topic string, reg *wire.Registration, payload []byte) outcome {
 	const kind = "registration"
 	id := rec.ID
+	if reg.Reenroll {
+		return i.reenroll(rec, topic, reg, payload)
+	}
 	if rec.State != stateActive {
 		i.reject(kind, "device_not_active", topic, id, "state", string(stateName(rec.State)))
 		return outcome{}

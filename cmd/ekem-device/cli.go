@@ -21,6 +21,8 @@ commands:
             state directory and MQTT connection
   next-key  advance a device's ratchet and print the key's name (epoch, ctr)
             and fingerprint, never the key; works without the network
+  reenroll  give a device whose state is lost a new key, marked as a
+            re-enrollment for the issuer to approve (never silently)
   provision-cohort
             load the cohort secret into the device's TPM once and keep only
             the TPM's blob of it in the state directory (cohort.blob)
@@ -52,6 +54,7 @@ examples:
   ekem-device fleet -n 100 -broker tcp://localhost:1883 -passwords creds/accounts \
       -state ./fleet -issuer-pub issuer.pub -cohort-file cohort.key
   ekem-device next-key -id dev-0001 -state /var/lib/ekem/dev-0001 -cohort-file cohort.key
+  ekem-device reenroll -id dev-0001 -state /var/lib/ekem/dev-0001 -tpm /dev/tpmrm0
   ekem-device provision-cohort -state /var/lib/ekem/dev-0001 -tpm /dev/tpmrm0 \
       -secret-file cohort.key
   ekem-device run -id dev-0001 -broker ssl://broker:8883 -tls-ca ca.crt \
@@ -92,6 +95,8 @@ func execute(ctx context.Context, args []string, getenv func(string) string, std
 		err = cmdProvisionCohort(args[1:], getenv, stdout, stderr)
 	case "version", "-version", "--version":
 		err = cmdVersion(args[1:], stdout)
+	case "reenroll":
+		err = cmdReenroll(args[1:], getenv, stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		if len(args) > 1 {
 			return execute(ctx, []string{args[1], "-h"}, getenv, stdout, stderr)

@@ -43,7 +43,7 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stdo
 	c.ID, c.StateDir, c.Password = id, dir, pw
 	a, err := device.New(c)
 	if err != nil {
-		return err
+		return explainState(err, id, dir)
 	}
 	defer a.Close()
 	c.Logger.Info("device agent started", "device", id, "epoch", a.Epoch(), "state_dir", dir, "broker", c.Broker)
@@ -94,7 +94,7 @@ func cmdFleet(ctx context.Context, args []string, getenv func(string) string, st
 		dc.Logger = c.Logger.With("fleet_index", i+1)
 		a, err := device.New(dc)
 		if err != nil {
-			return err
+			return explainState(err, id, dc.StateDir)
 		}
 		agents = append(agents, a)
 	}
@@ -190,7 +190,7 @@ func cmdNextKey(args []string, getenv func(string) string, stdout, stderr io.Wri
 	a, err := device.New(device.Config{ID: id, StateDir: dir, Cohort: coh, MustExist: true,
 		AllowStale: o.allowStale, Skew: o.skew, Logger: discardLogger()})
 	if err != nil {
-		return err
+		return explainState(err, id, dir)
 	}
 	defer a.Close()
 	k, err := a.NextKey()

@@ -438,6 +438,8 @@ func examplesOf(cmd string) string {
 		return "examples:\n  ekem-device fleet -n 100 -broker tcp://localhost:1883 -passwords creds/accounts -state ./fleet \\\n      -issuer-pub issuer.pub -cohort-file cohort.key\n"
 	case "provision-cohort":
 		return provisionExamples
+	case "reenroll":
+		return "examples:\n  ekem-device reenroll -id dev-0001 -state /var/lib/ekem/dev-0001 -tpm /dev/tpmrm0\n"
 	}
 	return "examples:\n  ekem-device next-key -id dev-0001 -state /var/lib/ekem/dev-0001 -cohort-file cohort.key\n"
 }

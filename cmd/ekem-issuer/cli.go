@@ -74,6 +74,8 @@ a flag on the command line wins):
   -purpose LABEL           EKEM_PURPOSE           ticket purpose label (default "default")
   -group LABEL             EKEM_GROUP             ticket group label (default "default")
   -keep-roots N            EKEM_KEEP_ROOTS        root topics kept retained, at least 2 (default 4)
+  -reenroll POLICY        EKEM_REENROLL          a device's re-enrollment: hold (for approve,
+                                                  default) or auto (pinned at once)
   -client-id ID            EKEM_CLIENT_ID         MQTT client id (default ekem-issuer)
   -tls-ca FILE             EKEM_TLS_CA            CA certificates for a TLS broker
   -tls-cert FILE           EKEM_TLS_CERT          TLS client certificate (with -tls-key)
@@ -205,6 +207,7 @@ type runFlags struct {
 	period, ttl                                time.Duration
 	prefix, purpose, group, clientID           string
 	keepRoots                                  int
+	reenroll                                   string
 	ca, cert, keyfile, metrics                 string
 	logLevel, logFormat                        string
 	adminSocket                                string
@@ -217,7 +220,7 @@ var runEnv = map[string]cliflag.Env{
 	cliflag.NextSigningKey: {Var: cliflag.EnvNextSigningKey, Old: []string{"EKEM_NEXT_KEY"}},
 	"store":                {Var: "EKEM_STORE"}, "period": {Var: "EKEM_PERIOD"}, "ttl": {Var: "EKEM_TTL"},
 	"prefix": {Var: "EKEM_PREFIX"}, "purpose": {Var: "EKEM_PURPOSE"}, "group": {Var: "EKEM_GROUP"},
-	"keep-roots": {Var: "EKEM_KEEP_ROOTS"}, "client-id": {Var: "EKEM_CLIENT_ID"},
+	"keep-roots": {Var: "EKEM_KEEP_ROOTS"}, "reenroll": {Var: "EKEM_REENROLL"}, "client-id": {Var: "EKEM_CLIENT_ID"},
 	cliflag.TLSCA:   {Var: cliflag.EnvTLSCA, Old: []string{"EKEM_CA"}},
 	cliflag.TLSCert: {Var: cliflag.EnvTLSCert, Old: []string{"EKEM_CERT"}},
 	cliflag.TLSKey:  {Var: cliflag.EnvTLSKey, Old: []string{"EKEM_KEYFILE"}},
@@ -248,6 +251,7 @@ func parseRunFlags(name string, args []string) (*runFlags, error) {
 	fs.StringVar(&f.purpose, "purpose", issuer.DefaultLabel, "")
 	fs.StringVar(&f.group, "group", issuer.DefaultLabel, "")
 	fs.IntVar(&f.keepRoots, "keep-roots", issuer.DefaultKeepRoots, "")
+	fs.StringVar(&f.reenroll, "reenroll", string(issuer.ReenrollHold), "")
 	fs.StringVar(&f.clientID, "client-id", issuer.DefaultClientID, "")
 	fs.StringVar(&f.ca, cliflag.TLSCA, "", "")
 	fs.StringVar(&f.cert, cliflag.TLSCert, "", "")
@@ -393,6 +397,7 @@ func (f *runFlags) config(log *slog.Logger) (issuer.Config, error) {
 		Broker: f.broker, Username: username, Password: password, TLS: tlsCfg, ClientID: f.clientID,
 		Prefix: f.prefix, Key: key, NextKey: nextKey, StorePath: f.store, Period: f.period, TTL: f.ttl,
 		Purpose: f.purpose, Group: f.group, KeepRoots: f.keepRoots, Logger: log,
+		Reenroll: issuer.ReenrollPolicy(f.reenroll),
 	}
 	return cfg, cfg.Validate()
 }
