@@ -123,12 +123,12 @@ type Agent struct {
 	// which a later rejection may have followed before it could be sent.
 	acceptedStatus []byte
 	counters       map[string]uint64
-	reenrolled     bool          // the state was made by Config.Reenroll
+	reenrolled     bool // the state was made by Config.Reenroll
 	// seqFloor: a re-enrolled device numbers its Statuses above its
 	// registration's created_at (see newStatus).
 	seqFloor uint64
-	changed        chan struct{} // closed and replaced when the epoch changes
-	closed         bool
+	changed  chan struct{} // closed and replaced when the epoch changes
+	closed   bool
 	// staleEpoch is the epoch whose expiry was last reported (stale).
 	staleEpoch    uint64
 	staleReported bool
