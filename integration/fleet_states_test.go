@@ -226,7 +226,7 @@ func TestFleetStandingsOnMosquitto(t *testing.T) {
 		cancel()
 	}
 	pwArgs, tlsArgs := monitorFiles(t, f)
-	waitStandings(t, iss, map[string]int{"unissued": 5})
+	waitStandings(t, iss, map[string]int{"pending": 5})
 
 	// Epoch 1: everyone current.
 	f.issue(t, 1)

@@ -12,19 +12,25 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/entropykem/entropykem/pkg/standing"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
-// Fleet standings exported as ekem_devices{standing=...}. Every device in
-// the store is in exactly one, judged from the issuer's record at scrape
-// time (t = Config.Now()):
+// Fleet standings exported as ekem_devices{standing=...}: the words of
+// pkg/standing (one vocabulary with the monitor and the docs). Every device
+// in the store is in exactly one, judged from the issuer's record at scrape
+// time (t = Config.Now()) and only from authenticated evidence, so a
+// device's own unauthenticated reports (rejected, equivocation) are the
+// monitor's to show, never the issuer's:
 //
 //   - revoked: an operator revoked it (Issuer.Revoke); it gets no tickets.
 //   - quarantined: two different Status messages with one seq were seen
 //     (schema/PROTOCOL.md §10, a clone); it gets no tickets until an
 //     operator acts (Reset, Release).
-//   - unissued: active with a pinned key, but no ticket yet (it registered
-//     after the last epoch).
+//   - awaiting_approval: a re-enrollment (schema/PROTOCOL.md §7.6) of the
+//     device is held for an operator's Approve.
+//   - pending: active with a pinned key, but no ticket yet (it registered
+//     after the last epoch, or an operator reset it).
 //   - stale: active, and its latest ticket has expired (t ≥ issued_at +
 //     ttl_s of that ticket), confirmed or not: the device holds no fresh
 //     key (it refuses to hand out keys, device.ErrStale). Either the
@@ -38,16 +44,18 @@ import (
 //     or rejecting tickets). Right after an epoch is issued every device is
 //     lagging until its Status arrives.
 const (
-	StandingCurrent     = "current"
-	StandingLagging     = "lagging"
-	StandingStale       = "stale"
-	StandingUnissued    = "unissued"
-	StandingQuarantined = "quarantined"
-	StandingRevoked     = "revoked"
+	StandingCurrent          = string(standing.Current)
+	StandingLagging          = string(standing.Lagging)
+	StandingStale            = string(standing.Stale)
+	StandingPending          = string(standing.Pending)
+	StandingAwaitingApproval = string(standing.AwaitingApproval)
+	StandingQuarantined      = string(standing.Quarantined)
+	StandingRevoked          = string(standing.Revoked)
 )
 
-// Standings lists every standing, in the order they are exported.
-var Standings = []string{StandingCurrent, StandingLagging, StandingStale, StandingUnissued, StandingQuarantined, StandingRevoked}
+// Standings lists every standing the issuer judges, in the order they are
+// exported.
+var Standings = []string{StandingCurrent, StandingLagging, StandingStale, StandingPending, StandingAwaitingApproval, StandingQuarantined, StandingRevoked}
 
 // EpochIssueBuckets are the ekem_epoch_issue_duration_seconds histogram
 // buckets: an epoch of one device takes milliseconds, one of 100,000
@@ -218,7 +226,7 @@ var (
 	descEquivocation = prometheus.NewDesc("ekem_equivocation_alarms_total",
 		"ALARM: a device reported equivocation (two different tickets for one epoch).", nil, nil)
 	descDevices = prometheus.NewDesc("ekem_devices",
-		"Devices by standing: current, lagging, stale, unissued, quarantined, revoked (defined in issuer/metrics.go).",
+		"Devices by standing: current, lagging, stale, pending, awaiting_approval, quarantined, revoked (pkg/standing).",
 		[]string{"standing"}, nil)
 	descConnected = prometheus.NewDesc("ekem_broker_connected", "1 while the broker connection is up.", nil, nil)
 	descPlain     = map[string]*prometheus.Desc{
@@ -382,11 +390,16 @@ func (i *Issuer) standings(now time.Time) (map[string]int, error) {
 		out[s] = 0
 	}
 	t := unixSeconds(now)
+	awaiting := i.awaitingApproval()
 	// Every ticket of one epoch has the epoch's issued_at and ttl_s
 	// (IssueEpoch), so one ticket per epoch is decoded.
 	expiry := map[uint64]uint64{}
 	err := i.store.View(func(tx ReadTx) error {
 		return tx.Devices(func(r *record) error {
+			if awaiting[r.ID] && r.State == stateActive {
+				out[StandingAwaitingApproval]++
+				return nil
+			}
 			out[standingOf(r, t, expiry)]++
 			return nil
 		})
@@ -403,7 +416,7 @@ func standingOf(r *record, t uint64, expiry map[uint64]uint64) string {
 	case r.State == stateQuarantined:
 		return StandingQuarantined
 	case r.Epoch == 0 || r.Ticket == nil:
-		return StandingUnissued
+		return StandingPending
 	}
 	exp, ok := expiry[r.Epoch]
 	if !ok {

@@ -56,10 +56,10 @@ func wantSamples(t testing.TB, got map[string]float64, want map[string]float64) 
 	}
 }
 
-func standingSamples(cur, lag, stale, unissued, quar, rev float64) map[string]float64 {
+func standingSamples(cur, lag, stale, pending, quar, rev float64) map[string]float64 {
 	return map[string]float64{
 		`ekem_devices{standing="current"}`: cur, `ekem_devices{standing="lagging"}`: lag,
-		`ekem_devices{standing="stale"}`: stale, `ekem_devices{standing="unissued"}`: unissued,
+		`ekem_devices{standing="stale"}`: stale, `ekem_devices{standing="pending"}`: pending, `ekem_devices{standing="awaiting_approval"}`: 0,
 		`ekem_devices{standing="quarantined"}`: quar, `ekem_devices{standing="revoked"}`: rev,
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/entropykem/entropykem/pkg/cbor"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/keyschedule"
+	"github.com/entropykem/entropykem/pkg/standing"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
@@ -24,11 +25,12 @@ const (
 // DeviceState is a device's standing at the issuer.
 type DeviceState string
 
-// Device states: only active devices receive tickets.
+// Device states: only active devices receive tickets. Quarantined and
+// revoked are also standings (pkg/standing), with the same words.
 const (
 	StateActive      DeviceState = "active"
-	StateQuarantined DeviceState = "quarantined" // clone detected; an operator must act
-	StateRevoked     DeviceState = "revoked"     // by an operator
+	StateQuarantined             = DeviceState(standing.Quarantined) // clone detected; an operator must act
+	StateRevoked                 = DeviceState(standing.Revoked)     // by an operator
 )
 
 // record is one device's durable record. It holds the MAC keys derived from

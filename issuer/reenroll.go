@@ -69,6 +69,19 @@ func (i *Issuer) AwaitingApproval(id string) bool {
 	return isReenrollment(i.pending[id])
 }
 
+// awaitingApproval returns the ids whose re-enrollment waits for Approve.
+func (i *Issuer) awaitingApproval() map[string]bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	out := map[string]bool{}
+	for id, p := range i.pending {
+		if isReenrollment(p) {
+			out[id] = true
+		}
+	}
+	return out
+}
+
 func isReenrollment(p []byte) bool {
 	if p == nil {
 		return false

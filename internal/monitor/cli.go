@@ -45,8 +45,9 @@ keys: a root that fails is an ALARM on stderr), the tickets, the announced
 epoch and the broker's $SYS figures, and prints the fleet: device, epoch,
 lag, last seen, state, reason, then totals.
 
-States: revoked, quarantined, equivocation, stale, rejected, lagging,
-current, pending (most severe first; see internal/monitor).
+States: revoked, quarantined, equivocation, awaiting_approval, rejected,
+stale, lagging, current, pending (most severe first; defined once in
+pkg/standing).
 
 flags:
   -broker URL          tcp://host:1883 or ssl://host:8883 (required)
@@ -267,7 +268,7 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) 
 	defer c.Close()
 	// Issuer key rotations first: their retained messages then arrive
 	// before the retained roots that a rotated-to key signed.
-	filters := []string{topics.AllIssuerKeys(), topics.AllStatuses(), topics.AllRoots(), topics.Epoch(), "$SYS/#"}
+	filters := []string{topics.AllIssuerKeys(), topics.AllRegistrations(), topics.AllStatuses(), topics.AllRoots(), topics.Epoch(), "$SYS/#"}
 	if o.Tickets {
 		filters = append(filters, topics.Prefix+"/ticket/+")
 	}

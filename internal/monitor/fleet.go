@@ -26,11 +26,13 @@ import (
 
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/signature"
+	"github.com/entropykem/entropykem/pkg/standing"
 	"github.com/entropykem/entropykem/pkg/trust"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
-// Device states in the monitor's view, from most to least severe. Each
+// Device states in the monitor's view: the standings of pkg/standing,
+// from most to least severe, judged from what the broker shows. Each
 // device is in exactly one (see stateOf):
 //
 //   - revoked: the issuer cleared the device's retained ticket (an empty
@@ -41,27 +43,30 @@ import (
 //     latest epoch from it (its ticket is older than the latest verified
 //     root while the announced epoch says the epoch is fully published).
 //   - equivocation: the device reports two tickets for one epoch.
+//   - awaiting_approval: the device published a re-enrollment
+//     (schema/PROTOCOL.md §7.6) and has not accepted a ticket since.
+//   - rejected: the device reports it rejected a ticket or root (Reason
+//     says why); it repeats that once per epoch while it lasts.
 //   - stale: the device reports its latest ticket expired, or (tickets
 //     tracked) its latest ticket's issued_at + ttl_s is past.
-//   - rejected: the device reports it rejected a ticket or root (Reason
-//     says why).
 //   - current: its last Status (ok or gap) is for the latest verified epoch.
 //   - lagging: its last Status is for an earlier epoch (Lag says by how
 //     many).
 //   - pending: no Status yet, or no verified root yet to compare with.
 const (
-	StateRevoked      = "revoked"
-	StateQuarantined  = "quarantined"
-	StateEquivocation = "equivocation"
-	StateStale        = "stale"
-	StateRejected     = "rejected"
-	StateCurrent      = "current"
-	StateLagging      = "lagging"
-	StatePending      = "pending"
+	StateRevoked          = string(standing.Revoked)
+	StateQuarantined      = string(standing.Quarantined)
+	StateEquivocation     = string(standing.Equivocation)
+	StateAwaitingApproval = string(standing.AwaitingApproval)
+	StateRejected         = string(standing.Rejected)
+	StateStale            = string(standing.Stale)
+	StateCurrent          = string(standing.Current)
+	StateLagging          = string(standing.Lagging)
+	StatePending          = string(standing.Pending)
 )
 
-// States lists every state, most severe first.
-var States = []string{StateRevoked, StateQuarantined, StateEquivocation, StateStale, StateRejected, StateLagging, StateCurrent, StatePending}
+// States lists every state, most severe first (standing.All).
+var States = standing.Strings()
 
 // severity orders states for display: lower is more severe.
 var severity = func() map[string]int {
@@ -131,6 +136,9 @@ type deviceRec struct {
 
 	ticketEpoch  uint64
 	ticketExpiry uint64
+	// reenrolledAt is the created_at of the device's latest
+	// re-enrollment (0: none seen, or a plain registration since).
+	reenrolledAt uint64
 }
 
 // Config configures a Fleet.
@@ -225,6 +233,8 @@ func (f *Fleet) Handle(topic string, payload []byte, now time.Time) *Alarm {
 		return f.onRoot(topic, payload, now)
 	case strings.HasPrefix(topic, p+"ticket/"):
 		f.onTicket(topic, payload)
+	case strings.HasPrefix(topic, p+"reg/"):
+		f.onRegistration(topic, payload)
 	case strings.HasPrefix(topic, p+"issuer/key/"):
 		return f.onIssuerKey(topic, payload, now)
 	case topic == f.cfg.Topics.Epoch():
@@ -360,6 +370,38 @@ func (f *Fleet) onIssuerKey(topic string, payload []byte, now time.Time) *Alarm 
 	return alarm
 }
 
+// onRegistration notes re-enrollments (schema/PROTOCOL.md §7.6): a device
+// that re-enrolled awaits approval until it accepts a ticket. A plain
+// registration ends that for a known device; it adds no device (a
+// registered device shows up with its first Status).
+func (f *Fleet) onRegistration(topic string, payload []byte) {
+	if len(payload) == 0 {
+		return
+	}
+	id, err := f.cfg.Topics.DeviceOf("reg", topic)
+	if err != nil || len(payload) > wire.MaxRegistration {
+		f.counts[CountMalformed]++
+		return
+	}
+	r, err := wire.ParseRegistration(payload)
+	if err != nil || r.DeviceID != id {
+		f.counts[CountMalformed]++
+		return
+	}
+	switch d := f.devices[id]; {
+	case r.Reenroll:
+		f.device(id).reenrolledAt = max(r.CreatedAt, 1)
+	case d != nil:
+		d.reenrolledAt = 0
+	}
+}
+
+// awaitingApproval: the device re-enrolled and has not reported an
+// accepted ticket since (both times are the device's own clock).
+func (d *deviceRec) awaitingApproval() bool {
+	return d.reenrolledAt > 0 && !(d.hasStatus && d.state.Accepted() && d.time >= d.reenrolledAt)
+}
+
 func (f *Fleet) onTicket(topic string, payload []byte) {
 	id, err := f.cfg.Topics.DeviceOf("ticket", topic)
 	if err != nil {
@@ -447,12 +489,14 @@ func (f *Fleet) stateOf(d *deviceRec, t uint64) (state string, lag uint64, reaso
 		return StateQuarantined, lag, fmt.Sprintf("issuer withheld epochs after %d", d.ticketEpoch)
 	case d.hasStatus && d.state == wire.StateEquivocation:
 		return StateEquivocation, lag, accept.Reason(d.reason).String()
+	case d.awaitingApproval():
+		return StateAwaitingApproval, lag, "re-enrolled with a new key; the issuer holds it until an operator approves it"
+	case d.hasStatus && d.state == wire.StateRejected:
+		return StateRejected, lag, accept.Reason(d.reason).String()
 	case d.hasStatus && d.state == wire.StateStale:
 		return StateStale, lag, accept.Reason(d.reason).String()
 	case track && d.ticket == ticketPresent && t >= d.ticketExpiry:
 		return StateStale, lag, "latest ticket expired"
-	case d.hasStatus && d.state == wire.StateRejected:
-		return StateRejected, lag, accept.Reason(d.reason).String()
 	case !d.hasStatus || f.latest == 0:
 		return StatePending, lag, ""
 	case lag > 0:

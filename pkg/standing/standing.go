@@ -27,6 +27,9 @@ const (
 	// Equivocation: the device reports two different tickets for one
 	// epoch (an alarm about the issuer or the broker).
 	Equivocation Standing = "equivocation"
+	// AwaitingApproval: the device re-enrolled with a new key (PROTOCOL.md
+	// §7.6) and the issuer holds it until an operator approves it.
+	AwaitingApproval Standing = "awaiting_approval"
 	// Rejected: the device reports that it rejects the tickets it gets,
 	// with a reason (for example wrong_device_key); it repeats the report
 	// at most once per epoch while the rejection persists.
@@ -35,9 +38,6 @@ const (
 	// newer one was accepted: the device holds no fresh key and refuses
 	// to hand out keys.
 	Stale Standing = "stale"
-	// AwaitingApproval: the device re-enrolled with a new key (PROTOCOL.md
-	// §7.6) and the issuer holds it until an operator approves it.
-	AwaitingApproval Standing = "awaiting_approval"
 	// Lagging: on an earlier epoch than the latest, with no problem
 	// reported and its latest ticket not expired (offline, slow, or the
 	// latest epoch is still arriving).
@@ -51,7 +51,7 @@ const (
 )
 
 // All lists every standing, most severe first.
-var All = []Standing{Revoked, Quarantined, Equivocation, Rejected, Stale, AwaitingApproval, Lagging, Current, Pending}
+var All = []Standing{Revoked, Quarantined, Equivocation, AwaitingApproval, Rejected, Stale, Lagging, Current, Pending}
 
 // Strings returns All as strings (metric label values, table columns).
 func Strings() []string {
