@@ -2,6 +2,7 @@ package device
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -150,6 +151,30 @@ func (c Config) checkRun() error {
 	}
 	if c.IssuerKeys.Len() == 0 {
 		return fmt.Errorf("%w: IssuerKeys must pin at least one issuer key", ErrConfig)
+	}
+	return c.checkCertIdentity()
+}
+
+// checkCertIdentity refuses a TLS client certificate whose subject CN is
+// not the broker username: a broker that takes the certificate's identity
+// as the username (Mosquitto's use_identity_as_username, the shipped
+// configuration) would log the device in as another account, whose ACL
+// lets it read no ticket of this id, and it would wait forever in silence.
+func (c Config) checkCertIdentity() error {
+	if c.TLS == nil || len(c.TLS.Certificates) == 0 || len(c.TLS.Certificates[0].Certificate) == 0 {
+		return nil
+	}
+	leaf := c.TLS.Certificates[0].Leaf
+	if leaf == nil {
+		var err error
+		if leaf, err = x509.ParseCertificate(c.TLS.Certificates[0].Certificate[0]); err != nil {
+			return fmt.Errorf("%w: client certificate: %w", ErrConfig, err)
+		}
+	}
+	if cn := leaf.Subject.CommonName; cn != c.Username {
+		return fmt.Errorf("%w: the client certificate is for %q, not for this device's broker username %q: "+
+			"the broker would take it as account %q (hint: use the certificate made for %q, e.g. mkcreds' certs/clients/%s.crt)",
+			ErrConfig, cn, c.Username, cn, c.Username, c.Username)
 	}
 	return nil
 }

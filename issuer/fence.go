@@ -71,7 +71,7 @@ func (i *Issuer) issuerKeys() (*signature.KeySet, error) {
 // mqttOptions are the broker options of every connection of the issuer.
 func (i *Issuer) mqttOptions() mqttc.Options {
 	return mqttc.Options{Broker: i.cfg.Broker, ClientID: i.cfg.ClientID, Username: i.cfg.Username,
-		Password: i.cfg.Password, TLS: i.cfg.TLS, Timeout: i.cfg.Timeout, Logger: i.log}
+		Password: i.cfg.Password, TLS: i.cfg.TLS, Timeout: i.cfg.Timeout, Logger: i.log, Backoff: mqttc.ServiceBackoff}
 }
 
 // readBroker reads the retained roots and EpochInfo (and, with devices,

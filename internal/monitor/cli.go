@@ -257,10 +257,10 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) 
 	defer cancel()
 	c, err := mqttc.Dial(dialCtx, mqttc.Options{
 		Broker: o.Broker, ClientID: "ekem-monitor-" + hex.EncodeToString(id), Username: o.Username, Password: password,
-		TLS: tlsConf, Logger: slog.New(slog.DiscardHandler), Timeout: connect,
+		TLS: tlsConf, Logger: slog.New(slog.DiscardHandler), Timeout: connect, Backoff: mqttc.ServiceBackoff,
 	})
 	if err != nil {
-		if errors.Is(err, mqttc.ErrRefused) {
+		if errors.Is(err, mqttc.ErrRefused) || errors.Is(err, mqttc.ErrPermanent) {
 			return ExitError, err
 		}
 		return ExitError, fmt.Errorf("cannot reach the broker at %s within %v: %w\nhint: is the broker running, and is -broker right? (-connect-timeout waits longer)", o.Broker, connect, err)

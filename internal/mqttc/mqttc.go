@@ -1,8 +1,10 @@
 // Package mqttc is the project's one way of talking MQTT (paho, MQTT
-// 3.1.1): auto-reconnect and connect-retry on, subscriptions re-made in the
-// on-connect handler, message handlers that never block (messages go to an
-// unbounded in-order inbox that the owner drains on its own goroutine), and
-// a timeout on every wait.
+// 3.1.1): auto-reconnect with exponential backoff and full jitter
+// (Backoff), connection errors classified with hints (Classify; Dial fails
+// fast on permanent ones), subscriptions re-made in the on-connect handler,
+// message handlers that never block (messages go to an unbounded in-order
+// inbox that the owner drains on its own goroutine), and a timeout on every
+// wait. No paho type leaves this package except PublishAsync's token.
 package mqttc
 
 import (
@@ -10,8 +12,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -40,6 +44,9 @@ type Options struct {
 	OnConnect func()
 	// Timeout bounds every wait for the broker (default 10 s).
 	Timeout time.Duration
+	// Backoff bounds the waits between connection attempts (default
+	// DefaultBackoff).
+	Backoff Backoff
 	Logger  *slog.Logger
 }
 
@@ -57,6 +64,15 @@ type Client struct {
 	inbox   *Inbox
 	mu      sync.Mutex
 	filters []string
+
+	closed    chan struct{} // closed by Close: ends a reconnection wait
+	closeOnce sync.Once
+	attempt   atomic.Int32 // reconnection attempts since the connection was lost
+
+	rmu     sync.Mutex
+	lastErr error     // the last failed connection attempt's error
+	lastEOF time.Time // when the broker last closed a working connection
+	quick   bool      // and we were back at the first attempt after it
 }
 
 // Dial connects to the broker, retrying until ctx ends. Every message of
@@ -68,17 +84,21 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	cl := &Client{opts: o, inbox: newInbox()}
+	o.Backoff = o.Backoff.orDefault()
+	cl := &Client{opts: o, inbox: newInbox(), closed: make(chan struct{})}
+	// paho's own reconnection delay is made negligible (it has no
+	// jitter); onReconnecting waits the jittered backoff before each
+	// attempt instead.
 	po := mqtt.NewClientOptions().AddBroker(o.Broker).SetClientID(o.ClientID).
 		SetUsername(o.Username).SetPassword(o.Password).SetCleanSession(true).
 		SetAutoReconnect(true).SetConnectRetry(false).
-		SetMaxReconnectInterval(5 * time.Second).SetKeepAlive(30 * time.Second).
+		SetMaxReconnectInterval(time.Millisecond).SetKeepAlive(30 * time.Second).
 		SetConnectTimeout(o.Timeout).SetWriteTimeout(o.Timeout).SetOrderMatters(true).
 		SetStore(newCopyStore()).
 		SetOnConnectHandler(cl.onConnect).
-		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-			o.Logger.Warn("mqtt connection lost", "broker", o.Broker, "err", err)
-		})
+		SetConnectionLostHandler(cl.onLost).
+		SetReconnectingHandler(cl.onReconnecting).
+		SetConnectionNotificationHandler(cl.onNotification)
 	if o.TLS != nil {
 		po.SetTLSConfig(o.TLS)
 	}
@@ -96,11 +116,13 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 // retrying cannot help, so Dial does not.
 var ErrRefused = errors.New("mqttc: broker refused the connection")
 
-// connect makes the first connection, retrying (every second, until ctx
-// ends) while the broker is unreachable, but not when it refuses us.
-// Once connected, paho reconnects by itself.
+// connect makes the first connection, retrying with Backoff (until ctx
+// ends) while the broker is unreachable, one hinted log line per attempt;
+// it fails at once when the broker refuses us (ErrRefused) or the error is
+// a permanent configuration error (ErrPermanent, see Classify). Once
+// connected, paho reconnects by itself, through onReconnecting.
 func (c *Client) connect(ctx context.Context) error {
-	for {
+	for n := 0; ; n++ {
 		tok := c.c.Connect()
 		select {
 		case <-tok.Done():
@@ -109,19 +131,107 @@ func (c *Client) connect(ctx context.Context) error {
 			return fmt.Errorf("mqttc: connect to %s: %w", c.opts.Broker, ctx.Err())
 		}
 		err := tok.Error()
-		switch {
-		case err == nil:
+		if err == nil {
 			return nil
-		case errors.Is(err, packets.ErrorRefusedNotAuthorised), errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword),
-			errors.Is(err, packets.ErrorRefusedIDRejected):
+		}
+		if refused(err) {
 			return fmt.Errorf("%w: %s: %w (hint: check the username, password or client certificate)", ErrRefused, c.opts.Broker, err)
 		}
-		c.opts.Logger.Warn("mqtt connect failed, retrying", "broker", c.opts.Broker, "err", err)
+		if e := c.takeLastErr(); e != nil {
+			err = e // the network or TLS error behind paho's summary
+		}
+		permanent, hint := Classify(err)
+		if permanent {
+			return fmt.Errorf("%w: %s: %w (hint: %s)", ErrPermanent, c.opts.Broker, err, hint)
+		}
+		wait := c.opts.Backoff.Delay(n)
+		c.opts.Logger.Warn("mqtt connect failed, retrying", "broker", c.opts.Broker, "err", err, "hint", hint, "retry_in", wait.Round(time.Millisecond))
 		select {
-		case <-time.After(time.Second):
+		case <-time.After(wait):
 		case <-ctx.Done():
 			return fmt.Errorf("mqttc: connect to %s: %w (last error: %v)", c.opts.Broker, ctx.Err(), err)
 		}
+	}
+}
+
+func refused(err error) bool {
+	return errors.Is(err, packets.ErrorRefusedNotAuthorised) || errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword) ||
+		errors.Is(err, packets.ErrorRefusedIDRejected)
+}
+
+// onNotification keeps the error of each failed connection attempt (paho
+// calls it synchronously from its connecting goroutine).
+func (c *Client) onNotification(_ mqtt.Client, n mqtt.ConnectionNotification) {
+	var err error
+	switch v := n.(type) {
+	case mqtt.ConnectionNotificationBrokerFailed:
+		err = v.Reason
+	case mqtt.ConnectionNotificationFailed:
+		err = v.Reason
+	default:
+		return
+	}
+	c.rmu.Lock()
+	if err != nil {
+		c.lastErr = err
+	}
+	c.rmu.Unlock()
+}
+
+func (c *Client) takeLastErr() error {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	err := c.lastErr
+	c.lastErr = nil
+	return err
+}
+
+// takeoverWindow: a broker that closes a working connection twice within
+// it, having accepted us again at once in between, is handing our client
+// id to another client.
+const takeoverWindow = 2 * time.Minute
+
+// onLost logs a lost connection. MQTT 3.1.1 gives no reason when a broker
+// drops a session because another client connected with the same client
+// id: the connection just ends (EOF). When that happens again right after
+// the broker accepted us back at the first attempt, the log names it.
+func (c *Client) onLost(_ mqtt.Client, err error) {
+	now := time.Now()
+	c.rmu.Lock()
+	eof := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+	takeover := eof && c.quick && now.Sub(c.lastEOF) < takeoverWindow
+	if eof {
+		c.lastEOF = now
+	}
+	c.quick = false
+	c.rmu.Unlock()
+	switch {
+	case takeover:
+		c.opts.Logger.Error("mqtt session taken over: the broker keeps closing this connection as soon as it accepts it, "+
+			"which it does when another client connects with the same client id; two agents may be running with this id",
+			"broker", c.opts.Broker, "client_id", c.opts.ClientID, "reason", "session_taken_over", "err", err)
+	case eof:
+		c.opts.Logger.Warn("mqtt connection closed by the broker (a broker restart, or another client taking over client id "+
+			c.opts.ClientID+"); reconnecting", "broker", c.opts.Broker, "client_id", c.opts.ClientID, "err", err)
+	default:
+		c.opts.Logger.Warn("mqtt connection lost; reconnecting", "broker", c.opts.Broker, "err", err)
+	}
+}
+
+// onReconnecting runs in paho's reconnecting goroutine before every
+// attempt: it logs the previous attempt's failure (one hinted line per
+// attempt) and waits the attempt's jittered backoff, or until Close.
+func (c *Client) onReconnecting(mqtt.Client, *mqtt.ClientOptions) {
+	n := int(c.attempt.Add(1)) - 1
+	wait := c.opts.Backoff.Delay(n)
+	if err := c.takeLastErr(); err != nil && n > 0 {
+		permanent, hint := Classify(err)
+		c.opts.Logger.Warn("mqtt reconnect failed, retrying", "broker", c.opts.Broker, "attempt", n, "err", err,
+			"permanent", permanent, "hint", hint, "retry_in", wait.Round(time.Millisecond))
+	}
+	select {
+	case <-time.After(wait):
+	case <-c.closed:
 	}
 }
 
@@ -169,6 +279,11 @@ func (c *Client) subscribe(filter string) error {
 // onConnect runs in paho's handler: it must not block, so it only
 // starts the re-subscription and the owner's hook on a goroutine.
 func (c *Client) onConnect(mqtt.Client) {
+	if c.attempt.Swap(0) == 1 {
+		c.rmu.Lock()
+		c.quick = !c.lastEOF.IsZero() && time.Since(c.lastEOF) < takeoverWindow
+		c.rmu.Unlock()
+	}
 	c.mu.Lock()
 	filters := append([]string(nil), c.filters...)
 	c.mu.Unlock()
@@ -233,6 +348,7 @@ func (c *Client) wait(t mqtt.Token) error {
 // Close disconnects cleanly (so no will message is sent) and closes the
 // inbox.
 func (c *Client) Close() {
+	c.closeOnce.Do(func() { close(c.closed) })
 	c.c.Disconnect(250)
 	c.inbox.close()
 }
