@@ -14,8 +14,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -140,7 +142,7 @@ func (c *Client) connect(ctx context.Context) error {
 		if e := c.takeLastErr(); e != nil {
 			err = e // the network or TLS error behind paho's summary
 		}
-		permanent, hint := Classify(err)
+		permanent, hint := c.classify(err)
 		if permanent {
 			return fmt.Errorf("%w: %s: %w (hint: %s)", ErrPermanent, c.opts.Broker, err, hint)
 		}
@@ -152,6 +154,29 @@ func (c *Client) connect(ctx context.Context) error {
 			return fmt.Errorf("mqttc: connect to %s: %w (last error: %v)", c.opts.Broker, ctx.Err(), err)
 		}
 	}
+}
+
+// classify is Classify with what only the broker URL tells: a TLS
+// connection that the server closes during the handshake (EOF) is most
+// often TLS spoken to a plain MQTT port, which closes on the first bytes.
+func (c *Client) classify(err error) (bool, string) {
+	permanent, hint := Classify(err)
+	closed := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		strings.Contains(err.Error(), "EOF") || strings.Contains(err.Error(), "connection reset")
+	if hint == "" && closed &&
+		(c.opts.TLS != nil || tlsScheme(c.opts.Broker)) {
+		hint = "the broker closed the connection during the TLS handshake: is this a plain MQTT port (use tcp://), or the broker's TLS port?"
+	}
+	return permanent, hint
+}
+
+func tlsScheme(u string) bool {
+	for _, p := range []string{"ssl://", "tls://", "mqtts://", "wss://"} {
+		if strings.HasPrefix(u, p) {
+			return true
+		}
+	}
+	return false
 }
 
 func refused(err error) bool {
@@ -225,7 +250,7 @@ func (c *Client) onReconnecting(mqtt.Client, *mqtt.ClientOptions) {
 	n := int(c.attempt.Add(1)) - 1
 	wait := c.opts.Backoff.Delay(n)
 	if err := c.takeLastErr(); err != nil && n > 0 {
-		permanent, hint := Classify(err)
+		permanent, hint := c.classify(err)
 		c.opts.Logger.Warn("mqtt reconnect failed, retrying", "broker", c.opts.Broker, "attempt", n, "err", err,
 			"permanent", permanent, "hint", hint, "retry_in", wait.Round(time.Millisecond))
 	}
