@@ -66,4 +66,3 @@ func TestClassify(t *testing.T) {
 		}
 	}
 }
-
