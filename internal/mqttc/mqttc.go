@@ -304,11 +304,13 @@ func (c *Client) subscribe(filter string) error {
 // onConnect runs in paho's handler: it must not block, so it only
 // starts the re-subscription and the owner's hook on a goroutine.
 func (c *Client) onConnect(mqtt.Client) {
-	if c.attempt.Swap(0) == 1 {
+	attempts := c.attempt.Swap(0)
+	if attempts == 1 {
 		c.rmu.Lock()
 		c.quick = !c.lastEOF.IsZero() && time.Since(c.lastEOF) < takeoverWindow
 		c.rmu.Unlock()
 	}
+	c.opts.Logger.Debug("mqtt connected", "broker", c.opts.Broker, "client_id", c.opts.ClientID, "reconnect_attempts", attempts)
 	c.mu.Lock()
 	filters := append([]string(nil), c.filters...)
 	c.mu.Unlock()
