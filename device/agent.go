@@ -347,11 +347,14 @@ func (a *Agent) create() error {
 }
 
 // writeRegistration encodes the registration of the current (first) key.
-func (a *Agent) writeRegistration() error {
+func (a *Agent) writeRegistration() error { return a.registerKey(a.st.Current, a.reenrolled) }
+
+// registerKey writes (crash-safely) and adopts the Registration of key.
+func (a *Agent) registerKey(key kem.PrivateKey, reenroll bool) error {
 	r := wire.Registration{
-		Version: wire.Version, DeviceID: a.cfg.ID, KEMAlg: a.st.Current.Scheme().ID(),
-		PublicKey: a.st.Current.PublicKey().Bytes(), CreatedAt: unix(a.cfg.Now()),
-		Reenroll: a.reenrolled,
+		Version: wire.Version, DeviceID: a.cfg.ID, KEMAlg: key.Scheme().ID(),
+		PublicKey: key.PublicKey().Bytes(), CreatedAt: unix(a.cfg.Now()),
+		Reenroll: reenroll,
 	}
 	b, err := r.Marshal()
 	if err != nil {
@@ -362,9 +365,43 @@ func (a *Agent) writeRegistration() error {
 	}
 	a.reg = b
 	if r.Reenroll {
-		a.seqFloor = r.CreatedAt
+		a.seqFloor = max(a.seqFloor, r.CreatedAt)
 	}
 	return nil
+}
+
+// onTicketCleared handles an empty publish on the device's ticket topic:
+// the issuer cleared it, because an operator reset the device (its pinned
+// key is forgotten and its next registration is pinned as the first) or
+// revoked it. The retained registration may name a key the device no
+// longer holds (keys rotate every epoch), and an issuer that pinned it
+// would strand the device; so the device registers its newest live key
+// (the announced next key, else the current one), keeping the
+// re-enrollment mark of its registration, and publishes it. It never
+// touches state.bin. A revoked device's registration is refused by the
+// issuer and changes nothing there.
+func (a *Agent) onTicketCleared(pub publisher) {
+	a.mu.Lock()
+	live := a.st.Current
+	if a.st.Next != nil {
+		live = a.st.Next
+	}
+	old, err := wire.ParseRegistration(a.reg)
+	if err == nil && !bytes.Equal(old.PublicKey, live.PublicKey().Bytes()) {
+		err = a.registerKey(live, old.Reenroll)
+	}
+	reg := a.reg
+	a.mu.Unlock()
+	if err != nil {
+		a.count("failed")
+		a.log.Error("cannot register the live key after the issuer cleared the ticket", "err", err)
+		return
+	}
+	a.log.Warn("the issuer cleared this device's ticket (reset or revoke): registration of the live key republished",
+		"pk_hash", hex.EncodeToString(live.PublicKey().Hash()[:8]))
+	if err := pub.Publish(a.topics.Registration(a.cfg.ID), reg, true); err != nil {
+		a.log.Warn("registration publish failed; retried on reconnect", "err", err)
+	}
 }
 
 // loadRegistration reads the stored registration and checks it against
@@ -521,7 +558,10 @@ func (a *Agent) loop(ctx context.Context, cl *mqttc.Client, connected <-chan str
 
 // onConnect republishes what the broker must hold for this device.
 func (a *Agent) onConnect(pub publisher) {
-	if err := pub.Publish(a.topics.Registration(a.cfg.ID), a.reg, true); err != nil {
+	a.mu.Lock()
+	reg := a.reg
+	a.mu.Unlock()
+	if err := pub.Publish(a.topics.Registration(a.cfg.ID), reg, true); err != nil {
 		a.log.Warn("registration publish failed; retried on reconnect", "err", err)
 	}
 	a.mu.Lock()
@@ -546,6 +586,7 @@ func (a *Agent) handle(pub publisher, m mqttc.Message) {
 	if m.Topic == a.topics.Ticket(a.cfg.ID) {
 		if len(m.Payload) == 0 {
 			a.ticket = nil // retained ticket cleared
+			a.onTicketCleared(pub)
 			return
 		}
 		a.ticket = bounded(m.Payload, wire.MaxTicket)
@@ -917,7 +958,11 @@ func (a *Agent) StatusBytes() []byte {
 }
 
 // Registration returns the Registration's bytes, as stored and published.
-func (a *Agent) Registration() []byte { return bytes.Clone(a.reg) }
+func (a *Agent) Registration() []byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return bytes.Clone(a.reg)
+}
 
 // Counters returns a snapshot of the agent's counters: "accepted",
 // "duplicate", "rejected:<reason>" (one per rejected ticket or root, also

@@ -283,8 +283,32 @@ func (a onlineAdmin) Approve(id string, op Operator) error { return a.i.Approve(
 
 // Reset forgets device id's pinned key (see resetRecord). If a
 // registration with a new key was refused since the issuer started, it is
-// pinned now, in the same transaction.
+// pinned now, in the same transaction. When connected, it then clears the
+// device's retained ticket: a running device takes that as its cue to
+// register its live key (its retained registration may name a key it
+// rotated away since), which is pinned as a first registration, so a live
+// device comes back without touching its files (schema/PROTOCOL.md §7.6).
 func (i *Issuer) Reset(id string, op Operator) error {
+	if err := i.reset(id, op); err != nil {
+		return err
+	}
+	return i.clearTicket(id, "reset")
+}
+
+// clearTicket clears device id's retained ticket topic when connected.
+func (i *Issuer) clearTicket(id, why string) error {
+	if i.client.Load() == nil {
+		return nil
+	}
+	i.pubMu.Lock()
+	defer i.pubMu.Unlock()
+	if failed := i.publishAll([]pubMsg{{topic: i.topics.Ticket(id)}}); failed > 0 {
+		return fmt.Errorf("%w: clearing ticket of %s device %q", ErrPublish, why, id)
+	}
+	return nil
+}
+
+func (i *Issuer) reset(id string, op Operator) error {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	held := i.pending[id]
