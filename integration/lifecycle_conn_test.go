@@ -158,4 +158,3 @@ func TestSessionTakenOver(t *testing.T) {
 		}
 	}
 }
-
