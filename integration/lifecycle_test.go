@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/entropykem/entropykem/device"
 	ekissuer "github.com/entropykem/entropykem/issuer"
+	"github.com/entropykem/entropykem/issuer/adminsock"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -189,8 +191,18 @@ func TestReenrollApprovedOnline(t *testing.T) {
 				}
 				// An epoch before approval goes to the old key: rejected.
 				f.issue(t, 4)
-				if err := iss.Approve("dev-1", testOperator); err != nil {
-					t.Fatalf("Approve: %v", err)
+				// The operator approves online, through the running
+				// issuer's admin socket, as an operator would.
+				sock := filepath.Join(t.TempDir(), "admin.sock")
+				srv, err := adminsock.Listen(sock, iss.Admin(), slog.New(slog.DiscardHandler))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer srv.Close()
+				code, out, errOut := runBin(t, nil, binary(t, "ekem-issuer"), "approve", "-admin-socket", sock,
+					"-reason", "re-enrolled after a lost state", "dev-1")
+				if code != 0 {
+					t.Fatalf("ekem-issuer approve: exit %d\n%s%s", code, out, errOut)
 				}
 				if err := iss.Approve("dev-1", testOperator); !errors.Is(err, ekissuer.ErrNothingToApprove) {
 					t.Fatalf("second Approve: %v", err)
