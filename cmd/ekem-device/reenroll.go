@@ -54,10 +54,12 @@ func cmdReenroll(args []string, getenv func(string) string, stdout, stderr io.Wr
 	a, err := device.New(c)
 	switch {
 	case err == nil:
+		epoch := a.Epoch()
 		a.Close()
 		if !force {
 			return fmt.Errorf("%s holds a working state of device %s (epoch %d): re-enrolling would throw it away; "+
-				"use -force if the issuer can no longer serve this key", dir, id, a.Epoch())
+				"use -force if it was restored from a backup (README: Restoring a device from a backup) "+
+				"or the issuer can no longer serve this key", dir, id, epoch)
 		}
 	case errors.Is(err, device.ErrLocked):
 		return fmt.Errorf("%w (stop the agent first)", err)
