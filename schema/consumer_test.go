@@ -43,8 +43,14 @@ func TestVectorsIndependently(t *testing.T) {
 	eq(t, "pk_hash", sum(v.Device.PublicKey), v.Device.PKHash)
 	reg := cborMap(t, v.Device.Registration)
 	eq(t, "registration public key", reg[3].([]byte), v.Device.PublicKey)
-	if reg[1] != "dev-01" || reg[2] != uint64(0x42) || reg[0] != uint64(1) {
+	if reg[1] != "dev-01" || reg[2] != uint64(0x42) || reg[0] != uint64(1) || len(reg) != 5 {
 		t.Fatalf("registration fields %v", reg)
+	}
+	// A re-enrollment (§7.6): the same fields and 6 = true, appended last
+	// in deterministic order.
+	re := cborMap(t, v.Device.Reenrollment)
+	if re[6] != true || len(re) != 6 || !bytes.Equal(v.Device.Reenrollment[1:len(v.Device.Registration)], v.Device.Registration[1:]) {
+		t.Fatalf("re-enrollment fields %v", re)
 	}
 	var pk mldsa87.PublicKey
 	if err := pk.UnmarshalBinary(v.Issuer.PublicKey); err != nil {

@@ -88,6 +88,9 @@ type Device struct {
 	PKHash       Hex    `json:"pk_hash"`
 	CreatedAt    uint64 `json:"created_at"`
 	Registration Hex    `json:"registration"`
+	// Reenrollment is the same Registration marked as a re-enrollment
+	// (PROTOCOL.md §7.6: key 6 = true). A real one carries a new key.
+	Reenrollment Hex `json:"reenrollment"`
 }
 
 type Other struct {
@@ -254,8 +257,12 @@ func generateWorld(t *testing.T) (*Vectors, *world) {
 	reg := &wire.Registration{Version: 1, DeviceID: "dev-01", KEMAlg: kem.MLKEM1024, PublicKey: dk.PublicKey().Bytes(), CreatedAt: 1767225600}
 	regBytes, err := reg.Marshal()
 	must(t, err)
+	re := *reg
+	re.Reenroll = true
+	reBytes, err := re.Marshal()
+	must(t, err)
 	v.Device = Device{ID: reg.DeviceID, KEMAlg: uint16(reg.KEMAlg), Seed: dk.Seed(), PublicKey: reg.PublicKey,
-		PKHash: kem.PublicKeyHash(reg.PublicKey), CreatedAt: reg.CreatedAt, Registration: regBytes}
+		PKHash: kem.PublicKeyHash(reg.PublicKey), CreatedAt: reg.CreatedAt, Registration: regBytes, Reenrollment: reBytes}
 
 	var others []batch.Device
 	for i, id := range []string{"dev-00", "dev-02"} {
