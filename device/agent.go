@@ -136,6 +136,7 @@ type Agent struct {
 	// since the agent started (rejectReported).
 	rejectEpoch    uint64
 	rejectReported bool
+	strangerLogged bool // the identity_mismatch hint was logged
 
 	runMu   sync.Mutex
 	running bool
@@ -786,6 +787,14 @@ func (a *Agent) rejected(pub publisher, rerr error) {
 
 	a.count("rejected:" + reason.String())
 	a.log.Warn("ticket rejected", "reason", reason.String(), "ticket_epoch", te, "epoch", epoch, "reported", !repeat, "err", rerr)
+	if reason == accept.ReasonWrongDeviceKey && epoch == 0 && !a.strangerLogged {
+		// A device that never accepted a ticket gets one for a key it
+		// never had: the issuer knows an earlier identity of this id.
+		a.strangerLogged = true
+		a.log.Error("the issuer holds another key for this device id: this device's earlier state is lost, or another device uses this id; "+
+			"re-enroll it (ekem-device reenroll) and have the operator approve it, or have the operator approve its registration (ekem-issuer approve)",
+			"reason", "identity_mismatch")
+	}
 	if !repeat {
 		a.publishStatus(pub, sb)
 		if te > 0 && te < epoch && accepted != nil {

@@ -26,6 +26,7 @@ func FuzzHandle(f *testing.F) {
 	f.Add(false, d.status(res))
 	f.Add(false, []byte{})
 	f.Add(true, newDevice(f, "dev-1").registration())
+	f.Add(true, newDevice(f, "dev-1").reenrollment())
 	initial := e.dump()
 	pinned, _ := e.iss.Device("dev-1")
 	f.Fuzz(func(t *testing.T, reg bool, payload []byte) {

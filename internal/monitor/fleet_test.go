@@ -460,6 +460,7 @@ func FuzzHandle(f *testing.F) {
 	f.Add(topics.Status("a"), status(f, "a", 1, 1, wire.StateOK, 0, 0))
 	f.Add(topics.Status("a"), status(f, "a", 0, 2, wire.StateRejected, accept.ReasonMalformed, 0))
 	f.Add(topics.Epoch(), info(f, 1))
+	f.Add(topics.Registration("a"), registration(f, w, "a", 5, true))
 	f.Add("$SYS/broker/uptime", []byte("12 seconds"))
 	f.Add("$SYS/broker/version", []byte("mosquitto version 2"))
 	next, err := signature.NewKeyFromSeed(signature.MLDSA65, bytes.Repeat([]byte{9}, signature.SeedSize))
