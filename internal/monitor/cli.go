@@ -40,7 +40,7 @@ const (
 const Usage = `usage: ekemctl fleet status -broker URL -issuer-pub FILE[,FILE] [flags]
 
 Connects with the read-only monitor account, reads every device's retained
-Status, the epoch roots (verifying each signature under the pinned issuer
+Status and registration (a re-enrollment awaits approval), the epoch roots (verifying each signature under the pinned issuer
 keys: a root that fails is an ALARM on stderr), the tickets, the announced
 epoch and the broker's $SYS figures, and prints the fleet: device, epoch,
 lag, last seen, state, reason, then totals.
