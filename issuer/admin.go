@@ -178,11 +178,13 @@ func readAudit(st Store) ([]AuditEntry, error) {
 }
 
 // readDevices returns every device of st, sorted by id.
-func readDevices(st Store) ([]DeviceInfo, error) {
+func readDevices(st Store, judge func(*record) string) ([]DeviceInfo, error) {
 	var out []DeviceInfo
 	err := st.View(func(tx ReadTx) error {
 		return tx.Devices(func(r *record) error {
-			out = append(out, r.info())
+			d := r.info()
+			d.Standing = judge(r)
+			out = append(out, d)
 			return nil
 		})
 	})
@@ -190,7 +192,7 @@ func readDevices(st Store) ([]DeviceInfo, error) {
 }
 
 // readDevice returns device id of st, or ErrUnknownDevice.
-func readDevice(st Store, id string) (DeviceInfo, error) {
+func readDevice(st Store, id string, judge func(*record) string) (DeviceInfo, error) {
 	var d DeviceInfo
 	err := st.View(func(tx ReadTx) error {
 		r, err := tx.Device(id)
@@ -201,6 +203,7 @@ func readDevice(st Store, id string) (DeviceInfo, error) {
 			return fmt.Errorf("%w: %q", ErrUnknownDevice, id)
 		}
 		d = r.info()
+		d.Standing = judge(r)
 		return nil
 	})
 	return d, err
@@ -231,8 +234,10 @@ func (a StoreAdmin) now() time.Time {
 	return time.Now()
 }
 
-func (a StoreAdmin) Devices() ([]DeviceInfo, error)       { return readDevices(a.Store) }
-func (a StoreAdmin) Device(id string) (DeviceInfo, error) { return readDevice(a.Store, id) }
+func (a StoreAdmin) Devices() ([]DeviceInfo, error) { return readDevices(a.Store, judge(a.now(), nil)) }
+func (a StoreAdmin) Device(id string) (DeviceInfo, error) {
+	return readDevice(a.Store, id, judge(a.now(), nil))
+}
 func (a StoreAdmin) LastEpoch() (uint64, error)           { return readLastEpoch(a.Store) }
 func (a StoreAdmin) Audit() ([]AuditEntry, error)         { return readAudit(a.Store) }
 func (a StoreAdmin) Backup(w io.Writer) error             { return backupStore(a.Store, w) }
@@ -271,8 +276,10 @@ func (i *Issuer) Admin() Admin { return onlineAdmin{i} }
 
 type onlineAdmin struct{ i *Issuer }
 
-func (a onlineAdmin) Devices() ([]DeviceInfo, error)       { return readDevices(a.i.store) }
-func (a onlineAdmin) Device(id string) (DeviceInfo, error) { return readDevice(a.i.store, id) }
+func (a onlineAdmin) Devices() ([]DeviceInfo, error) { return readDevices(a.i.store, a.i.judge()) }
+func (a onlineAdmin) Device(id string) (DeviceInfo, error) {
+	return readDevice(a.i.store, id, a.i.judge())
+}
 func (a onlineAdmin) LastEpoch() (uint64, error)           { return readLastEpoch(a.i.store) }
 func (a onlineAdmin) Audit() ([]AuditEntry, error)         { return readAudit(a.i.store) }
 func (a onlineAdmin) Backup(w io.Writer) error             { return backupStore(a.i.store, w) }

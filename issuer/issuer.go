@@ -183,7 +183,7 @@ func (i *Issuer) Close() error {
 // Devices returns a snapshot of every device, sorted by id. A store read
 // error is logged and gives what was read.
 func (i *Issuer) Devices() []DeviceInfo {
-	d, err := readDevices(i.store)
+	d, err := readDevices(i.store, i.judge())
 	if err != nil {
 		i.log.Error("store read failed", "reason", "store_failure", "err", err)
 	}
@@ -192,7 +192,7 @@ func (i *Issuer) Devices() []DeviceInfo {
 
 // Device returns one device's snapshot.
 func (i *Issuer) Device(id string) (DeviceInfo, bool) {
-	d, err := readDevice(i.store, id)
+	d, err := readDevice(i.store, id, i.judge())
 	if err != nil && !errors.Is(err, ErrUnknownDevice) {
 		i.log.Error("store read failed", "reason", "store_failure", "err", err)
 	}

@@ -389,23 +389,32 @@ func (i *Issuer) standings(now time.Time) (map[string]int, error) {
 	for _, s := range Standings {
 		out[s] = 0
 	}
-	t := unixSeconds(now)
-	awaiting := i.awaitingApproval()
-	// Every ticket of one epoch has the epoch's issued_at and ttl_s
-	// (IssueEpoch), so one ticket per epoch is decoded.
-	expiry := map[uint64]uint64{}
+	j := judge(now, i.awaitingApproval())
 	err := i.store.View(func(tx ReadTx) error {
 		return tx.Devices(func(r *record) error {
-			if awaiting[r.ID] && r.State == stateActive {
-				out[StandingAwaitingApproval]++
-				return nil
-			}
-			out[standingOf(r, t, expiry)]++
+			out[j(r)]++
 			return nil
 		})
 	})
 	return out, err
 }
+
+// judge returns the standing of a record at now: awaiting_approval for
+// an active device whose re-enrollment is held (awaiting), else standingOf.
+// Every ticket of one epoch has the epoch's issued_at and ttl_s
+// (IssueEpoch), so it decodes one ticket per epoch.
+func judge(now time.Time, awaiting map[string]bool) func(*record) string {
+	t, expiry := unixSeconds(now), map[uint64]uint64{}
+	return func(r *record) string {
+		if awaiting[r.ID] && r.State == stateActive {
+			return StandingAwaitingApproval
+		}
+		return standingOf(r, t, expiry)
+	}
+}
+
+// judge is judge at the issuer's clock, with its held re-enrollments.
+func (i *Issuer) judge() func(*record) string { return judge(i.cfg.Now(), i.awaitingApproval()) }
 
 // standingOf classifies one record at Unix time t; expiry caches each
 // epoch's ticket expiry (0: its ticket did not decode, treated as expired).

@@ -150,6 +150,9 @@ type DeviceInfo struct {
 	PinnedKeyHash []byte
 	PinnedAt      time.Time
 	State         DeviceState
+	// Standing is the device's standing (pkg/standing) as the issuer
+	// judges it when the snapshot is taken (see Standings).
+	Standing string
 	// LastEpoch is the epoch of the device's latest ticket (0: none yet)
 	// and TicketHash its hash (the chain head).
 	LastEpoch  uint64

@@ -46,6 +46,9 @@ func TestReenrollHeldThenApproved(t *testing.T) {
 	if s, _ := e.iss.Standings(e.clock.Now()); s[StandingAwaitingApproval] != 1 {
 		t.Fatalf("standings %v", s)
 	}
+	if d, _ := e.iss.Device("dev-1"); d.Standing != StandingAwaitingApproval {
+		t.Fatalf("device standing %q", d.Standing)
+	}
 	if err := e.iss.Approve("dev-1", testOp); err != nil {
 		t.Fatal(err)
 	}
@@ -53,8 +56,8 @@ func TestReenrollHeldThenApproved(t *testing.T) {
 	if !bytes.Equal(r.RegKey, fresh.st.Current.PublicKey().Bytes()) || r.Epoch != 1 || r.HasStatus || r.Key != nil {
 		t.Fatalf("after approval: epoch %d status %v key %v", r.Epoch, r.HasStatus, r.Key != nil)
 	}
-	if e.iss.AwaitingApproval("dev-1") {
-		t.Fatal("still awaiting approval")
+	if d, _ := e.iss.Device("dev-1"); e.iss.AwaitingApproval("dev-1") || d.Standing != StandingPending {
+		t.Fatalf("after approval: awaiting %v, standing %q", e.iss.AwaitingApproval("dev-1"), d.Standing)
 	}
 	if err := e.iss.Approve("dev-1", testOp); !errors.Is(err, ErrNothingToApprove) {
 		t.Fatalf("second approval: %v", err)

@@ -134,7 +134,7 @@ func cmdDevices(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "last epoch: %d, devices: %d\n", last, len(devs))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tKEM\tPINNED\tEPOCH\tCONFIRMED\tNEXT_KEY\tSTATUS\tSEQ")
+	fmt.Fprintln(tw, "ID\tSTATE\tSTANDING\tKEM\tPINNED\tEPOCH\tCONFIRMED\tNEXT_KEY\tSTATUS\tSEQ")
 	for _, d := range devs {
 		pinned := "-"
 		if d.PinnedKeyHash != nil {
@@ -144,7 +144,7 @@ func cmdDevices(args []string, stdout io.Writer) error {
 		if d.HasStatus {
 			status = fmt.Sprintf("%s/%d@%d", d.StatusState, d.StatusReason, d.StatusEpoch)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\t%s\t%d\n", d.ID, d.State, d.KEMAlg, pinned, d.LastEpoch,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%v\t%s\t%d\n", d.ID, d.State, d.Standing, d.KEMAlg, pinned, d.LastEpoch,
 			d.ConfirmedEpoch, d.NextKeyReady, status, d.StatusSeq)
 	}
 	return tw.Flush()
@@ -196,6 +196,7 @@ func cmdDevice(args []string, stdout io.Writer) error {
 	for _, row := range [][2]string{
 		{"device", d.ID},
 		{"state", string(d.State)},
+		{"standing", d.Standing},
 		{"kem", d.KEMAlg.String()},
 		{"pinned key (sha-256)", hexOr(d.PinnedKeyHash)},
 		{"pinned at", pinnedAt},
