@@ -238,9 +238,9 @@ func (a StoreAdmin) Devices() ([]DeviceInfo, error) { return readDevices(a.Store
 func (a StoreAdmin) Device(id string) (DeviceInfo, error) {
 	return readDevice(a.Store, id, judge(a.now(), nil))
 }
-func (a StoreAdmin) LastEpoch() (uint64, error)           { return readLastEpoch(a.Store) }
-func (a StoreAdmin) Audit() ([]AuditEntry, error)         { return readAudit(a.Store) }
-func (a StoreAdmin) Backup(w io.Writer) error             { return backupStore(a.Store, w) }
+func (a StoreAdmin) LastEpoch() (uint64, error)   { return readLastEpoch(a.Store) }
+func (a StoreAdmin) Audit() ([]AuditEntry, error) { return readAudit(a.Store) }
+func (a StoreAdmin) Backup(w io.Writer) error     { return backupStore(a.Store, w) }
 
 func (a StoreAdmin) Reset(id string, op Operator) error {
 	return applyAdmin(a.Store, a.now(), "reset", id, op, func(r *record) (string, error) {
