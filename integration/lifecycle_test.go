@@ -7,6 +7,7 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -364,4 +365,50 @@ func copyDir(t *testing.T, src, dst string) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestResetOfflineThenRestart: the operator resets a running device with
+// the issuer stopped (on its store), then starts the issuer. The broker
+// still holds the device's first registration, whose key the device
+// rotated away; the issuer does not pin that retained copy, clears the
+// device's ticket, and pins the live registration the device answers
+// with. The device accepts again within two periods, its files untouched.
+func TestResetOfflineThenRestart(t *testing.T) {
+	f := newSysFleet(t, "dev-1")
+	iss := f.startIssuer(t, nil)
+	f.startDevices(t, "dev-1")
+	for e := uint64(1); e <= 2; e++ {
+		f.issue(t, e)
+		f.waitEpoch(t, e, "dev-1")
+	}
+	if err := iss.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := ekissuer.OpenStore(filepath.Join(f.dir, "issuer.db"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (ekissuer.StoreAdmin{Store: st}).Reset("dev-1", testOperator); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	iss = f.startIssuer(t, nil)
+	sysWaitFor(t, "the issuer to pin the device's live key", func() bool {
+		info, ok := iss.Device("dev-1")
+		return ok && info.PinnedKeyHash != nil
+	})
+	if n := iss.Counters()["registrations_rejected:retained_after_reset"]; n < 1 {
+		t.Fatal("the retained registration was not refused")
+	}
+	reg, err := wire.ParseRegistration(f.devices["dev-1"].agent.Registration())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keyHashOf(reg.PublicKey); fmt.Sprintf("%x", f.deviceInfo(t, "dev-1").PinnedKeyHash) != got {
+		t.Fatal("the issuer pinned another key than the device's live registration")
+	}
+	e := f.issueAndWait(t, "dev-1")
+	mon, _ := monitorFiles(t, f)
+	noCloneAlarm(t, f, mon)
+	t.Logf("device reset offline accepted epoch %d", e)
 }

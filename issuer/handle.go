@@ -96,7 +96,7 @@ func (i *Issuer) handleInTx(msgs []mqttc.Message, pending map[string][]byte) (ch
 			var err error
 			switch {
 			case strings.HasPrefix(m.Topic, i.topics.Prefix+"/reg/"):
-				o, err = i.onRegistration(tx, m.Topic, m.Payload)
+				o, err = i.onRegistration(tx, m.Topic, m.Payload, m.Retained)
 			case strings.HasPrefix(m.Topic, i.topics.Prefix+"/status/"):
 				o, err = i.onStatus(tx, m.Topic, m.Payload)
 			default:
@@ -152,8 +152,10 @@ func clip(s string) string {
 }
 
 // onRegistration applies schema/PROTOCOL.md §10 Registration: pin on first
-// use, same key a no-op, another key only with a valid re-key proof (§7.5).
-func (i *Issuer) onRegistration(tx ReadTx, topic string, payload []byte) (outcome, error) {
+// use, same key a no-op, another key only with a valid re-key proof (§7.5)
+// or as a re-enrollment (§7.6). retained says the broker delivered it from
+// its store at subscription rather than as it was published.
+func (i *Issuer) onRegistration(tx ReadTx, topic string, payload []byte, retained bool) (outcome, error) {
 	const kind = "registration"
 	if len(payload) == 0 {
 		return outcome{}, nil // a cleared retained topic
@@ -195,6 +197,9 @@ func (i *Issuer) onRegistration(tx ReadTx, topic string, payload []byte) (outcom
 	rec, err := tx.Device(id)
 	if err != nil {
 		return outcome{}, err
+	}
+	if rec != nil && rec.RegKey == nil && rec.Epoch > 0 && retained {
+		return i.staleAfterReset(topic, id), nil
 	}
 	if rec == nil || rec.RegKey == nil {
 		return i.pin(rec, id, reg), nil

@@ -114,8 +114,13 @@ func (i *Issuer) republish() error {
 			msgs = append(msgs, pubMsg{topic: i.topics.Root(r.Epoch), payload: r.Root})
 		}
 		if err := tx.Devices(func(r *record) error {
-			if r.Ticket != nil && r.State != stateRevoked {
+			switch {
+			case r.Ticket != nil && r.State != stateRevoked:
 				msgs = append(msgs, pubMsg{topic: i.topics.Ticket(r.ID), payload: r.Ticket})
+			case r.RegKey == nil && r.Epoch > 0 && r.State == stateActive:
+				// Reset after it had tickets: clearing its ticket makes a
+				// running device register its live key (staleAfterReset).
+				msgs = append(msgs, pubMsg{topic: i.topics.Ticket(r.ID)})
 			}
 			return nil
 		}); err != nil {

@@ -50,6 +50,18 @@ func (i *Issuer) reenroll(rec *record, topic string, reg *wire.Registration, pay
 	return outcome{changed: true, rec: rec}
 }
 
+// staleAfterReset refuses to pin a registration that the broker kept
+// (retained) for a device an operator reset after it had tickets
+// (schema/PROTOCOL.md §8.7): its keys rotated every epoch, so the retained
+// registration likely names a key it deleted, and pinning it would strand
+// it. The issuer clears the device's ticket on every connection
+// (republish), and the device answers with a live registration of its
+// live key, which is pinned.
+func (i *Issuer) staleAfterReset(topic, id string) outcome {
+	i.reject("registration", "retained_after_reset", topic, id, "hint", "waiting for the device's live registration")
+	return outcome{}
+}
+
 // repin pins reg's key as if it were the device's first, as an operator
 // reset followed by that registration would: the keys and secrets of the
 // latest ticket and the Status history are forgotten (the re-enrolled
