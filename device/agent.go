@@ -20,6 +20,13 @@
 // (retained re-delivery) publishes nothing. The files of the state
 // directory and the encrypted state format are documented with
 // StateFileVersion (store.go) and in PROTOCOL.md §8.5.
+//
+// Lifecycle (PROTOCOL.md §7.6, §8.7): New never makes a new key where the
+// device had an identity (ErrIdentityLost, ErrStateKey; the directory is
+// left untouched); Config.Reenroll makes one marked as a re-enrollment. A
+// rejection that persists is reported once per epoch. When the issuer
+// clears the device's ticket (a reset), the agent registers its live key.
+// Run reconnects with jittered exponential backoff (internal/mqttc).
 package device
 
 import (
