@@ -2,12 +2,20 @@ package device
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"math/big"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -275,5 +283,33 @@ func TestReenrolledSeqAboveEarlierIdentity(t *testing.T) {
 	e.deliver(iss2, ep2)
 	if s2, _ := e.pub.lastStatus(t); s2.Seq != s.Seq+1 || s2.Epoch != 6 {
 		t.Fatalf("after restart: seq %d epoch %d, want %d, 6", s2.Seq, s2.Epoch, s.Seq+1)
+	}
+}
+
+// selfSigned returns a TLS certificate with subject CN cn.
+func selfSigned(t *testing.T, cn string) tls.Certificate {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
+}
+
+// TestClientCertificateForAnotherID: Run refuses a client certificate
+// whose CN is not the broker username before it connects.
+func TestClientCertificateForAnotherID(t *testing.T) {
+	for cn, ok := range map[string]bool{devID: true, "dev-2": false} {
+		e := newEnv(t, func(c *Config) { c.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t, cn)}} })
+		err := e.a.cfg.checkRun()
+		if ok != (err == nil) || (!ok && (!errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), `"dev-2"`))) {
+			t.Fatalf("CN %q: %v", cn, err)
+		}
 	}
 }
