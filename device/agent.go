@@ -794,7 +794,15 @@ func (a *Agent) rejected(pub publisher, rerr error) {
 
 	a.count("rejected:" + reason.String())
 	a.log.Warn("ticket rejected", "reason", reason.String(), "ticket_epoch", te, "epoch", epoch, "reported", !repeat, "err", rerr)
-	if reason == accept.ReasonWrongDeviceKey && epoch == 0 && !a.strangerLogged {
+	switch {
+	case reason != accept.ReasonWrongDeviceKey || epoch != 0 || a.strangerLogged:
+	case a.reenrolled || a.seqFloor > 0:
+		// Re-enrolled: the issuer still serves the earlier key until an
+		// operator approves the new one.
+		a.strangerLogged = true
+		a.log.Warn("ticket for this device's earlier key: the re-enrollment awaits approval at the issuer (ekem-issuer approve "+a.cfg.ID+")",
+			"reason", "awaiting_approval")
+	default:
 		// A device that never accepted a ticket gets one for a key it
 		// never had: the issuer knows an earlier identity of this id.
 		a.strangerLogged = true
