@@ -268,7 +268,7 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) 
 	defer c.Close()
 	// Issuer key rotations first: their retained messages then arrive
 	// before the retained roots that a rotated-to key signed.
-	filters := []string{topics.AllIssuerKeys(), topics.AllRegistrations(), topics.AllStatuses(), topics.AllRoots(), topics.Epoch(), "$SYS/#"}
+	filters := []string{topics.AllIssuerKeys(), topics.AllStatuses(), topics.AllRoots(), topics.Epoch(), "$SYS/#"}
 	if o.Tickets {
 		filters = append(filters, topics.Prefix+"/ticket/+")
 	}
@@ -276,6 +276,11 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) 
 		if err := c.Subscribe(f); err != nil {
 			return ExitError, fmt.Errorf("subscribe %s: %w", f, err)
 		}
+	}
+	// Registrations only tell re-enrollments awaiting approval: a broker
+	// whose monitor account may not read them costs that, nothing else.
+	if err := c.Subscribe(topics.AllRegistrations()); err != nil {
+		fmt.Fprintf(stderr, "note: cannot read %s (%v): re-enrollments awaiting approval are not shown\n", topics.AllRegistrations(), err)
 	}
 	alarms := 0
 	feed := func(m mqttc.Message) {
