@@ -23,6 +23,9 @@ type outcome struct {
 	rec     *record
 	// pendingReg, if set, is a refused registration kept for Reset.
 	pendingReg []byte
+	// audit, if set, is appended to the audit log with the record (an
+	// action taken by policy, such as an automatic re-enrollment).
+	audit *AuditEntry
 }
 
 // processInbox drains the client's inbox on its own goroutine until the
@@ -112,6 +115,11 @@ func (i *Issuer) handleInTx(msgs []mqttc.Message, pending map[string][]byte) (ch
 			if o.changed {
 				if err := tx.PutDevice(o.rec); err != nil {
 					return err
+				}
+				if o.audit != nil {
+					if err := tx.AppendAudit(*o.audit); err != nil {
+						return err
+					}
 				}
 				changed = true
 			}

@@ -44,10 +44,12 @@ func (i *Issuer) reenroll(rec *record, topic string, reg *wire.Registration, pay
 		i.reject(kind, reason, topic, id, "offered", offered, "hint", "ekem-issuer approve "+id)
 		return outcome{rec: rec, pendingReg: bytes.Clone(payload)}
 	}
+	detail := resetDetail(rec) + "; pinned re-enrollment " + offered
 	repin(rec, reg, unixSeconds(i.cfg.Now()))
 	i.count("registrations_reenrolled", 1)
 	i.log.Warn("device re-enrolled with a new key (policy auto)", "device", id, "kem", reg.KEMAlg.String(), "pk_hash", offered)
-	return outcome{changed: true, rec: rec}
+	return outcome{changed: true, rec: rec, audit: &AuditEntry{Time: unixSeconds(i.cfg.Now()), Actor: "issuer policy -reenroll auto",
+		Action: "reenroll", Device: id, Detail: detail}}
 }
 
 // staleAfterReset refuses to pin a registration that the broker kept

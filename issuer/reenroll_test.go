@@ -83,6 +83,10 @@ func TestReenrollAuto(t *testing.T) {
 	if r := e.record("dev-1"); !bytes.Equal(r.RegKey, fresh.st.Current.PublicKey().Bytes()) || e.counter("registrations_reenrolled") != 1 {
 		t.Fatalf("not pinned under auto: counters %v", e.iss.Counters())
 	}
+	audit, err := e.iss.Admin().Audit()
+	if err != nil || len(audit) != 1 || audit[0].Action != "reenroll" || audit[0].Device != "dev-1" || !strings.Contains(audit[0].Actor, "policy") {
+		t.Fatalf("audit log %+v %v", audit, err)
+	}
 	before := e.dump()
 	e.iss.handle(e.iss.topics.Registration("dev-1"), fresh.reenrollment())
 	if !bytes.Equal(before["dev-1"], e.dump()["dev-1"]) {
