@@ -44,7 +44,7 @@ func TestPermanentConnectionErrors(t *testing.T) {
 		{"ssl to a plain port", "ssl://" + tb.Addr(), tb.ClientTLS("dev-1"), "plain MQTT port", true},
 		{"certificate required", tb.TLSURL(), tb.ClientTLS(""), "requires a TLS client certificate", false},
 		{"unknown CA", tb.TLSURL(), otherCA(), "CA", false},
-		{"unknown host", "tcp://no-such-host.invalid:1883", nil, "unknown host", true},
+		{"unknown host", "tcp://no-such-host.invalid:1883", nil, "host no-such-host.invalid", true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

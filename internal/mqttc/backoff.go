@@ -87,6 +87,8 @@ func Classify(err error) (permanent bool, hint string) {
 	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
 		// Not permanent: at boot the resolver may not be up yet.
 		return false, "unknown host " + dnsErr.Name + ": check the host name of the broker URL (-broker)"
+	case errors.As(err, &dnsErr):
+		return false, "cannot resolve host " + dnsErr.Name + ": check the host name of the broker URL (-broker) and the resolver"
 	case errors.As(err, &addrErr) || strings.Contains(msg, "invalid port"):
 		return true, "the broker URL's port is not valid: use host:port with a port of 1-65535 (-broker)"
 	case errors.As(err, &recErr) || strings.Contains(msg, "does not look like a TLS handshake"):
