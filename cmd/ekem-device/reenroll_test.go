@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/entropykem/entropykem/internal/swtpmtest"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
@@ -61,4 +63,35 @@ func TestRunRefusesLostStateThenReenroll(t *testing.T) {
 		!strings.Contains(e, "does not decrypt") || !strings.Contains(e, "hint: check the device id and the cohort secret") {
 		t.Fatalf("next-key under another cohort: exit %d %s", code, e)
 	}
+}
+
+// TestReenrollWithTPM: a TPM device whose state.bin is lost refuses to run
+// (the cohort blob alone is not an identity, the registration is) and
+// re-enrolls under its TPM cohort key; the blob is kept.
+func TestReenrollWithTPM(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	f := provision(t)
+	secret := tpmNewSecret(t)
+	dir := t.TempDir()
+	tpmProvision(t, secret, dir, sw.Socket())
+	blob, _ := tpmBlob(t, dir)
+	tpmNewDevice(t, dir, sw.Socket(), "dev-0001")
+	if err := os.Remove(filepath.Join(dir, "state.bin")); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, e := tpmCLI(t, secret, tpmRunArgs(f, dir, sw.Socket())...); code != 1 || !strings.Contains(e, "ekem-device reenroll") {
+		t.Fatalf("run on a lost state: exit %d %s", code, e)
+	}
+	code, out, e := tpmCLI(t, secret, "reenroll", "-id", "dev-0001", "-state", dir, "-tpm", sw.Socket())
+	if code != 0 || !strings.Contains(out, "re-enrolled") {
+		t.Fatalf("reenroll: exit %d %s %s", code, out, e)
+	}
+	if b, _ := tpmBlob(t, dir); !bytes.Equal(b, blob) {
+		t.Fatal("cohort.blob changed")
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "registration.cbor"))
+	if r, err := wire.ParseRegistration(b); err != nil || !r.Reenroll {
+		t.Fatalf("registration %+v %v", r, err)
+	}
+	tpmNewDevice(t, dir, sw.Socket(), "dev-0001") // the new state loads under the TPM key
 }
