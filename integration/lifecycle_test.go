@@ -55,14 +55,6 @@ func snapshotDir(t testing.TB, dir string) map[string]string {
 	return out
 }
 
-// restartDevice stops d and starts it again from its state directory,
-// with mod applied to its configuration.
-func (f *sysFleet) restartDevice(t *testing.T, d *sysDevice, mod func(*device.Config)) *sysDevice {
-	t.Helper()
-	d.stop(t)
-	return f.startDeviceWith(t, d.id, mod)
-}
-
 // issueAndWait issues epochs until device id accepted one, at most two
 // (the "within two periods" of issue 14), and returns the epoch accepted.
 func (f *sysFleet) issueAndWait(t *testing.T, id string) uint64 {

@@ -156,15 +156,6 @@ func (e *env) latest(id string) (ticket, root []byte, body *wire.TicketBody) {
 
 func (e *env) counter(name string) uint64 { return e.iss.Counters()[name] }
 
-func u64(v uint64) []byte {
-	b := make([]byte, 8)
-	for k := 7; k >= 0; k-- {
-		b[k] = byte(v)
-		v >>= 8
-	}
-	return b
-}
-
 // device plays the device side with pkg/accept.
 type device struct {
 	t      testing.TB

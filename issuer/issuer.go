@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -238,16 +237,6 @@ func (i *Issuer) count(name string, n uint64) {
 	i.cmu.Lock()
 	i.counts[name] += n
 	i.cmu.Unlock()
-}
-
-// counterNames returns the counter names sorted (for /metrics).
-func (i *Issuer) counterNames(c map[string]uint64) []string {
-	names := make([]string, 0, len(c))
-	for k := range c {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	return names
 }
 
 // notify wakes every waiter of WaitFor.

@@ -303,7 +303,7 @@ func (r *deviceRun) expectAccepted(epoch uint64, x issued, gap bool) error {
 		return fmt.Errorf("state %v reason %d (%s), want it accepted", s.State, s.Reason, accept.Reason(s.Reason))
 	}
 	if s.Epoch != epoch || !bytes.Equal(s.TicketHash, x.it.TicketHash) {
-		return fmt.Errorf("Status reports epoch %d, want %d and its ticket_hash", s.Epoch, epoch)
+		return fmt.Errorf("the Status reports epoch %d, want %d and its ticket_hash", s.Epoch, epoch)
 	}
 	// The device accepted this ticket: follow it, whatever else is wrong,
 	// so that one failure does not make every later rule fail.
@@ -386,7 +386,7 @@ func (r *deviceRun) expectRejected(state wire.State, reason accept.Reason) error
 	case s.State != state || s.Reason != uint64(reason):
 		return fmt.Errorf("state %v reason %d (%s), want %v reason %d (%s)", s.State, s.Reason, accept.Reason(s.Reason), state, reason, reason)
 	case s.Epoch != r.epoch || !bytes.Equal(s.TicketHash, r.hash):
-		return fmt.Errorf("Status reports epoch %d: a rejection must not change the last accepted ticket (epoch %d)", s.Epoch, r.epoch)
+		return fmt.Errorf("the Status reports epoch %d: a rejection must not change the last accepted ticket (epoch %d)", s.Epoch, r.epoch)
 	}
 	return nil
 }
