@@ -68,6 +68,12 @@ type record struct {
 	StatusState  uint64 `cbor:"19,keyasint,omitempty"`
 	StatusReason uint64 `cbor:"20,keyasint,omitempty"`
 	StatusEpoch  uint64 `cbor:"21,keyasint,omitempty"`
+
+	// rev is the record's revision in an engine that several writers
+	// share (the PostgreSQL engine), 0 elsewhere: set when read, it lets
+	// CommitEpoch refuse to overwrite a record changed since (ErrEpochConflict).
+	// Never encoded.
+	rev uint64
 }
 
 // tagChecker checks a device's tags against its latest ticket's secrets.

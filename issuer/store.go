@@ -37,6 +37,14 @@ var (
 	ErrEpochFence = errors.New("issuer: epoch commit fenced: the stored last epoch changed")
 	// ErrReadOnly: a write was attempted on a store opened read-only.
 	ErrReadOnly = errors.New("issuer: store is open read-only")
+	// ErrEpochConflict: an epoch commit found a device record changed
+	// since its plan read it (an operator action on a shared store).
+	// Nothing was committed; planning the epoch again is safe.
+	ErrEpochConflict = errors.New("issuer: epoch commit refused: a device record changed since the epoch was planned")
+	// ErrNotLeader: an epoch commit's fencing token is not the current
+	// leader lease's (the lease was lost, expired or taken over), or a
+	// commit without a token met a live lease. Nothing was committed.
+	ErrNotLeader = errors.New("issuer: not the leader: the lease is held by another instance, or was lost")
 )
 
 // maxRecord bounds a stored device record: a ticket, three keys and tags.
@@ -126,6 +134,13 @@ type EpochCommit struct {
 	Root, Info []byte
 	// KeepRoots is how many roots stay stored, this one included.
 	KeepRoots int
+	// Token is the fencing token of the committing instance's leader
+	// lease (lease.go), 0 for an instance without one. An engine with
+	// leases commits only if Token is still the current lease's token and
+	// the lease has not expired (or, for 0, if no lease is live), in the
+	// same transaction as the records: a deposed or paused leader can
+	// never commit an epoch (ErrNotLeader).
+	Token uint64
 }
 
 // AuditEntry is one operator action in the audit log.
@@ -161,11 +176,16 @@ func (e AuditEntry) validate() error {
 	return nil
 }
 
-// OpenStore opens the store named by name: a bbolt file path (created,
-// unless readOnly, if missing). A store held open by a running issuer gives
-// ErrStoreLocked; a damaged one ErrStoreCorrupt, naming the file and what to
-// do.
+// OpenStore opens the store named by name: a PostgreSQL URL
+// (postgres://… or postgresql://…, store_pg.go; its schema migrated
+// unless readOnly) or a bbolt file path (created, unless readOnly, if
+// missing). A bbolt store held open by a running issuer gives
+// ErrStoreLocked; a damaged one ErrStoreCorrupt, naming the file and what
+// to do.
 func OpenStore(name string, readOnly bool) (Store, error) {
+	if IsPostgresStore(name) {
+		return openPostgres(name, readOnly)
+	}
 	return openBolt(name, readOnly)
 }
 
