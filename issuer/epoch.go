@@ -36,6 +36,10 @@ func selectKey(r *record) (chosenKey, bool) {
 	}
 }
 
+// epochConflictTries bounds the plans of one epoch that ErrEpochConflict
+// refuses.
+const epochConflictTries = 3
+
 // plan is what one epoch issues, read from the store.
 type plan struct {
 	epoch   uint64
@@ -66,6 +70,12 @@ func (i *Issuer) IssueEpoch(ctx context.Context) (uint64, error) {
 	}
 	start := time.Now()
 	msgs, e, n, err := i.issueAndPersist()
+	for try := 1; errors.Is(err, ErrEpochConflict) && try < epochConflictTries; try++ {
+		// An operator changed a device of the plan (a shared store):
+		// nothing was committed, so planning again is safe.
+		i.log.Info("epoch planned again: a device record changed meanwhile", "err", err)
+		msgs, e, n, err = i.issueAndPersist()
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -120,7 +130,7 @@ func (i *Issuer) issueAndPersist() ([]pubMsg, uint64, int, error) {
 		recs[n] = r
 	}
 	cleared, err := i.store.CommitEpoch(&EpochCommit{Prev: p.epoch - 1, Epoch: p.epoch, Records: recs,
-		Root: ep.Root, Info: infoBytes, KeepRoots: i.cfg.KeepRoots})
+		Root: ep.Root, Info: infoBytes, KeepRoots: i.cfg.KeepRoots, Token: i.leaseToken()})
 	if err != nil {
 		i.count("store_failures", 1)
 		return nil, 0, 0, fmt.Errorf("issuer: persist epoch %d (nothing was published): %w", p.epoch, err)

@@ -78,6 +78,10 @@ type Issuer struct {
 	since   time.Time
 	active  atomic.Int64
 
+	// lease is the leader lease of an instance of a cluster (cluster.go),
+	// nil for a lone issuer: past its deadline nothing is published.
+	lease atomic.Pointer[Lease]
+
 	issueNanos atomic.Int64
 	prom       promState // Prometheus registry (metrics.go)
 
@@ -163,7 +167,9 @@ func (i *Issuer) Close() error {
 	var err error
 	i.closeOnce.Do(func() {
 		if c := i.client.Load(); c != nil {
-			if b, e := i.online(false); e == nil {
+			if i.mayPublish() != nil {
+				// Deposed: another instance leads and is online.
+			} else if b, e := i.online(false); e == nil {
 				if e := c.Publish(i.topics.Online(), b, true); e != nil {
 					i.log.Warn("could not publish offline status", "err", e)
 				}

@@ -157,7 +157,7 @@ func (i *Issuer) publishAll(msgs []pubMsg) int {
 		return 0
 	}
 	todo := msgs
-	for try := 1; try <= publishTries && len(todo) > 0; try++ {
+	for try := 1; try <= publishTries && len(todo) > 0 && i.mayPublish() == nil; try++ {
 		if try > 1 {
 			i.count("publish_retries", uint64(len(todo)))
 			select {
@@ -223,6 +223,13 @@ func (i *Issuer) publishRound(c *mqttc.Client, msgs []pubMsg) []pubMsg {
 	}
 	for k := range msgs {
 		if stalled {
+			failed = append(failed, msgs[k:]...)
+			break
+		}
+		if err := i.mayPublish(); err != nil {
+			// The leader lease is lost: not one more message.
+			i.count("publish_fenced", uint64(len(msgs)-k))
+			i.log.Warn("publishing stopped: the leader lease is lost", "reason", "lease_lost", "unsent", len(msgs)-k)
 			failed = append(failed, msgs[k:]...)
 			break
 		}

@@ -728,8 +728,11 @@ func (s *pgStore) LeaseStatus(ctx context.Context) (LeaseStatus, error) {
 	var st LeaseStatus
 	var token int64
 	var acquired *time.Time
-	err := s.pool.QueryRow(ctx, `SELECT token, holder, acquired, expires > now(), greatest(expires - now(), '0')::interval
-		FROM ekem_lease WHERE id = 1`).Scan(&token, &st.Holder, &acquired, &st.Live, &st.Remaining)
+	var remaining float64
+	err := s.pool.QueryRow(ctx, `SELECT token, holder, acquired, expires > now(),
+		CASE WHEN expires > now() THEN extract(epoch FROM expires - now())::float8 ELSE 0 END
+		FROM ekem_lease WHERE id = 1`).Scan(&token, &st.Holder, &acquired, &st.Live, &remaining)
+	st.Remaining = time.Duration(remaining * float64(time.Second))
 	if err != nil {
 		return st, s.fail("read lease", err)
 	}

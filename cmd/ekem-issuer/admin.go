@@ -26,11 +26,14 @@ import (
 
 // adminSocketPath is the admin socket of the issuer of store: flag if
 // set ("off" disables it), else the store's path + ".sock".
+// A PostgreSQL store has no default socket: commands go to the database.
 func adminSocketPath(flag, store string) string {
-	switch flag {
-	case "off":
+	switch {
+	case flag == "off":
 		return ""
-	case "":
+	case flag == "" && issuer.IsPostgresStore(store):
+		return ""
+	case flag == "":
 		return store + ".sock"
 	}
 	return flag

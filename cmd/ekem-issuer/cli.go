@@ -43,6 +43,7 @@ const usageText = `Usage:
   ekem-issuer recover [run flags] [-reason TEXT]
                                                  rebuild a lost or restored store from the broker:
                                                  raise the epoch floor, re-pin every device
+  ekem-issuer migrate -store URL                apply the PostgreSQL schema migrations (run also does)
   ekem-issuer rotate-key -store FILE -signing-key CURRENT.key -new-pub NEW.pub [-overlap N]
                                                  announce NEW as the issuer signing key from epoch
                                                  (last issued + 1 + N) on; N epochs of overlap, default 3
@@ -66,8 +67,13 @@ a flag on the command line wins):
   -signing-key FILE        EKEM_SIGNING_KEY       issuer secret key PEM from keygen (required)
   -next-signing-key FILE   EKEM_NEXT_SIGNING_KEY  the secret key announced by rotate-key; it signs
                                                   from the announced epoch on
-  -store FILE              EKEM_STORE             bbolt store; it and its directory are created
-                                                  if missing (required)
+  -store FILE|URL          EKEM_STORE             bbolt store; it and its directory are created
+                                                  if missing; or a PostgreSQL database
+                                                  postgres://user@host/db that several instances
+                                                  share, one leading (required)
+  -lease-ttl DURATION      EKEM_LEASE_TTL         PostgreSQL: the leader lease, renewed 4 times per
+                                                  ttl; a standby takes over about ttl after the
+                                                  leader stops (default period/3, at most 15s)
   -period DURATION         EKEM_PERIOD            epoch period, 1s..744h (default 1h)
   -ttl DURATION            EKEM_TTL               ticket lifetime, whole seconds (default 2 x period)
   -prefix PREFIX           EKEM_PREFIX            topic prefix (default ekem/v1)
@@ -155,6 +161,8 @@ func dispatch(cmd string, rest []string, stdout, stderr io.Writer) error {
 		err = cmdRecover(rest, stdout, stderr)
 	case "rotate-key":
 		err = cmdRotateKey(rest, stdout)
+	case "migrate":
+		err = cmdMigrate(rest, stdout)
 	case "help", "-h", "-help", "--help":
 		return flag.ErrHelp
 	default:
@@ -212,6 +220,7 @@ type runFlags struct {
 	logLevel, logFormat                        string
 	adminSocket                                string
 	reason                                     string // recover only
+	leaseTTL                                   time.Duration
 }
 
 var runEnv = map[string]cliflag.Env{
@@ -225,7 +234,7 @@ var runEnv = map[string]cliflag.Env{
 	cliflag.TLSCert: {Var: cliflag.EnvTLSCert, Old: []string{"EKEM_CERT"}},
 	cliflag.TLSKey:  {Var: cliflag.EnvTLSKey, Old: []string{"EKEM_KEYFILE"}},
 	"metrics":       {Var: "EKEM_METRICS"}, "log-level": {Var: "EKEM_LOG_LEVEL"}, "log-format": {Var: "EKEM_LOG_FORMAT"},
-	"admin-socket": {Var: "EKEM_ADMIN_SOCKET"},
+	"admin-socket": {Var: "EKEM_ADMIN_SOCKET"}, "lease-ttl": {Var: "EKEM_LEASE_TTL"},
 }
 
 func parseRun(args []string) (*runFlags, error) { return parseRunFlags("run", args) }
@@ -259,6 +268,7 @@ func parseRunFlags(name string, args []string) (*runFlags, error) {
 	fs.StringVar(&f.metrics, "metrics", "", "")
 	fs.StringVar(&f.logLevel, "log-level", "info", "")
 	fs.StringVar(&f.logFormat, "log-format", "text", "")
+	fs.DurationVar(&f.leaseTTL, "lease-ttl", 0, "")
 	for old, current := range runAliases {
 		cliflag.Alias(fs, old, current, warn)
 	}
@@ -339,6 +349,9 @@ func cmdRun(args []string, stderr io.Writer) error {
 	cfg, err := f.config(log)
 	if err != nil {
 		return err
+	}
+	if issuer.IsPostgresStore(f.store) {
+		return runCluster(f, cfg, log)
 	}
 	iss, err := issuer.New(cfg)
 	if err != nil {

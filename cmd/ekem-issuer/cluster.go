@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/entropykem/entropykem/issuer"
+)
+
+// runCluster runs one instance of several sharing a PostgreSQL store:
+// standby until it takes the leader lease, then leader (issuer.Cluster).
+// Operator commands go to the database directly (-store URL), on any
+// instance's host, so no admin socket is served.
+func runCluster(f *runFlags, cfg issuer.Config, log *slog.Logger) error {
+	c, err := issuer.NewCluster(cfg, issuer.ClusterConfig{Instance: f.clientID, LeaseTTL: f.leaseTTL})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if f.metrics != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", c.MetricsHandler())
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+			if iss := c.Issuer(); iss != nil {
+				iss.ReadyHandler().ServeHTTP(w, r)
+				return
+			}
+			io.WriteString(w, "standby\n")
+		})
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		ln, err := net.Listen("tcp", f.metrics)
+		if err != nil {
+			return fmt.Errorf("-metrics: %w", err)
+		}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "err", err)
+			}
+		}()
+		defer srv.Close()
+		log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	}
+	if err := c.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("shutting down")
+	return nil
+}
+
+// cmdMigrate applies the PostgreSQL schema migrations.
+func cmdMigrate(args []string, stdout io.Writer) error {
+	fs := newFlagSet("migrate")
+	store := fs.String("store", "", "")
+	if err := parse(fs, args, map[string]string{"store": "EKEM_STORE"}); err != nil {
+		return err
+	}
+	if *store == "" || fs.NArg() > 0 {
+		return fmt.Errorf("%w: migrate needs -store postgres://… (or EKEM_STORE) and no argument", errUsage)
+	}
+	from, to, err := issuer.MigratePostgres(*store)
+	if err != nil {
+		return err
+	}
+	if from == to {
+		fmt.Fprintf(stdout, "schema version %d: up to date\n", to)
+	} else {
+		fmt.Fprintf(stdout, "schema migrated from version %d to %d\n", from, to)
+	}
+	return nil
+}

@@ -1,0 +1,327 @@
+package integration
+
+// Several ekem-issuer instances on one PostgreSQL (issue #12), against a
+// real Mosquitto and a real PostgreSQL (internal/pgtest), with the real
+// binary and in-process devices:
+//
+//   - the leader is SIGKILLed at random points, mid-epoch included, again
+//     and again: the standby takes over, every epoch number has exactly
+//     one root as seen by a monitor that ran throughout, no ticket is
+//     reused and every device keeps accepting;
+//   - the leader's database connection is cut (tcp proxy): it stops
+//     publishing, the standby takes over, no epoch is published twice;
+//   - the leader is paused (SIGSTOP) past its lease, then resumed: it
+//     publishes nothing more.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/entropykem/entropykem/internal/pgtest"
+	"github.com/entropykem/entropykem/internal/tcpproxy"
+	ekissuer "github.com/entropykem/entropykem/issuer"
+)
+
+// Cluster timing: short, so a dozen failovers fit in CI.
+const (
+	clusterPeriod = 2 * time.Second
+	clusterLease  = 600 * time.Millisecond
+)
+
+// pgCluster is a fleet, a PostgreSQL database and the issuer instances.
+type pgCluster struct {
+	f    *sysFleet
+	pg   *pgtest.Server
+	url  string
+	bin  *binIssuer
+	mon  *recorder
+	ids  []string
+	inst map[string]*proc // client id → running process
+}
+
+func newPGCluster(t *testing.T, n int) *pgCluster {
+	t.Helper()
+	pg := pgtest.Start(t)
+	ids := faultIDs("cl-", n)
+	f := newSysFleet(t, ids...)
+	c := &pgCluster{f: f, pg: pg, url: pg.URL(pg.NewDatabase(t)), ids: ids, inst: map[string]*proc{}}
+	if _, _, err := ekissuer.MigratePostgres(c.url); err != nil {
+		t.Fatal(err)
+	}
+	c.mon = subscribe(t, f.b, f.b.Monitor().Username, prefix+"#")
+	c.bin = newBinIssuer(t, f)
+	c.bin.store = c.url
+	for _, id := range ids {
+		f.startDevice(t, id)
+	}
+	return c
+}
+
+// start starts instance name with the store at url (default: direct).
+func (c *pgCluster) start(t *testing.T, name, url string) *proc {
+	t.Helper()
+	if url == "" {
+		url = c.url
+	}
+	acct := c.f.b.Issuer()
+	p := startProc(t, "ekem-issuer "+name, c.bin.env, c.bin.bin, "run", "-broker", c.f.b.URL(), "-username", acct.Username,
+		"-key", c.bin.key, "-store", url, "-period", clusterPeriod.String(), "-lease-ttl", clusterLease.String(),
+		"-client-id", name, "-log-format", "json")
+	c.inst[name] = p
+	return p
+}
+
+// lease reads the lease from the database.
+func (c *pgCluster) lease(t *testing.T) ekissuer.LeaseStatus {
+	t.Helper()
+	st, err := ekissuer.OpenStore(c.url, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := st.(ekissuer.Leaser).LeaseStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func (c *pgCluster) lastEpoch(t *testing.T) uint64 {
+	t.Helper()
+	st, err := ekissuer.OpenStore(c.url, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var e uint64
+	if err := st.View(func(tx ekissuer.ReadTx) (err error) { e, err = tx.LastEpoch(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// waitLeader waits until a live lease is held by one of names, and
+// returns it.
+func (c *pgCluster) waitLeader(t *testing.T, names ...string) ekissuer.LeaseStatus {
+	t.Helper()
+	var l ekissuer.LeaseStatus
+	sysWaitFor(t, fmt.Sprintf("a leader among %v", names), func() bool {
+		l = c.lease(t)
+		for _, n := range names {
+			if l.Live && l.Holder == n {
+				return true
+			}
+		}
+		return false
+	})
+	return l
+}
+
+// waitEpochAbove waits until the store's last epoch is above e.
+func (c *pgCluster) waitEpochAbove(t *testing.T, e uint64) uint64 {
+	t.Helper()
+	var last uint64
+	sysWaitFor(t, fmt.Sprintf("an epoch above %d", e), func() bool {
+		last = c.lastEpoch(t)
+		return last > e
+	})
+	return last
+}
+
+// checkPublished checks the monitor's record: every epoch from first to
+// the last has exactly one root payload, and no ticket was reused.
+func (c *pgCluster) checkPublished(t *testing.T, first uint64) *publishedRecord {
+	t.Helper()
+	time.Sleep(300 * time.Millisecond) // the last messages in flight
+	rec := analysePublished(t, c.mon.messages())
+	rec.checkNoReuse(t)
+	var max uint64
+	for e := range rec.roots {
+		max = maxU(max, e)
+	}
+	for e := first; e <= max; e++ {
+		if n := len(rec.roots[e]); n != 1 {
+			t.Errorf("epoch %d: %d distinct root payloads seen, want exactly 1", e, n)
+		}
+	}
+	return rec
+}
+
+func maxU(a, b uint64) uint64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// logLines are the JSON log records of p whose msg is msg.
+func logLines(p *proc, msg string) []map[string]any {
+	var out []map[string]any
+	for _, l := range p.stderr.all() {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == msg {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// TestIssuerClusterFailover: two instances; the leader is SIGKILLed at a
+// random point of its period (mid-epoch included) at least ten times.
+func TestIssuerClusterFailover(t *testing.T) {
+	c := newPGCluster(t, 3)
+	names := []string{"ekem-issuer-a", "ekem-issuer-b"}
+	for _, n := range names {
+		c.start(t, n, "")
+	}
+	c.waitLeader(t, names...)
+	first := c.waitEpochAbove(t, 0)
+	c.f.waitFleetEpoch(t, first, c.ids...)
+
+	rounds := faultCount(10, 30)
+	var takeovers, nextEpochs []time.Duration
+	for r := range rounds {
+		l := c.waitLeader(t, names...)
+		victim := l.Holder
+		last := c.waitEpochAbove(t, c.lastEpoch(t))
+		if r%2 == 0 {
+			// A random point of the period.
+			time.Sleep(randDuration(clusterPeriod))
+		} else {
+			// Mid-epoch: the moment the next epoch is committed, as its
+			// publication begins.
+			n := len(logLines(c.inst[victim], "epoch issued and persisted"))
+			for deadline := time.Now().Add(3 * clusterPeriod); len(logLines(c.inst[victim], "epoch issued and persisted")) == n && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		c.inst[victim].kill(t)
+		killed := time.Now()
+		other := names[0]
+		if victim == other {
+			other = names[1]
+		}
+		nl := c.waitLeader(t, other)
+		takeovers = append(takeovers, time.Since(killed))
+		if nl.Token <= l.Token {
+			t.Fatalf("round %d: token %d after %d", r, nl.Token, l.Token)
+		}
+		at := c.lastEpoch(t)
+		c.waitEpochAbove(t, at)
+		nextEpochs = append(nextEpochs, time.Since(killed))
+		c.start(t, victim, "") // back as a standby
+		t.Logf("round %d: killed %s after epoch %d; %s took over in %v, next epoch after %v",
+			r, victim, last, other, takeovers[r].Round(time.Millisecond), nextEpochs[r].Round(time.Millisecond))
+	}
+	last := c.waitEpochAbove(t, c.lastEpoch(t))
+	c.f.waitFleetEpoch(t, last, c.ids...)
+	for _, id := range c.ids {
+		if n := c.f.devices[id].agent.Counters(); n["rejected:wrong_device_key"] > 0 || n["rejected:equivocation"] > 0 {
+			t.Errorf("%s rejected tickets: %v", id, n)
+		}
+	}
+	c.checkPublished(t, first)
+	sort.Slice(takeovers, func(a, b int) bool { return takeovers[a] < takeovers[b] })
+	sort.Slice(nextEpochs, func(a, b int) bool { return nextEpochs[a] < nextEpochs[b] })
+	t.Logf("failover over %d SIGKILLs (period %v, lease %v): lease taken over in median %v, max %v; next epoch committed after median %v, max %v",
+		rounds, clusterPeriod, clusterLease, takeovers[len(takeovers)/2].Round(time.Millisecond), takeovers[len(takeovers)-1].Round(time.Millisecond),
+		nextEpochs[len(nextEpochs)/2].Round(time.Millisecond), nextEpochs[len(nextEpochs)-1].Round(time.Millisecond))
+	if takeovers[len(takeovers)-1] > clusterPeriod {
+		t.Errorf("a standby took %v to take the lease, more than one period (%v)", takeovers[len(takeovers)-1], clusterPeriod)
+	}
+}
+
+// TestIssuerClusterDatabaseCut: the leader reaches PostgreSQL through a
+// tcp proxy, which stalls and cuts it: it stops publishing, the standby
+// (direct) takes over, no epoch is published twice; once the link is
+// back, the old leader is a standby.
+func TestIssuerClusterDatabaseCut(t *testing.T) {
+	c := newPGCluster(t, 2)
+	px, err := tcpproxy.New(c.pg.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { px.Close() })
+	a := c.start(t, "ekem-issuer-a", pgtest.URLAt(px.Addr(), dbName(c.url)))
+	c.waitLeader(t, "ekem-issuer-a")
+	c.start(t, "ekem-issuer-b", "")
+	first := c.waitEpochAbove(t, 0)
+	c.f.waitFleetEpoch(t, first, c.ids...)
+	l := c.waitLeader(t, "ekem-issuer-a")
+
+	time.Sleep(randDuration(clusterPeriod))
+	px.Pause()
+	px.CutAll()
+	cut := time.Now()
+	nl := c.waitLeader(t, "ekem-issuer-b")
+	t.Logf("database link cut: ekem-issuer-b took over in %v", time.Since(cut).Round(time.Millisecond))
+	if nl.Token <= l.Token {
+		t.Fatalf("token %d after %d", nl.Token, l.Token)
+	}
+	if len(logLines(a, "leader lease lost: stopped publishing")) == 0 {
+		sysWaitFor(t, "ekem-issuer-a to stop leading", func() bool { return len(logLines(a, "leader lease lost: stopped publishing")) > 0 })
+	}
+	e := c.waitEpochAbove(t, c.lastEpoch(t))
+	c.f.waitFleetEpoch(t, e, c.ids...)
+	px.Resume()
+	e = c.waitEpochAbove(t, c.lastEpoch(t))
+	c.f.waitFleetEpoch(t, e, c.ids...)
+	if l := c.lease(t); l.Holder != "ekem-issuer-b" {
+		t.Errorf("lease holder after the link came back: %+v", l)
+	}
+	c.checkPublished(t, first)
+}
+
+// TestIssuerClusterPaused: the leader is paused (SIGSTOP) at a random
+// point past its lease, the standby takes over, then it is resumed
+// (SIGCONT): it publishes nothing more, and commits nothing.
+func TestIssuerClusterPaused(t *testing.T) {
+	c := newPGCluster(t, 2)
+	a := c.start(t, "ekem-issuer-a", "")
+	c.waitLeader(t, "ekem-issuer-a")
+	c.start(t, "ekem-issuer-b", "")
+	first := c.waitEpochAbove(t, 0)
+	c.f.waitFleetEpoch(t, first, c.ids...)
+
+	time.Sleep(randDuration(clusterPeriod))
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	c.waitLeader(t, "ekem-issuer-b")
+	e := c.waitEpochAbove(t, c.lastEpoch(t))
+	c.f.waitFleetEpoch(t, e, c.ids...)
+	before := len(a.stderr.all())
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	// Two more periods under b.
+	e = c.waitEpochAbove(t, c.lastEpoch(t))
+	e = c.waitEpochAbove(t, e)
+	c.f.waitFleetEpoch(t, e, c.ids...)
+	after := a.stderr.all()[before:]
+	for _, l := range after {
+		for _, bad := range []string{`"msg":"epoch issued and persisted"`, `"msg":"republished from the store"`, `"msg":"leading"`} {
+			if strings.Contains(l, bad) {
+				t.Errorf("the resumed, deposed leader logged %s:\n%s", bad, l)
+			}
+		}
+	}
+	if !strings.Contains(strings.Join(after, "\n"), "leader lease lost") {
+		t.Errorf("the resumed leader did not notice it lost the lease:\n%s", strings.Join(after, "\n"))
+	}
+	c.checkPublished(t, first)
+}
+
+// dbName is the database of a pgtest URL.
+func dbName(url string) string {
+	s := url[strings.LastIndex(url, "/")+1:]
+	return s[:strings.Index(s, "?")]
+}
