@@ -325,3 +325,122 @@ func dbName(url string) string {
 	s := url[strings.LastIndex(url, "/")+1:]
 	return s[:strings.Index(s, "?")]
 }
+
+// TestIssuerClusterAdmin: every operator command runs against the
+// database of a running two-instance cluster (no socket), issuance goes
+// on, and each action is in the audit log stored in the database.
+func TestIssuerClusterAdmin(t *testing.T) {
+	c := newPGCluster(t, 2)
+	for _, n := range []string{"ekem-issuer-a", "ekem-issuer-b"} {
+		c.start(t, n, "")
+	}
+	first := c.waitEpochAbove(t, 0)
+	c.f.waitFleetEpoch(t, first, c.ids...)
+	admin := func(args ...string) string {
+		t.Helper()
+		full := append(args[:1:1], append([]string{"-store", c.url}, args[1:]...)...)
+		code, out, errOut := runBin(t, nil, c.bin.bin, full...)
+		if code != 0 {
+			t.Fatalf("ekem-issuer %v: exit %d\n%s", full, code, errOut)
+		}
+		return out
+	}
+	if out := admin("devices"); !strings.Contains(out, "cl-1") || !strings.Contains(out, "cl-2") {
+		t.Fatalf("devices:\n%s", out)
+	}
+	var d ekissuer.DeviceInfo
+	if err := json.Unmarshal([]byte(admin("device", "-json", "cl-1")), &d); err != nil || d.ID != "cl-1" {
+		t.Fatalf("device -json cl-1: %+v %v", d, err)
+	}
+	admin("revoke", "-reason", "stolen", "cl-2")
+	admin("release", "-reason", "found", "cl-2")
+	admin("reset", "-reason", "reflashed", "cl-2")
+	// Issuance goes on for cl-1 meanwhile, and the reset device re-pins.
+	e := c.waitEpochAbove(t, c.lastEpoch(t))
+	c.f.waitFleetEpoch(t, e, "cl-1")
+	var log []ekissuer.AuditEntry
+	if err := json.Unmarshal([]byte(admin("audit", "-json")), &log); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"revoke cl-2 stolen", "release cl-2 found", "reset cl-2 reflashed"}
+	if len(log) != len(want) {
+		t.Fatalf("audit log %+v, want %v", log, want)
+	}
+	for k, w := range want {
+		if g := log[k].Action + " " + log[k].Device + " " + log[k].Reason; g != w || log[k].Actor == "" {
+			t.Errorf("audit entry %d: %+v, want %s", k, log[k], w)
+		}
+	}
+	c.checkPublished(t, first)
+}
+
+// TestIssuerClusterStoreLoss: an older copy of the database put back, and
+// an empty database: both instances refuse to start and say why;
+// 'ekem-issuer recover' brings the fleet back above every epoch ever
+// issued, and no epoch is reused.
+func TestIssuerClusterStoreLoss(t *testing.T) {
+	for _, older := range []bool{true, false} {
+		name := map[bool]string{true: "older copy", false: "empty"}[older]
+		t.Run(name, func(t *testing.T) {
+			c := newPGCluster(t, 2)
+			c.start(t, "ekem-issuer-a", "")
+			first := c.waitEpochAbove(t, 0)
+			c.f.waitFleetEpoch(t, first, c.ids...)
+			c.inst["ekem-issuer-a"].signal(t, syscall.SIGTERM)
+			// The operator's backup: a copy of the database.
+			backup := "backup_" + dbName(c.url)
+			if err := c.pg.Exec("postgres", "CREATE DATABASE "+backup+" TEMPLATE "+dbName(c.url)); err != nil {
+				t.Fatal(err)
+			}
+			c.start(t, "ekem-issuer-a", "")
+			c.start(t, "ekem-issuer-b", "")
+			e := c.waitEpochAbove(t, c.lastEpoch(t)+1)
+			c.f.waitFleetEpoch(t, e, c.ids...)
+			for _, n := range []string{"ekem-issuer-a", "ekem-issuer-b"} {
+				c.inst[n].signal(t, syscall.SIGTERM)
+			}
+			// The database is lost: put back the copy, or start empty.
+			lost := dbName(c.url)
+			restored := "restored_" + lost
+			sql := "CREATE DATABASE " + restored
+			if older {
+				sql += " TEMPLATE " + backup
+			}
+			if err := c.pg.Exec("postgres", sql); err != nil {
+				t.Fatal(err)
+			}
+			c.url = c.pg.URL(restored)
+			c.bin.store = c.url
+			for _, n := range []string{"ekem-issuer-a", "ekem-issuer-b"} {
+				p := c.start(t, n, "")
+				err := waitExit(t, p, faultTimeout)
+				if stderr := strings.Join(p.stderr.all(), "\n"); err == nil || !strings.Contains(stderr, "the broker holds epochs this store does not know") ||
+					!strings.Contains(stderr, "ekem-issuer recover") {
+					t.Fatalf("%s on the %s database: exit %v\n%s", n, name, err, stderr)
+				}
+			}
+			p := c.bin.start(t, "recover", "-reason", "database "+name)
+			if err := waitExit(t, p, faultTimeout); err != nil {
+				t.Fatalf("recover: %v\n%s\n%s", err, p.stdout.tail(10), p.stderr.tail(10))
+			}
+			var floor, had uint64
+			if _, err := fmt.Sscanf(strings.Join(p.stdout.all(), "\n"), "recovered: epoch floor %d (the store had %d)", &floor, &had); err != nil || floor < e {
+				t.Fatalf("recover: floor %d, the fleet was at %d: %v\n%s", floor, e, err, strings.Join(p.stdout.all(), "\n"))
+			}
+			c.start(t, "ekem-issuer-a", "")
+			c.start(t, "ekem-issuer-b", "")
+			c.f.waitFleetEpoch(t, floor+2, c.ids...)
+			for _, id := range c.ids {
+				if n := c.f.devices[id].agent.Counters(); n["rejected:wrong_device_key"] > 0 || n["rejected:equivocation"] > 0 {
+					t.Errorf("%s rejected tickets after recovery: %v", id, n)
+				}
+			}
+			rec := analysePublished(t, c.mon.messages())
+			rec.checkNoReuse(t)
+			code, out, _ := runBin(t, nil, c.bin.bin, "audit", "-store", c.url)
+			if code != 0 || !strings.Contains(out, "recover") || !strings.Contains(out, "database "+name) {
+				t.Errorf("audit log lacks the recovery:\n%s", out)
+			}
+		})
+	}
+}
