@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -172,6 +173,13 @@ func (e AuditEntry) validate() error {
 	}
 	if n := len(e.Actor) + len(e.Action) + len(e.Device) + len(e.Reason) + len(e.Detail); n > maxAuditEntry-64 {
 		return fmt.Errorf("issuer: audit entry of %d bytes is too long (at most %d)", n, maxAuditEntry-64)
+	}
+	// CBOR text strings are UTF-8, and the strict decoder refuses
+	// anything else: one such entry would make the whole log unreadable.
+	for _, f := range []string{e.Actor, e.Action, e.Device, e.Reason, e.Detail} {
+		if !utf8.ValidString(f) {
+			return fmt.Errorf("issuer: audit entry %q: not valid UTF-8 text", e.Action)
+		}
 	}
 	return nil
 }

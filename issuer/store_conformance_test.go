@@ -281,6 +281,11 @@ func conformAudit(t *testing.T, e storeEngine) {
 	}); err == nil {
 		t.Fatal("an oversized audit entry was stored")
 	}
+	if err := st.Update(func(tx Tx) error {
+		return tx.AppendAudit(AuditEntry{Actor: "x", Action: "reset", Reason: "bad \xff utf-8"})
+	}); err == nil {
+		t.Fatal("an audit entry that is not UTF-8 was stored (it would make the log unreadable)")
+	}
 	var got []AuditEntry
 	mustView(t, st, func(tx ReadTx) error {
 		return tx.Audit(func(e AuditEntry) error {

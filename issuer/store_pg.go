@@ -621,33 +621,8 @@ func (s *pgStore) CommitEpoch(c *EpochCommit) (cleared []uint64, err error) {
 	case c.Token != 0 && (uint64(token) != c.Token || !live):
 		return nil, fmt.Errorf("%w: epoch %d: the commit's token is %d, the lease's %d (held by %q, live %v)", ErrNotLeader, c.Epoch, c.Token, token, holder, live)
 	}
-	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS ekem_epoch_in (
-		id text COLLATE "C", rev bigint, state int, epoch bigint, rec bytea) ON COMMIT DELETE ROWS`); err != nil {
-		return nil, s.fail("commit epoch", err)
-	}
-	rows := make([][]any, len(c.Records))
-	for n, r := range c.Records {
-		rows[n] = []any{r.ID, int64(r.rev), int32(r.State), int64(r.Epoch), encoded[n]}
-	}
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"ekem_epoch_in"}, []string{"id", "rev", "state", "epoch", "rec"},
-		pgx.CopyFromRows(rows)); err != nil {
-		return nil, s.fail("commit epoch: copy records", err)
-	}
-	// Lock the epoch's rows, and refuse if one changed since the plan.
-	var changed int64
-	var example *string
-	if err := tx.QueryRow(ctx, `WITH l AS (SELECT d.id, d.rev <> i.rev AND i.rev > 0 AS changed
-			FROM ekem_devices d JOIN ekem_epoch_in i USING (id) ORDER BY d.id FOR UPDATE OF d)
-		SELECT count(*) FILTER (WHERE changed), min(id) FILTER (WHERE changed) FROM l`).Scan(&changed, &example); err != nil {
-		return nil, s.fail("commit epoch", err)
-	}
-	if changed > 0 {
-		return nil, fmt.Errorf("%w: epoch %d: %d device records (%q first) changed since the plan", ErrEpochConflict, c.Epoch, changed, *example)
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO ekem_devices (id, rev, state, epoch, rec)
-		SELECT id, 1, state, epoch, rec FROM ekem_epoch_in
-		ON CONFLICT (id) DO UPDATE SET rev = ekem_devices.rev + 1, state = excluded.state, epoch = excluded.epoch, rec = excluded.rec`); err != nil {
-		return nil, s.fail("commit epoch: write records", err)
+	if err := s.copyRecords(ctx, tx, c.Records, encoded, c.Epoch); err != nil {
+		return nil, err
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO ekem_roots (epoch, root) VALUES ($1, $2)
 		ON CONFLICT (epoch) DO UPDATE SET root = excluded.root`, int64(c.Epoch), c.Root); err != nil {
@@ -677,6 +652,57 @@ func (s *pgStore) CommitEpoch(c *EpochCommit) (cleared []uint64, err error) {
 		return nil, s.fail("commit epoch: commit", err)
 	}
 	return cleared, nil
+}
+
+// copyRecords writes records (encoded: their CBOR) with one COPY into a
+// temporary table and one upsert, after locking their rows and refusing
+// (ErrEpochConflict) if one changed since it was read (its rev; 0: not
+// read from this store, written unconditionally).
+func (s *pgStore) copyRecords(ctx context.Context, tx pgx.Tx, records []*record, encoded [][]byte, epoch uint64) error {
+	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS ekem_epoch_in (
+		id text COLLATE "C", rev bigint, state int, epoch bigint, rec bytea) ON COMMIT DELETE ROWS`); err != nil {
+		return s.fail("write records", err)
+	}
+	if _, err := tx.Exec(ctx, `TRUNCATE ekem_epoch_in`); err != nil {
+		return s.fail("write records", err)
+	}
+	rows := make([][]any, len(records))
+	for n, r := range records {
+		rows[n] = []any{r.ID, int64(r.rev), int32(r.State), int64(r.Epoch), encoded[n]}
+	}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"ekem_epoch_in"}, []string{"id", "rev", "state", "epoch", "rec"},
+		pgx.CopyFromRows(rows)); err != nil {
+		return s.fail("write records: copy", err)
+	}
+	// Lock the rows, and refuse if one changed since the plan.
+	var changed int64
+	var example *string
+	if err := tx.QueryRow(ctx, `WITH l AS (SELECT d.id, d.rev <> i.rev AND i.rev > 0 AS changed
+			FROM ekem_devices d JOIN ekem_epoch_in i USING (id) ORDER BY d.id FOR UPDATE OF d)
+		SELECT count(*) FILTER (WHERE changed), min(id) FILTER (WHERE changed) FROM l`).Scan(&changed, &example); err != nil {
+		return s.fail("write records", err)
+	}
+	if changed > 0 {
+		return fmt.Errorf("%w: epoch %d: %d device records (%q first) changed since the plan", ErrEpochConflict, epoch, changed, *example)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO ekem_devices (id, rev, state, epoch, rec)
+		SELECT id, 1, state, epoch, rec FROM ekem_epoch_in
+		ON CONFLICT (id) DO UPDATE SET rev = ekem_devices.rev + 1, state = excluded.state, epoch = excluded.epoch, rec = excluded.rec`); err != nil {
+		return s.fail("write records", err)
+	}
+	return nil
+}
+
+// putDevices writes many records in one COPY (CopyStore).
+func (t *pgTx) putDevices(recs []*record) error {
+	if err := t.writable(); err != nil {
+		return err
+	}
+	encoded, err := encodeRecords(recs)
+	if err != nil {
+		return err
+	}
+	return t.s.copyRecords(t.ctx, t.tx, recs, encoded, 0)
 }
 
 // The leader lease (lease.go) on PostgreSQL: one row, ekem_lease, whose

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	neturl "net/url"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -129,6 +130,56 @@ func TestPostgresStore(t *testing.T) {
 		mustView(t, st, func(tx ReadTx) (err error) { planned, err = tx.Device("dev-a"); return err })
 		if _, err := st.CommitEpoch(&EpochCommit{Prev: 0, Epoch: 1, Records: []*record{planned}, Root: []byte("r"), Info: []byte("i"), KeepRoots: 2}); err != nil {
 			t.Fatal(err)
+		}
+	})
+	t.Run("CopyStore", func(t *testing.T) {
+		// bbolt → PostgreSQL → bbolt: the same state, and a second copy
+		// into a non-empty store is refused and changes nothing.
+		bolt := storeEngine{open: func(t *testing.T) Store {
+			st, err := OpenStore(filepath.Join(t.TempDir(), "s.db"), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		}}
+		src := bolt.open(t)
+		recs := make([]*record, devicesChunk+5)
+		for k := range recs {
+			recs[k] = testRecord(fmt.Sprintf("dev-%05d", k), 3)
+		}
+		for ep := uint64(1); ep <= 3; ep++ {
+			if _, err := src.CommitEpoch(&EpochCommit{Prev: ep - 1, Epoch: ep, Records: recs, Root: []byte(fmt.Sprint("root-", ep)),
+				Info: []byte(fmt.Sprint("info-", ep)), KeepRoots: 2}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mustUpdate(t, src, func(tx Tx) error {
+			if err := tx.AddRotation([]byte("rot")); err != nil {
+				return err
+			}
+			return tx.AppendAudit(AuditEntry{Time: 5, Actor: "a", Action: "revoke", Device: "dev-00001", Reason: "r\x00 é"})
+		})
+		want := snapshot(t, src)
+		pg := e.open(t)
+		if n, err := CopyStore(pg, src); err != nil || n != len(recs) {
+			t.Fatalf("copy to postgres: %d %v", n, err)
+		}
+		if got := snapshot(t, pg); got != want {
+			t.Fatalf("postgres copy differs:\n%.2000s\nwant\n%.2000s", got, want)
+		}
+		back := bolt.open(t)
+		if _, err := CopyStore(back, pg); err != nil {
+			t.Fatal(err)
+		}
+		if got := snapshot(t, back); got != want {
+			t.Fatal("bbolt copy of the postgres copy differs")
+		}
+		if _, err := CopyStore(pg, src); !errors.Is(err, ErrStoreNotEmpty) {
+			t.Fatalf("copy into a non-empty store: %v", err)
+		}
+		if got := snapshot(t, pg); got != want {
+			t.Fatal("a refused copy changed the store")
 		}
 	})
 	t.Run("Lease", func(t *testing.T) {
