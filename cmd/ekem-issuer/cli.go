@@ -44,6 +44,8 @@ const usageText = `Usage:
                                                  rebuild a lost or restored store from the broker:
                                                  raise the epoch floor, re-pin every device
   ekem-issuer migrate -store URL                apply the PostgreSQL schema migrations (run also does)
+  ekem-issuer copy-store -from STORE -to STORE  copy a stopped issuer's whole state into an empty
+                                                 store (e.g. from a bbolt file to postgres://…)
   ekem-issuer rotate-key -store FILE -signing-key CURRENT.key -new-pub NEW.pub [-overlap N]
                                                  announce NEW as the issuer signing key from epoch
                                                  (last issued + 1 + N) on; N epochs of overlap, default 3
@@ -163,6 +165,8 @@ func dispatch(cmd string, rest []string, stdout, stderr io.Writer) error {
 		err = cmdRotateKey(rest, stdout)
 	case "migrate":
 		err = cmdMigrate(rest, stdout)
+	case "copy-store":
+		err = cmdCopyStore(rest, stdout)
 	case "help", "-h", "-help", "--help":
 		return flag.ErrHelp
 	default:

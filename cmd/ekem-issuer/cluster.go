@@ -80,3 +80,32 @@ func cmdMigrate(args []string, stdout io.Writer) error {
 	}
 	return nil
 }
+
+// cmdCopyStore copies a stopped issuer's state into an empty store.
+func cmdCopyStore(args []string, stdout io.Writer) error {
+	fs := newFlagSet("copy-store")
+	from := fs.String("from", "", "")
+	to := fs.String("to", "", "")
+	if err := parse(fs, args, nil); err != nil {
+		return err
+	}
+	if *from == "" || *to == "" || fs.NArg() > 0 {
+		return fmt.Errorf("%w: copy-store needs -from STORE and -to STORE, and no argument", errUsage)
+	}
+	src, err := issuer.OpenStore(*from, true)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := issuer.OpenStore(*to, false)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	n, err := issuer.CopyStore(dst, src)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "copied %d devices and the issuer's epochs, roots, key rotations and audit log from %s to %s\n", n, src.Name(), dst.Name())
+	return nil
+}

@@ -24,7 +24,7 @@ var runAliases = map[string]string{
 
 // commands are the commands named by an unknown-command error.
 var commands = []string{"run", "keygen", "devices", "device", "reset", "revoke", "release", "approve", "audit", "backup", "recover",
-	"rotate-key", "migrate", "version", "help"}
+	"rotate-key", "migrate", "copy-store", "version", "help"}
 
 // parseEnv parses args, then fills every flag not given on the command
 // line from its environment variable (cliflag.FillFromEnv), and refuses a
