@@ -50,6 +50,7 @@ func parseBench(args []string, stderr io.Writer) (benchFlags, error) {
 	fs.StringVar(&f.cfg.Dir, "dir", "", "directory for the broker's and issuer's files (default: a temporary one, removed at exit)")
 	fs.DurationVar(&f.cfg.FleetTimeout, "fleet-timeout", 120*time.Second, "how long to wait for the fleet's acknowledgements")
 	fs.BoolVar(&f.cfg.SkipChild, "no-agent-process", false, "do not run one agent in its own process (its RSS is then not measured)")
+	fs.StringVar(&f.cfg.Store, "store", "", "an empty PostgreSQL database (postgres://…): also measure the issuer epochs on it")
 	fs.StringVar(&f.json, "json", "", "also write the report as JSON to this file")
 	fs.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	fs.Usage = func() {

@@ -46,6 +46,10 @@ type Config struct {
 	// FleetTimeout bounds the wait for the fleet's acknowledgements
 	// (default 120 s).
 	FleetTimeout time.Duration
+	// Store, if set, is an empty PostgreSQL database (postgres://…): the
+	// issuer epochs are then measured on it too, after the bbolt ones,
+	// over the same devices in the same run.
+	Store string
 	// SkipChild measures the device agent's RSS only from the fleet process
 	// (divided) instead of also running one agent in its own process.
 	SkipChild bool
@@ -158,6 +162,7 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 	}
 	raiseFileLimit()
 	rep := &Report{Config: c, Started: time.Now(), Machine: machine()}
+	rep.Config.Store = redacted(c.Store) // the report is shared: no password
 	logf := func(format string, a ...any) { fmt.Fprintf(progress, "bench: "+format+"\n", a...) }
 	dir := c.Dir
 	if dir == "" {

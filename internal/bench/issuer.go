@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -63,36 +64,9 @@ func benchIssuer(ctx context.Context, c Config, b *broker, keys *keyPool, dir st
 		return err
 	}
 	logf("issuer: preloaded %d registrations in %v", c.Devices, time.Since(t).Round(time.Millisecond))
-	ph := &phaseHandler{}
-	iss, err := issuer.New(issuer.Config{
-		Broker: b.url(), Username: brokerconfig.IssuerAccount, Password: b.password(brokerconfig.IssuerAccount),
-		ClientID: "ekem-bench-issuer", Key: key, StorePath: store, Period: time.Hour, Timeout: 30 * time.Second,
-		Logger: slog.New(ph),
-	})
+	rates, pubRates, builds, totals, err := issuerEpochs(ctx, c, b, key, store, "ekem-bench-issuer", logf)
 	if err != nil {
 		return err
-	}
-	defer iss.Close()
-	if err := iss.Start(ctx); err != nil {
-		return err
-	}
-	var rates, pubRates, builds, totals []float64
-	for r := range c.Reps {
-		t0 := time.Now()
-		e, err := iss.IssueEpoch(ctx)
-		d := time.Since(t0)
-		if err != nil {
-			return fmt.Errorf("bench: issuer epoch: %w", err)
-		}
-		persisted := ph.take()
-		logf("issuer: epoch %d of %d tickets in %v", e, c.Devices, d.Round(time.Millisecond))
-		rates = append(rates, float64(c.Devices)/d.Seconds())
-		totals = append(totals, d.Seconds())
-		if !persisted.IsZero() {
-			builds = append(builds, persisted.Sub(t0).Seconds())
-			pubRates = append(pubRates, float64(c.Devices)/t0.Add(d).Sub(persisted).Seconds())
-		}
-		_ = r
 	}
 	raw := rep.value("publish.raw_rate")
 	rate := median(rates)
@@ -109,7 +83,95 @@ func benchIssuer(ctx context.Context, c Config, b *broker, keys *keyPool, dir st
 	proj := ep * 1e6 / float64(c.Devices)
 	rep.add(Row{Key: "issuer.projection_1m", Label: "projected 1M-device epoch (linear in N)", Value: proj, Unit: "s",
 		Note: fmt.Sprintf("from N=%d; tree depth adds <2%%", c.Devices)})
+	if c.Store == "" {
+		return nil
+	}
+	// The same epochs on PostgreSQL: the bbolt store's state (the same
+	// devices, after the epochs above) copied into the empty database.
+	t = time.Now()
+	if err := copyToStore(store, c.Store); err != nil {
+		return err
+	}
+	logf("issuer: copied %d devices into %s in %v", c.Devices, redacted(c.Store), time.Since(t).Round(time.Millisecond))
+	_, _, pgBuilds, pgTotals, err := issuerEpochs(ctx, c, b, key, c.Store, "ekem-bench-issuer-pg", logf)
+	if err != nil {
+		return err
+	}
+	pe := median(pgTotals)
+	rep.add(Row{Key: "issuer.pg.epoch_time", Label: fmt.Sprintf("issuer epoch time on PostgreSQL, N=%d", c.Devices), Value: pe, Unit: "s",
+		Ratio: pe / ep, RatioTo: "issuer.epoch_time", Samples: pgTotals, Note: "same devices, broker and run as the bbolt epochs; every epoch replaces"})
+	if len(pgBuilds) > 0 {
+		rep.add(Row{Key: "issuer.pg.build_persist", Label: "issuer plan + crypto + persist phase on PostgreSQL", Value: median(pgBuilds), Unit: "s",
+			Ratio: median(pgBuilds) / median(builds), RatioTo: "issuer.build_persist", Samples: pgBuilds})
+	}
 	return nil
+}
+
+// issuerEpochs runs c.Reps epochs of an issuer on store and returns, per
+// epoch, the end-to-end rate, the publish rate, the plan+crypto+persist
+// time and the total time.
+func issuerEpochs(ctx context.Context, c Config, b *broker, key *signature.PrivateKey, store, clientID string,
+	logf func(string, ...any)) (rates, pubRates, builds, totals []float64, err error) {
+	ph := &phaseHandler{}
+	iss, err := issuer.New(issuer.Config{
+		Broker: b.url(), Username: brokerconfig.IssuerAccount, Password: b.password(brokerconfig.IssuerAccount),
+		ClientID: clientID, Key: key, StorePath: store, Period: time.Hour, Timeout: 30 * time.Second,
+		Logger: slog.New(ph),
+	})
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	defer iss.Close()
+	if err := iss.Start(ctx); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	for range c.Reps {
+		t0 := time.Now()
+		e, err := iss.IssueEpoch(ctx)
+		d := time.Since(t0)
+		if err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("bench: issuer epoch: %w", err)
+		}
+		persisted := ph.take()
+		logf("issuer: epoch %d of %d tickets in %v (%s)", e, c.Devices, d.Round(time.Millisecond), redacted(store))
+		rates = append(rates, float64(c.Devices)/d.Seconds())
+		totals = append(totals, d.Seconds())
+		if !persisted.IsZero() {
+			builds = append(builds, persisted.Sub(t0).Seconds())
+			pubRates = append(pubRates, float64(c.Devices)/t0.Add(d).Sub(persisted).Seconds())
+		}
+	}
+	return rates, pubRates, builds, totals, nil
+}
+
+// copyToStore copies the bbolt store at from into the empty store to.
+func copyToStore(from, to string) error {
+	src, err := issuer.OpenStore(from, true)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := issuer.OpenStore(to, false)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	_, err = issuer.CopyStore(dst, src)
+	return err
+}
+
+// redacted names a store without credentials.
+func redacted(store string) string {
+	if !issuer.IsPostgresStore(store) {
+		return store
+	}
+	if u, err := url.Parse(store); err == nil {
+		if u.User != nil {
+			u.User = url.User(u.User.Username())
+		}
+		return u.Host + u.Path
+	}
+	return "postgres"
 }
 
 // preload registers n devices into a new store at path. Each registration

@@ -19,6 +19,7 @@ const (
 	GoalFleetSecs     = 60.0 // every device of a 10k fleet acknowledged within 60 s
 	GoalFleetSize     = 10000
 	GoalAgentRSSMB    = 20.0 // a device agent within 20 MB RSS
+	GoalPostgresRatio = 1.5  // an issuer epoch on PostgreSQL ≤ 1.5× the bbolt epoch (issue 12)
 	goalProjectFromAt = 100000
 )
 
@@ -42,6 +43,11 @@ func goals(r *Report) []Goal {
 		g.Note = fmt.Sprintf("projected from fewer than %d devices; run -devices %d for the stated check", goalProjectFromAt, goalProjectFromAt)
 	}
 	out = append(out, g)
+	if pe, ok := r.Row("issuer.pg.epoch_time"); ok {
+		out = append(out, Goal{Name: "issuer epoch on PostgreSQL", Target: fmt.Sprintf("≤ %.1f× the bbolt epoch, same run", GoalPostgresRatio),
+			Measured: fmt.Sprintf("%.2f s = %.2f× of %.2f s (N=%d)", pe.Value, pe.Ratio, r.value("issuer.epoch_time"), r.Config.Devices),
+			Pass:     pe.Ratio > 0 && pe.Ratio <= GoalPostgresRatio})
+	}
 	all := r.value("fleet.ack_100")
 	g = Goal{Name: "fleet rotation, all acknowledged", Target: fmt.Sprintf("≤ %.0f s for %d devices", GoalFleetSecs, GoalFleetSize),
 		Measured: fmt.Sprintf("%.2f s for %d devices", all, r.Config.Fleet), Pass: all >= 0 && all <= GoalFleetSecs}
