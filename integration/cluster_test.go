@@ -17,6 +17,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"sort"
 	"strings"
 	"syscall"
@@ -64,15 +67,16 @@ func newPGCluster(t *testing.T, n int) *pgCluster {
 }
 
 // start starts instance name with the store at url (default: direct).
-func (c *pgCluster) start(t *testing.T, name, url string) *proc {
+func (c *pgCluster) start(t *testing.T, name, url string, extra ...string) *proc {
 	t.Helper()
 	if url == "" {
 		url = c.url
 	}
 	acct := c.f.b.Issuer()
-	p := startProc(t, "ekem-issuer "+name, c.bin.env, c.bin.bin, "run", "-broker", c.f.b.URL(), "-username", acct.Username,
+	args := append([]string{"run", "-broker", c.f.b.URL(), "-username", acct.Username,
 		"-key", c.bin.key, "-store", url, "-period", clusterPeriod.String(), "-lease-ttl", clusterLease.String(),
-		"-client-id", name, "-log-format", "json")
+		"-client-id", name, "-log-format", "json"}, extra...)
+	p := startProc(t, "ekem-issuer "+name, c.bin.env, c.bin.bin, args...)
 	c.inst[name] = p
 	return p
 }
@@ -331,11 +335,29 @@ func dbName(url string) string {
 // on, and each action is in the audit log stored in the database.
 func TestIssuerClusterAdmin(t *testing.T) {
 	c := newPGCluster(t, 2)
+	metrics := map[string]string{}
 	for _, n := range []string{"ekem-issuer-a", "ekem-issuer-b"} {
-		c.start(t, n, "")
+		metrics[n] = freeAddr(t)
+		c.start(t, n, "", "-metrics", metrics[n])
 	}
 	first := c.waitEpochAbove(t, 0)
 	c.f.waitFleetEpoch(t, first, c.ids...)
+	// The metrics show which instance leads: the lease holder, only.
+	l := c.waitLeader(t, "ekem-issuer-a", "ekem-issuer-b")
+	for n, addr := range metrics {
+		want := fmt.Sprintf(`ekem_issuer_leader{instance=%q} 0`, n)
+		if n == l.Holder {
+			want = fmt.Sprintf(`ekem_issuer_leader{instance=%q} 1`, n)
+		}
+		var body string
+		sysWaitFor(t, n+"'s metrics", func() bool {
+			body = httpGet(t, "http://"+addr+"/metrics")
+			return strings.Contains(body, want)
+		})
+		if n == l.Holder && !strings.Contains(body, "ekem_epochs_issued_total") {
+			t.Errorf("the leader's metrics lack the issuer's own:\n%s", body)
+		}
+	}
 	admin := func(args ...string) string {
 		t.Helper()
 		full := append(args[:1:1], append([]string{"-store", c.url}, args[1:]...)...)
@@ -443,4 +465,28 @@ func TestIssuerClusterStoreLoss(t *testing.T) {
 			}
 		})
 	}
+}
+
+// freeAddr is a free loopback address.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// httpGet returns the body at url, "" if it cannot be fetched.
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	cl := &http.Client{Timeout: 5 * time.Second}
+	r, err := cl.Get(url)
+	if err != nil {
+		return ""
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return string(b)
 }

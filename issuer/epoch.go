@@ -141,6 +141,14 @@ func (i *Issuer) issueAndPersist() ([]pubMsg, uint64, int, error) {
 		msgs = append(msgs, pubMsg{topic: i.topics.Ticket(t.DeviceID), payload: t.Ticket})
 	}
 	msgs = append(msgs, pubMsg{topic: i.topics.Epoch(), payload: infoBytes})
+	if i.lease.Load() != nil {
+		// An instance of a cluster: a deposed leader's MQTT will (Online
+		// false) can arrive after this leader announced itself; each
+		// epoch says again that the issuer is online.
+		if b, err := i.online(true); err == nil {
+			msgs = append(msgs, pubMsg{topic: i.topics.Online(), payload: b})
+		}
+	}
 	for _, e := range cleared {
 		msgs = append(msgs, pubMsg{topic: i.topics.Root(e)}) // empty retained: clears the topic
 	}
