@@ -200,9 +200,11 @@ func (c *Cluster) lead(ctx context.Context, l Lease, polled time.Time) error {
 			switch {
 			case err == nil:
 				cur.Store(&nl)
-				if iss := c.Issuer(); iss != nil {
-					iss.lease.Store(&nl)
+				c.mu.Lock()
+				if c.leader != nil {
+					c.leader.lease.Store(&nl)
 				}
+				c.mu.Unlock()
 			case errors.Is(err, ErrNotLeader):
 				lost(err)
 				return
@@ -232,9 +234,11 @@ func (c *Cluster) lead(ctx context.Context, l Lease, polled time.Time) error {
 	if err != nil {
 		return err
 	}
-	iss.lease.Store(cur.Load())
+	// Under c.mu, so that a renewal (which stores cur, then takes c.mu)
+	// reaches iss either way.
 	c.mu.Lock()
 	c.leader = iss
+	iss.lease.Store(cur.Load())
 	c.mu.Unlock()
 	c.isLeader.Store(true)
 	defer func() {
