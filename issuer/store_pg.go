@@ -37,9 +37,10 @@ import (
 //     never loses another writer's change.
 //   - CommitEpoch locks the meta row, compares-and-sets (last epoch,
 //     lease token), streams the records into a temporary table with COPY,
-//     refuses if a record changed since the plan read it (its rev;
-//     ErrEpochConflict), and writes them with one upsert: a few round
-//     trips for any number of devices, never one per device.
+//     and writes them with one UPDATE that skips a record changed since
+//     the plan read it (its rev), refusing the epoch then
+//     (ErrEpochConflict): a few round trips for any number of devices,
+//     never one per device.
 //   - View runs in a REPEATABLE READ, read-only transaction: one snapshot.
 
 //go:embed migrations/postgres/*.sql
@@ -154,6 +155,15 @@ func openPostgres(raw string, readOnly bool) (Store, error) {
 		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	}
 	cfg.MaxConns = max(cfg.MaxConns, 4)
+	// Every connection has its own staging table for bulk writes
+	// (copyRecords). Records are mostly keys and ciphertexts, which do not
+	// compress: stored out of line, uncompressed (EXTERNAL).
+	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		_, err := c.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS ekem_epoch_in (
+			id text COLLATE "C", rev bigint, state int, epoch bigint, rec bytea) ON COMMIT DELETE ROWS;
+			ALTER TABLE ekem_epoch_in ALTER COLUMN rec SET STORAGE EXTERNAL`)
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), pgConnectTimeout)
 	defer cancel()
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
@@ -658,14 +668,11 @@ func (s *pgStore) CommitEpoch(c *EpochCommit) (cleared []uint64, err error) {
 }
 
 // copyRecords writes records (encoded: their CBOR) with one COPY into a
-// temporary table and one upsert, after locking their rows and refusing
-// (ErrEpochConflict) if one changed since it was read (its rev; 0: not
-// read from this store, written unconditionally).
+// temporary table and one UPDATE (and, for records not read from this
+// store, one INSERT), refusing (ErrEpochConflict) if one changed since it
+// was read (its rev; 0: not read from this store, written whatever is
+// stored). Records in one call have distinct ids.
 func (s *pgStore) copyRecords(ctx context.Context, tx pgx.Tx, records []*record, encoded [][]byte, epoch uint64) error {
-	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS ekem_epoch_in (
-		id text COLLATE "C", rev bigint, state int, epoch bigint, rec bytea) ON COMMIT DELETE ROWS`); err != nil {
-		return s.fail("write records", err)
-	}
 	if _, err := tx.Exec(ctx, `TRUNCATE ekem_epoch_in`); err != nil {
 		return s.fail("write records", err)
 	}
@@ -677,21 +684,32 @@ func (s *pgStore) copyRecords(ctx context.Context, tx pgx.Tx, records []*record,
 		pgx.CopyFromRows(rows)); err != nil {
 		return s.fail("write records: copy", err)
 	}
-	// Lock the rows, and refuse if one changed since the plan.
-	var changed int64
-	var example *string
-	if err := tx.QueryRow(ctx, `WITH l AS (SELECT d.id, d.rev <> i.rev AND i.rev > 0 AS changed
-			FROM ekem_devices d JOIN ekem_epoch_in i USING (id) ORDER BY d.id FOR UPDATE OF d)
-		SELECT count(*) FILTER (WHERE changed), min(id) FILTER (WHERE changed) FROM l`).Scan(&changed, &example); err != nil {
+	// Records read from this store (rev > 0) are updated only if
+	// unchanged since: an UPDATE that meets a row another transaction
+	// changes waits for it and re-checks the condition on the new version.
+	// Those not read from it (rev 0) are written whatever is stored.
+	var fresh int
+	for _, r := range records {
+		if r.rev == 0 {
+			fresh++
+		}
+	}
+	tag, err := tx.Exec(ctx, `UPDATE ekem_devices d SET rev = d.rev + 1, state = i.state, epoch = i.epoch, rec = i.rec
+		FROM ekem_epoch_in i WHERE d.id = i.id AND (i.rev = 0 OR d.rev = i.rev)`)
+	if err != nil {
 		return s.fail("write records", err)
 	}
-	if changed > 0 {
-		return fmt.Errorf("%w: epoch %d: %d device records (%q first) changed since the plan", ErrEpochConflict, epoch, changed, *example)
+	written := tag.RowsAffected()
+	if fresh > 0 {
+		tag, err := tx.Exec(ctx, `INSERT INTO ekem_devices (id, rev, state, epoch, rec)
+			SELECT id, 1, state, epoch, rec FROM ekem_epoch_in WHERE rev = 0 ON CONFLICT (id) DO NOTHING`)
+		if err != nil {
+			return s.fail("write records", err)
+		}
+		written += tag.RowsAffected()
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO ekem_devices (id, rev, state, epoch, rec)
-		SELECT id, 1, state, epoch, rec FROM ekem_epoch_in
-		ON CONFLICT (id) DO UPDATE SET rev = ekem_devices.rev + 1, state = excluded.state, epoch = excluded.epoch, rec = excluded.rec`); err != nil {
-		return s.fail("write records", err)
+	if written != int64(len(records)) {
+		return fmt.Errorf("%w: epoch %d: %d of %d device records changed since the plan", ErrEpochConflict, epoch, int64(len(records))-written, len(records))
 	}
 	return nil
 }

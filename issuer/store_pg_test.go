@@ -2,9 +2,11 @@ package issuer
 
 import (
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	neturl "net/url"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -253,4 +255,58 @@ func dbName(raw string) string {
 		panic(err)
 	}
 	return u.Path[1:]
+}
+
+// BenchmarkCommitEpoch persists one epoch of 10k device records of a
+// realistic size on each engine (PostgreSQL: EKEM_BENCH_POSTGRES, an empty
+// database, else a test server with fsync off).
+func BenchmarkCommitEpoch(b *testing.B) {
+	const n = 10000
+	recs := make([]*record, n)
+	for k := range recs {
+		r := testRecord(fmt.Sprintf("dev-%06d", k), 1)
+		r.Ticket = make([]byte, 1700)
+		r.RegKey, r.Key = make([]byte, 1568), make([]byte, 1568)
+		for _, f := range [][]byte{r.Ticket, r.RegKey, r.Key} {
+			crand.Read(f)
+		}
+		recs[k] = r
+	}
+	engines := map[string]func(b *testing.B) Store{
+		"bbolt": func(b *testing.B) Store {
+			st, err := OpenStore(filepath.Join(b.TempDir(), "s.db"), false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return st
+		},
+		"postgres": func(b *testing.B) Store {
+			url := os.Getenv("EKEM_BENCH_POSTGRES")
+			if url == "" {
+				srv := pgtest.Start(b)
+				url = srv.URL(srv.NewDatabase(b))
+			}
+			st, err := OpenStore(url, false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return st
+		},
+	}
+	for name, open := range engines {
+		b.Run(name, func(b *testing.B) {
+			st := open(b)
+			defer st.Close()
+			var last uint64
+			mustView(&testing.T{}, st, func(tx ReadTx) (err error) { last, err = tx.LastEpoch(); return err })
+			b.ResetTimer()
+			for range b.N {
+				if _, err := st.CommitEpoch(&EpochCommit{Prev: last, Epoch: last + 1, Records: recs, Root: []byte("r"), Info: []byte("i"), KeepRoots: 4}); err != nil {
+					b.Fatal(err)
+				}
+				last++
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*n), "µs/record")
+		})
+	}
 }

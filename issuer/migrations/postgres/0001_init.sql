@@ -23,6 +23,9 @@ CREATE TABLE ekem_devices (
 	epoch bigint NOT NULL,
 	rec   bytea NOT NULL
 );
+-- Records are mostly keys and ciphertexts, which do not compress: stored
+-- out of line without a compression attempt.
+ALTER TABLE ekem_devices ALTER COLUMN rec SET STORAGE EXTERNAL;
 
 -- The last few signed epoch roots (COSE_Sign1).
 CREATE TABLE ekem_roots (
