@@ -145,11 +145,17 @@ func (c *Cluster) Run(ctx context.Context) error {
 	ttl := c.cc.LeaseTTL
 	poll := ttl / 4
 	c.log.Info("standby: waiting for the leader lease", "lease_ttl", ttl)
+	failing := false // logged once per outage, not at every poll
 	for {
 		start := time.Now()
 		l, ok, err := c.leaser.AcquireLease(ctx, c.cc.Instance, ttl)
-		if err != nil && ctx.Err() == nil {
-			c.log.Warn("lease poll failed", "reason", "lease_poll_failed", "err", err)
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			c.log.Warn("lease poll failed; retrying", "reason", "lease_poll_failed", "err", err)
+			failing = true
+		case err == nil && failing:
+			c.log.Info("lease poll works again")
+			failing = false
 		}
 		if ok {
 			err := c.lead(ctx, l, start)

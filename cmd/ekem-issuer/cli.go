@@ -313,6 +313,10 @@ func (f *runFlags) check() error {
 		return bad("-tls-cert and -tls-key go together")
 	case f.logFormat != "text" && f.logFormat != "json":
 		return bad("-log-format must be text or json, got %q", f.logFormat)
+	case f.leaseTTL != 0 && !issuer.IsPostgresStore(f.store):
+		return bad("-lease-ttl needs a postgres:// store (a bbolt store has one issuer, without a lease)")
+	case f.leaseTTL < 0:
+		return bad("-lease-ttl must not be negative, got %v", f.leaseTTL)
 	}
 	if err := issuer.ValidateBrokerURL(f.broker); err != nil {
 		return bad("-broker: %v", err)

@@ -66,6 +66,7 @@ func TestRunFlagErrors(t *testing.T) {
 		{[]string{"run", "-broker", "http://x:1", "-key", "k", "-store", "s"}, nil, "scheme must be", 2},
 		{base, nil, "-signing-key: open k.pem", 1},
 		{[]string{"frobnicate"}, nil, `unknown command "frobnicate"`, 2},
+		{append(base, "-lease-ttl", "1s"), nil, "-lease-ttl needs a postgres:// store", 2},
 	}
 	for _, c := range cases {
 		for k, v := range c.env {

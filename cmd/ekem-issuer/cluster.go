@@ -21,6 +21,9 @@ import (
 // Operator commands go to the database directly (-store URL), on any
 // instance's host, so no admin socket is served.
 func runCluster(f *runFlags, cfg issuer.Config, log *slog.Logger) error {
+	if f.adminSocket != "" && f.adminSocket != "off" {
+		return fmt.Errorf("%w: -admin-socket is not used with a PostgreSQL store: operator commands take the same -store URL", errUsage)
+	}
 	c, err := issuer.NewCluster(cfg, issuer.ClusterConfig{Instance: f.clientID, LeaseTTL: f.leaseTTL})
 	if err != nil {
 		return err

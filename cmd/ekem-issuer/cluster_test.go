@@ -1,6 +1,7 @@
 package main
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -45,5 +46,26 @@ func TestPostgresCommands(t *testing.T) {
 	}
 	if got := storedDevice(t, url, "dev-a"); got.State != "revoked" {
 		t.Fatalf("dev-a after revoke: %+v", got)
+	}
+	// run on PostgreSQL: no admin socket; a lease within half the period.
+	dir := t.TempDir()
+	key, pub := filepath.Join(dir, "k.pem"), filepath.Join(dir, "k.pub")
+	if code, _, errOut := runCmd(t, "keygen", "-out", key, "-pub", pub); code != 0 {
+		t.Fatal(errOut)
+	}
+	base := []string{"run", "-broker", "tcp://127.0.0.1:1", "-key", key, "-store", url, "-period", "1m"}
+	for _, c := range []struct {
+		extra []string
+		code  int
+		want  string
+	}{
+		{[]string{"-admin-socket", filepath.Join(dir, "s.sock")}, 2, "-admin-socket is not used with a PostgreSQL store"},
+		{[]string{"-lease-ttl", "40s"}, 1, "lease ttl must be between 200ms and half the period"},
+		{[]string{"-lease-ttl", "-1s"}, 2, "-lease-ttl must not be negative"},
+	} {
+		code, _, errOut := runCmd(t, append(base, c.extra...)...)
+		if code != c.code || !strings.Contains(errOut, c.want) {
+			t.Errorf("run %v: %d %q, want %d %q", c.extra, code, errOut, c.code, c.want)
+		}
 	}
 }

@@ -15,7 +15,6 @@ package pgtest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -300,34 +299,6 @@ func (s *Server) Stop() {
 		_ = cmd.Process.Kill()
 		<-done
 	}
-}
-
-// Restart stops the server and starts it again on the same port.
-func (s *Server) Restart() error {
-	s.Stop()
-	port := s.port
-	log, err := os.OpenFile(s.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer log.Close()
-	cmd := s.command("postgres", "-D", s.DataDir(), "-p", strconv.Itoa(port), "-k", s.dir,
-		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off")
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	s.mu.Lock()
-	s.cmd, s.done = cmd, done
-	s.mu.Unlock()
-	for deadline := time.Now().Add(startTimeout); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if s.ping() == nil {
-			return nil
-		}
-	}
-	return errors.New("pgtest: restarted postgres does not accept connections")
 }
 
 func (s *Server) cleanup() {
