@@ -144,6 +144,11 @@ func (c *Cluster) MetricsHandler() http.Handler {
 func (c *Cluster) Run(ctx context.Context) error {
 	ttl := c.cc.LeaseTTL
 	poll := ttl / 4
+	if st, err := c.leaser.LeaseStatus(ctx); err == nil && st.Live && st.Holder == c.cc.Instance {
+		c.log.Warn("the live lease is held under this instance's name: another instance has the same name "+
+			"(each needs its own -client-id), or this is a restart within the lease", "reason", "instance_name_in_use",
+			"token", st.Token)
+	}
 	c.log.Info("standby: waiting for the leader lease", "lease_ttl", ttl)
 	failing := false // logged once per outage, not at every poll
 	for {
