@@ -22,9 +22,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"sort"
 	"strings"
 	"syscall"
@@ -356,7 +353,7 @@ func TestIssuerClusterAdmin(t *testing.T) {
 		}
 		var body string
 		sysWaitFor(t, n+"'s metrics", func() bool {
-			body = httpGet(t, "http://"+addr+"/metrics")
+			body = httpGet(addr, "/metrics")
 			return strings.Contains(body, want)
 		})
 		if n == l.Holder && !strings.Contains(body, "ekem_epochs_issued_total") {
@@ -487,28 +484,4 @@ func TestIssuerClusterStoreLoss(t *testing.T) {
 			}
 		})
 	}
-}
-
-// freeAddr is a free loopback address.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// httpGet returns the body at url, "" if it cannot be fetched.
-func httpGet(t *testing.T, url string) string {
-	t.Helper()
-	cl := &http.Client{Timeout: 5 * time.Second}
-	r, err := cl.Get(url)
-	if err != nil {
-		return ""
-	}
-	defer r.Body.Close()
-	b, _ := io.ReadAll(r.Body)
-	return string(b)
 }
