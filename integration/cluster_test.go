@@ -22,6 +22,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -337,10 +338,11 @@ func dbName(url string) string {
 // on, and each action is in the audit log stored in the database.
 func TestIssuerClusterAdmin(t *testing.T) {
 	c := newPGCluster(t, 2)
-	metrics := map[string]string{}
+	metrics, socks := map[string]string{}, map[string]string{}
 	for _, n := range []string{"ekem-issuer-a", "ekem-issuer-b"} {
 		metrics[n] = freeAddr(t)
-		c.start(t, n, "", "-metrics", metrics[n])
+		socks[n] = filepath.Join(c.f.dir, n+".sock")
+		c.start(t, n, "", "-metrics", metrics[n], "-admin-socket", socks[n])
 	}
 	first := c.waitEpochAbove(t, 0)
 	c.f.waitFleetEpoch(t, first, c.ids...)
@@ -376,6 +378,22 @@ func TestIssuerClusterAdmin(t *testing.T) {
 	if err := json.Unmarshal([]byte(admin("device", "-json", "cl-1")), &d); err != nil || d.ID != "cl-1" {
 		t.Fatalf("device -json cl-1: %+v %v", d, err)
 	}
+	// Each instance's admin socket: the standby answers reads and refuses
+	// writes; the leader answers both.
+	standby := "ekem-issuer-a"
+	if l.Holder == standby {
+		standby = "ekem-issuer-b"
+	}
+	if code, out, errOut := runBin(t, nil, c.bin.bin, "devices", "-admin-socket", socks[standby]); code != 0 || !strings.Contains(out, "cl-1") {
+		t.Fatalf("devices on the standby's socket: %d %s %s", code, out, errOut)
+	}
+	if code, _, errOut := runBin(t, nil, c.bin.bin, "revoke", "-admin-socket", socks[standby], "-reason", "x", "cl-1"); code == 0 || !strings.Contains(errOut, "standby") {
+		t.Fatalf("revoke on the standby's socket: %d %s", code, errOut)
+	}
+	if code, _, errOut := runBin(t, nil, c.bin.bin, "revoke", "-admin-socket", socks[l.Holder], "-reason", "via leader", "cl-2"); code != 0 {
+		t.Fatalf("revoke on the leader's socket: %d %s", code, errOut)
+	}
+	admin("release", "-reason", "back", "cl-2")
 	admin("revoke", "-reason", "stolen", "cl-2")
 	admin("release", "-reason", "found", "cl-2")
 	admin("reset", "-reason", "reflashed", "cl-2")
@@ -386,7 +404,7 @@ func TestIssuerClusterAdmin(t *testing.T) {
 	if err := json.Unmarshal([]byte(admin("audit", "-json")), &log); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"revoke cl-2 stolen", "release cl-2 found", "reset cl-2 reflashed"}
+	want := []string{"revoke cl-2 via leader", "release cl-2 back", "revoke cl-2 stolen", "release cl-2 found", "reset cl-2 reflashed"}
 	if len(log) != len(want) {
 		t.Fatalf("audit log %+v, want %v", log, want)
 	}

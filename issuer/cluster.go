@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -297,4 +298,76 @@ func (i *Issuer) leaseToken() uint64 {
 		return l.Token
 	}
 	return 0
+}
+
+// ErrStandby: a write admin action reached a standby instance.
+var ErrStandby = errors.New("issuer: this instance is a standby")
+
+// Admin serves operator actions on this instance (its admin socket): the
+// leader's running Issuer answers all of them (approve included, which
+// needs the registration only it holds); a standby answers the read-only
+// ones from the database and refuses the others (ErrStandby). Every
+// action except approve also works on the database directly (-store URL).
+func (c *Cluster) Admin() Admin { return clusterAdmin{c} }
+
+type clusterAdmin struct{ c *Cluster }
+
+// pick is the leader's Admin, or nil on a standby.
+func (a clusterAdmin) pick() Admin {
+	if iss := a.c.Issuer(); iss != nil {
+		return iss.Admin()
+	}
+	return nil
+}
+
+func (a clusterAdmin) read() Admin {
+	if l := a.pick(); l != nil {
+		return l
+	}
+	return StoreAdmin{Store: a.c.store}
+}
+
+func (a clusterAdmin) write(action string) (Admin, error) {
+	if l := a.pick(); l != nil {
+		return l, nil
+	}
+	return nil, fmt.Errorf("%w: %s is a write; run it on the leader's socket, or with -store URL against the database", ErrStandby, action)
+}
+
+func (a clusterAdmin) Devices() ([]DeviceInfo, error)       { return a.read().Devices() }
+func (a clusterAdmin) Device(id string) (DeviceInfo, error) { return a.read().Device(id) }
+func (a clusterAdmin) LastEpoch() (uint64, error)           { return a.read().LastEpoch() }
+func (a clusterAdmin) Audit() ([]AuditEntry, error)         { return a.read().Audit() }
+func (a clusterAdmin) Backup(w io.Writer) error             { return a.read().Backup(w) }
+
+func (a clusterAdmin) Reset(id string, op Operator) error {
+	l, err := a.write("reset")
+	if err != nil {
+		return err
+	}
+	return l.Reset(id, op)
+}
+
+func (a clusterAdmin) Revoke(id string, op Operator) error {
+	l, err := a.write("revoke")
+	if err != nil {
+		return err
+	}
+	return l.Revoke(id, op)
+}
+
+func (a clusterAdmin) Release(id string, op Operator) error {
+	l, err := a.write("release")
+	if err != nil {
+		return err
+	}
+	return l.Release(id, op)
+}
+
+func (a clusterAdmin) Approve(id string, op Operator) error {
+	l, err := a.write("approve")
+	if err != nil {
+		return err
+	}
+	return l.Approve(id, op)
 }

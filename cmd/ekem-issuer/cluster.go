@@ -14,16 +14,15 @@ import (
 	"time"
 
 	"github.com/entropykem/entropykem/issuer"
+	"github.com/entropykem/entropykem/issuer/adminsock"
 )
 
 // runCluster runs one instance of several sharing a PostgreSQL store:
 // standby until it takes the leader lease, then leader (issuer.Cluster).
 // Operator commands go to the database directly (-store URL), on any
-// instance's host, so no admin socket is served.
+// instance's host; approve, which needs the registration the leader holds,
+// goes through the leader's admin socket (-admin-socket PATH).
 func runCluster(f *runFlags, cfg issuer.Config, log *slog.Logger) error {
-	if f.adminSocket != "" && f.adminSocket != "off" {
-		return fmt.Errorf("%w: -admin-socket is not used with a PostgreSQL store: operator commands take the same -store URL", errUsage)
-	}
 	c, err := issuer.NewCluster(cfg, issuer.ClusterConfig{Instance: f.clientID, LeaseTTL: f.leaseTTL})
 	if err != nil {
 		return err
@@ -31,6 +30,17 @@ func runCluster(f *runFlags, cfg issuer.Config, log *slog.Logger) error {
 	defer c.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// An admin socket only where asked for (-admin-socket PATH): the
+	// leader answers every command on it, a standby the read-only ones;
+	// every command but approve also works on the database (-store URL).
+	if path := adminSocketPath(f.adminSocket, f.store); path != "" {
+		sock, err := adminsock.Listen(path, c.Admin(), log)
+		if err != nil {
+			return err
+		}
+		defer sock.Close()
+		log.Info("admin socket listening", "path", path)
+	}
 	if f.metrics != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", c.MetricsHandler())

@@ -59,7 +59,6 @@ func TestPostgresCommands(t *testing.T) {
 		code  int
 		want  string
 	}{
-		{[]string{"-admin-socket", filepath.Join(dir, "s.sock")}, 2, "-admin-socket is not used with a PostgreSQL store"},
 		{[]string{"-lease-ttl", "40s"}, 1, "lease ttl must be between 200ms and half the period"},
 		{[]string{"-lease-ttl", "-1s"}, 2, "-lease-ttl must not be negative"},
 	} {
