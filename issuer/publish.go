@@ -84,6 +84,11 @@ func (i *Issuer) onConnect() {
 	case <-i.ctx.Done():
 		return
 	}
+	if err := i.mayPublish(); err != nil {
+		// A deposed leader reconnecting: not a message (cluster.go).
+		i.log.Warn("reconnected without the leader lease: publishing nothing", "reason", "lease_lost")
+		return
+	}
 	if b, err := i.online(true); err == nil {
 		if err := i.client.Load().Publish(i.topics.Online(), b, true); err != nil {
 			i.log.Warn("could not publish online status", "err", err)
