@@ -162,7 +162,14 @@ func (i *Issuer) publishAll(msgs []pubMsg) int {
 		return 0
 	}
 	todo := msgs
-	for try := 1; try <= publishTries && len(todo) > 0 && i.mayPublish() == nil; try++ {
+	for try := 1; try <= publishTries && len(todo) > 0; try++ {
+		if err := i.mayPublish(); err != nil {
+			// The leader lease is lost (cluster.go): what is left is
+			// not published, and not a failure to retry.
+			i.count("publish_fenced", uint64(len(todo)))
+			i.log.Warn("publishing stopped: the leader lease is lost", "reason", "lease_lost", "unsent", len(todo), "err", err)
+			return len(todo)
+		}
 		if try > 1 {
 			i.count("publish_retries", uint64(len(todo)))
 			select {
@@ -231,10 +238,9 @@ func (i *Issuer) publishRound(c *mqttc.Client, msgs []pubMsg) []pubMsg {
 			failed = append(failed, msgs[k:]...)
 			break
 		}
-		if err := i.mayPublish(); err != nil {
-			// The leader lease is lost: not one more message.
-			i.count("publish_fenced", uint64(len(msgs)-k))
-			i.log.Warn("publishing stopped: the leader lease is lost", "reason", "lease_lost", "unsent", len(msgs)-k)
+		if i.mayPublish() != nil {
+			// The leader lease is lost: not one more message (publishAll
+			// counts them).
 			failed = append(failed, msgs[k:]...)
 			break
 		}
