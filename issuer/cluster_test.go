@@ -2,11 +2,15 @@ package issuer
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/entropykem/entropykem/internal/mqttc"
+	"github.com/entropykem/entropykem/pkg/keyschedule"
 )
 
 // TestLeaseGatesPublishing: an issuer whose leader lease has passed its
@@ -64,5 +68,28 @@ func TestLeaseGatesPublishing(t *testing.T) {
 	}
 	for _, m := range drain() {
 		t.Errorf("published past the lease: %s (%d bytes)", m.Topic, len(m.Payload))
+	}
+}
+
+// TestStoreBehindRefused: a store put back under the running issuer (a
+// database restored in place) makes it refuse every epoch rather than
+// reuse an epoch number.
+func TestStoreBehindRefused(t *testing.T) {
+	e := newEnv(t)
+	e.register(newDevice(t, "dev-1"))
+	e.issue()
+	e.issue()
+	// Back to epoch 1 under the running issuer.
+	bs := e.iss.store.(*boltStore)
+	if err := bs.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyLastEpoch, keyschedule.U64(1))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if ep, err := e.iss.IssueEpoch(context.Background()); !errors.Is(err, ErrStoreBehind) || ep != 0 {
+		t.Fatalf("issue on a store behind: %d %v", ep, err)
+	}
+	if last := e.iss.LastEpoch(); last != 1 {
+		t.Fatalf("last epoch %d after a refused epoch", last)
 	}
 }

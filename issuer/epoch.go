@@ -135,6 +135,7 @@ func (i *Issuer) issueAndPersist() ([]pubMsg, uint64, int, error) {
 		i.count("store_failures", 1)
 		return nil, 0, 0, fmt.Errorf("issuer: persist epoch %d (nothing was published): %w", p.epoch, err)
 	}
+	i.committed.Store(p.epoch)
 	msgs := make([]pubMsg, 0, len(ep.Tickets)+2+len(cleared))
 	msgs = append(msgs, pubMsg{topic: i.topics.Root(p.epoch), payload: ep.Root})
 	for _, t := range ep.Tickets {
@@ -170,6 +171,13 @@ func (i *Issuer) plan() (*plan, error) {
 		}
 		if last >= wire.MaxEpoch {
 			return fmt.Errorf("issuer: epoch space exhausted at %d", last)
+		}
+		if hw := i.committed.Load(); last < hw {
+			// The store went back under the running issuer (a database
+			// restored in place): issuing would reuse an epoch number.
+			i.count("store_behind", 1)
+			return fmt.Errorf("%w: the store %s ends at epoch %d, but this issuer committed epoch %d: it was restored or replaced while the issuer ran "+
+				"(hint: stop every issuer, then run 'ekem-issuer recover'; README \"Backups and recovery\")", ErrStoreBehind, i.store.Name(), last, hw)
 		}
 		p.epoch = last + 1
 		var kid []byte

@@ -42,6 +42,10 @@ var (
 	ErrClosed = errors.New("issuer: closed")
 	// ErrStarted: Start was called twice.
 	ErrStarted = errors.New("issuer: already started")
+	// ErrStoreBehind: the store's last epoch went below an epoch this
+	// running issuer committed (restored or replaced under it). Nothing
+	// is issued.
+	ErrStoreBehind = errors.New("issuer: the store went back below an epoch this issuer committed")
 )
 
 // Issuer is one issuer. Its methods are safe for concurrent use.
@@ -81,6 +85,9 @@ type Issuer struct {
 	// lease is the leader lease of an instance of a cluster (cluster.go),
 	// nil for a lone issuer: past its deadline nothing is published.
 	lease atomic.Pointer[Lease]
+	// committed is the last epoch this Issuer committed: the store's
+	// last epoch never goes below it while the issuer runs.
+	committed atomic.Uint64
 
 	issueNanos atomic.Int64
 	prom       promState // Prometheus registry (metrics.go)
