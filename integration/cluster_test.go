@@ -51,11 +51,11 @@ type pgCluster struct {
 	inst map[string]*proc // client id → running process
 }
 
-func newPGCluster(t *testing.T, n int) *pgCluster {
+func newPGCluster(t *testing.T, n int, accounts ...string) *pgCluster {
 	t.Helper()
 	pg := pgtest.Start(t)
 	ids := faultIDs("cl-", n)
-	f := newSysFleet(t, ids...)
+	f := newSysFleet(t, append(ids, accounts...)...)
 	c := &pgCluster{f: f, pg: pg, url: pg.URL(pg.NewDatabase(t)), ids: ids, inst: map[string]*proc{}}
 	if _, _, err := ekissuer.MigratePostgres(c.url); err != nil {
 		t.Fatal(err)
@@ -337,7 +337,7 @@ func dbName(url string) string {
 // database of a running two-instance cluster (no socket), issuance goes
 // on, and each action is in the audit log stored in the database.
 func TestIssuerClusterAdmin(t *testing.T) {
-	c := newPGCluster(t, 2)
+	c := newPGCluster(t, 2, "cl-held")
 	metrics, socks := map[string]string{}, map[string]string{}
 	for _, n := range []string{"ekem-issuer-a", "ekem-issuer-b"} {
 		metrics[n] = freeAddr(t)
@@ -394,6 +394,28 @@ func TestIssuerClusterAdmin(t *testing.T) {
 		t.Fatalf("revoke on the leader's socket: %d %s", code, errOut)
 	}
 	admin("release", "-reason", "back", "cl-2")
+	// approve pins the registration only the running leader holds: a
+	// device whose key changed is refused and held, then approved on the
+	// leader's socket.
+	held := connectAs(t, c.f.b, "cl-held")
+	reg1, _ := registration(t, "cl-held")
+	publish(t, held, prefix+"reg/cl-held", reg1, true)
+	sysWaitFor(t, "cl-held pinned", func() bool {
+		code, _, _ := runBin(t, nil, c.bin.bin, "device", "-store", c.url, "cl-held")
+		return code == 0
+	})
+	reg2, secondHash := registration(t, "cl-held")
+	publish(t, held, prefix+"reg/cl-held", reg2, true)
+	sysWaitFor(t, "the changed key held for approval", func() bool {
+		code, _, errOut := runBin(t, nil, c.bin.bin, "approve", "-admin-socket", socks[l.Holder], "-reason", "reflashed", "cl-held")
+		if code != 0 && !strings.Contains(errOut, "no registration awaits approval") {
+			t.Fatalf("approve: %d %s", code, errOut)
+		}
+		return code == 0
+	})
+	if out := admin("device", "cl-held"); !strings.Contains(out, fmt.Sprintf("%x", secondHash)) {
+		t.Fatalf("cl-held after approve does not have the approved key %x:\n%s", secondHash, out)
+	}
 	admin("revoke", "-reason", "stolen", "cl-2")
 	admin("release", "-reason", "found", "cl-2")
 	admin("reset", "-reason", "reflashed", "cl-2")
@@ -404,7 +426,7 @@ func TestIssuerClusterAdmin(t *testing.T) {
 	if err := json.Unmarshal([]byte(admin("audit", "-json")), &log); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"revoke cl-2 via leader", "release cl-2 back", "revoke cl-2 stolen", "release cl-2 found", "reset cl-2 reflashed"}
+	want := []string{"revoke cl-2 via leader", "release cl-2 back", "approve cl-held reflashed", "revoke cl-2 stolen", "release cl-2 found", "reset cl-2 reflashed"}
 	if len(log) != len(want) {
 		t.Fatalf("audit log %+v, want %v", log, want)
 	}
