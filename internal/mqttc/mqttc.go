@@ -75,6 +75,7 @@ type Client struct {
 	lastErr error     // the last failed connection attempt's error
 	lastEOF time.Time // when the broker last closed a working connection
 	quick   bool      // and we were back at the first attempt after it
+	retry   retryState // refused subscriptions retried in the background (retry.go)
 }
 
 // Dial connects to the broker, retrying until ctx ends. Every message of
@@ -268,7 +269,11 @@ func (c *Client) Subscribe(filter string) error {
 	c.mu.Lock()
 	c.filters = append(c.filters, filter)
 	c.mu.Unlock()
-	return c.subscribe(filter)
+	err := c.subscribe(filter)
+	if err != nil {
+		c.retryLater(filter)
+	}
+	return err
 }
 
 // ErrSubscribeRefused is returned when the broker's SUBACK refuses a
@@ -317,7 +322,8 @@ func (c *Client) onConnect(mqtt.Client) {
 	go func() {
 		for _, f := range filters {
 			if err := c.subscribe(f); err != nil {
-				c.opts.Logger.Error("mqtt resubscribe failed", "filter", f, "err", err)
+				c.opts.Logger.Error("mqtt resubscribe failed; retrying", "filter", f, "err", err)
+				c.retryLater(f)
 			}
 		}
 		if c.opts.OnConnect != nil {
@@ -376,6 +382,7 @@ func (c *Client) wait(t mqtt.Token) error {
 // inbox.
 func (c *Client) Close() {
 	c.closeOnce.Do(func() { close(c.closed) })
+	c.retry.closed.Store(true)
 	c.c.Disconnect(250)
 	c.inbox.close()
 }
