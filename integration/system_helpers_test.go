@@ -22,6 +22,7 @@ import (
 
 	"github.com/entropykem/entropykem/device"
 	"github.com/entropykem/entropykem/internal/mosquittotest"
+	"github.com/entropykem/entropykem/internal/natstest"
 	ekissuer "github.com/entropykem/entropykem/issuer"
 	"github.com/entropykem/entropykem/pkg/cohort"
 	"github.com/entropykem/entropykem/pkg/kem"
@@ -170,6 +171,7 @@ func (d *sysDevice) stop(t testing.TB) {
 // sysFleet is one broker, one issuer key, one cohort and the devices.
 type sysFleet struct {
 	b       *mosquittotest.Broker
+	nats    *natstest.Cluster // instead of b, on the NATS cluster (nats_system_test.go)
 	dir     string
 	key     *signature.PrivateKey
 	pins    *signature.KeySet
@@ -224,9 +226,9 @@ func tail(s string, n int) string {
 // issuerConfig is the configuration ekem-issuer run would use against this
 // broker, with the JSON log captured in f.issLog.
 func (f *sysFleet) issuerConfig() ekissuer.Config {
-	a := f.b.Issuer()
+	a := f.account(issuer)
 	return ekissuer.Config{
-		Broker: f.b.URL(), Username: a.Username, Password: a.Password,
+		Broker: f.brokerURL(), Username: a.Username, Password: a.Password,
 		Key: f.key, StorePath: filepath.Join(f.dir, "issuer.db"), Period: sysPeriod,
 		Logger: slog.New(slog.NewJSONHandler(f.issLog, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", "issuer"),
 	}
@@ -267,7 +269,7 @@ func (f *sysFleet) startDeviceWith(t *testing.T, id string, mod func(*device.Con
 	t.Helper()
 	d := &sysDevice{id: id, dir: filepath.Join(f.dir, id), events: &eventLog{}, runErr: make(chan error, 1)}
 	c := device.Config{
-		ID: id, Broker: f.b.URL(), Password: f.b.Account(id).Password, StateDir: d.dir,
+		ID: id, Broker: f.brokerURL(), Password: f.account(id).Password, StateDir: d.dir,
 		Cohort: f.cohort, IssuerKeys: f.pins, Logger: deviceLogger(f.devLog), OnEvent: d.events.add,
 	}
 	if mod != nil {

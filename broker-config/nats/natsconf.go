@@ -108,7 +108,9 @@ func RenderNode(o NodeOptions) (string, error) {
 }
 
 func (o NodeOptions) validate() error {
-	bad := func(format string, a ...any) error { return fmt.Errorf("%w: "+format, append([]any{ErrRender}, a...)...) }
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrRender}, a...)...)
+	}
 	if !plainToken(o.ServerName) || !plainToken(o.ClusterName) {
 		return bad("server name %q and cluster name %q must be 1-64 of [A-Za-z0-9_-]", o.ServerName, o.ClusterName)
 	}
