@@ -10,7 +10,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -89,7 +88,7 @@ func natsDial(t testing.TB, url, user, password, clientID string, h mqtt.Message
 	for {
 		o := mqtt.NewClientOptions().AddBroker(url).SetClientID(clientID).
 			SetUsername(user).SetPassword(password).SetCleanSession(true).
-			SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(ackTimeout).
+			SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(2*ackTimeout).
 			SetProtocolVersion(4).SetDefaultPublishHandler(h)
 		c := mqtt.NewClient(o)
 		tok := c.Connect()
@@ -125,17 +124,30 @@ func natsSubscribe(t testing.TB, c *natstest.Cluster, url, name string, filters 
 	return r, codes
 }
 
-// natsGranted subscribes like natsSubscribe and fails the test unless every
-// filter was granted.
+// natsGranted connects as name and subscribes to filters, and fails the
+// test unless every filter is granted. A refusal is retried on a new
+// connection until natsTimeout: a cluster that lost a node refuses new
+// subscriptions until the streams behind them have new leaders.
 func natsGranted(t testing.TB, c *natstest.Cluster, name string, filters ...string) *recorder {
 	t.Helper()
-	r, codes := natsSubscribe(t, c, c.URL(), name, filters...)
-	for f, code := range codes {
-		if code >= 0x80 {
-			t.Fatalf("%s: subscription to %s refused (0x%02x)", name, f, code)
+	deadline := time.Now().Add(natsTimeout)
+	for {
+		r, codes := natsSubscribe(t, c, c.URL(), name, filters...)
+		var refused []string
+		for f, code := range codes {
+			if code >= 0x80 {
+				refused = append(refused, f)
+			}
 		}
+		if len(refused) == 0 {
+			return r
+		}
+		r.client.Disconnect(0)
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: subscriptions to %v refused for %v", name, refused, natsTimeout)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	return r
 }
 
 // natsConnectAs connects as account name through the balancer.
@@ -153,5 +165,3 @@ func grepLog(c *natstest.Cluster, s string) int {
 	}
 	return n
 }
-
-var _ sync.Mutex

@@ -9,13 +9,15 @@ import (
 	"github.com/entropykem/entropykem/broker-config/creds"
 )
 
-const initHelp = `usage: mkcreds init -out DIR [-devices N] [-prefix dev-] [-ids a,b,...] [-ca] [-hosts h1,h2]
+const initHelp = `usage: mkcreds init -out DIR [-devices N] [-prefix dev-] [-ids a,b,...] [-ca] [-hosts h1,h2] [-nats-nodes n1,n2,n3]
        mkcreds -out DIR ...     (the same)
 
 Makes a fleet's credentials in DIR (created if missing), without
 overwriting anything: the password file, accounts/NAME.env for ekem-issuer,
 ekem-monitor and every device, and with -ca a test CA, the broker's
-certificate for -hosts and a client certificate per account.
+certificate for -hosts and a client certificate per account. With
+-nats-nodes also DIR/nats/accounts.conf and NODE.conf for each node of a
+NATS JetStream cluster (broker-config/nats; device ids without '.').
 `
 
 // cmdInit makes a new credentials directory.
@@ -27,6 +29,7 @@ func cmdInit(args []string, stdout, _ io.Writer) error {
 	ids := fs.String("ids", "", "comma-separated device ids (in addition to -devices)")
 	ca := fs.Bool("ca", false, "also make a test CA, a server certificate and client certificates")
 	hosts := fs.String("hosts", strings.Join(creds.DefaultServerHosts, ","), "server certificate DNS names and IPs, with -ca")
+	natsOpts := addNATSFlags(fs) // nats.go
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -39,8 +42,14 @@ func cmdInit(args []string, stdout, _ io.Writer) error {
 	case fs.NArg() != 0:
 		return usageErr("unexpected argument %q", fs.Arg(0))
 	}
+	if err := natsOpts.check(devices); err != nil {
+		return usageErr("%v", err)
+	}
 	set, err := creds.Generate(*out, creds.Options{Devices: devices, CA: *ca, ClientCerts: *ca, ServerHosts: splitList(*hosts)})
 	if err != nil {
+		return err
+	}
+	if err := natsOpts.write(*out, set, *ca, stdout); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "mkcreds: wrote %d accounts to %s\n", len(set.Accounts()), *out)

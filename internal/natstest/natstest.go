@@ -112,7 +112,7 @@ func Start(t testing.TB, o Options) *Cluster {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for i := range c.nodes {
-				t.Logf("natstest: node %d log tail:\n%s", i, c.LogTail(i, 40))
+				t.Logf("natstest: node %d log, warnings, errors and leader changes:\n%s", i, c.Notable(i, 80))
 			}
 		}
 		if err := c.Close(); err != nil {
@@ -188,17 +188,12 @@ func New(o Options) (c *Cluster, err error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
+	// The first MQTT connection of the account creates its replicated
+	// streams; WaitHealthy makes one on every node, so tests start on a
+	// ready cluster.
 	for i := range c.nodes {
 		if err := c.WaitHealthy(ctx, i); err != nil {
 			return nil, err
-		}
-	}
-	// The first MQTT connection of the account creates its replicated
-	// streams; make it here, on every node, so tests start on a ready
-	// cluster.
-	for i := range c.nodes {
-		if err := c.warmUp(ctx, c.NodeURL(i)); err != nil {
-			return nil, fmt.Errorf("natstest: MQTT on node %d: %w\n%s", i, err, c.LogTail(i, 30))
 		}
 	}
 	c.logf("nats cluster ready: %s", strings.Join(c.mqttAddrs(), " "))
@@ -294,15 +289,27 @@ func (c *Cluster) launch(i int) error {
 	return nil
 }
 
-// WaitHealthy waits until node i's /healthz answers 200: it is running and
-// its JetStream is current with the cluster.
+// WaitHealthy waits until node i's /healthz?js-server-only=true answers
+// 200 (the node runs and its JetStream is in contact with the meta leader;
+// its streams may still be catching up, which raft does on its own) and
+// its MQTT interface accepts a session and a QoS 1 subscription.
 func (c *Cluster) WaitHealthy(ctx context.Context, i int) error {
+	if err := c.waitHealthz(ctx, i); err != nil {
+		return err
+	}
+	if err := c.warmUp(ctx, c.NodeURL(i)); err != nil {
+		return fmt.Errorf("natstest: MQTT on node %d: %w\n%s", i, err, c.Notable(i, 30))
+	}
+	return nil
+}
+
+func (c *Cluster) waitHealthz(ctx context.Context, i int) error {
 	n := c.nodes[i]
-	url := "http://" + loop(n.httpPort) + "/healthz"
+	url := "http://" + loop(n.httpPort) + "/healthz?js-server-only=true"
 	hc := &http.Client{Timeout: time.Second}
 	for {
 		if !c.Running(i) {
-			return fmt.Errorf("natstest: node %d exited:\n%s", i, c.LogTail(i, 30))
+			return fmt.Errorf("natstest: node %d exited:\n%s", i, c.Notable(i, 30))
 		}
 		resp, err := hc.Get(url)
 		if err == nil {
@@ -314,8 +321,8 @@ func (c *Cluster) WaitHealthy(ctx context.Context, i int) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("natstest: node %d not healthy: %w\n%s", i, ctx.Err(), c.LogTail(i, 30))
-		case <-time.After(50 * time.Millisecond):
+			return fmt.Errorf("natstest: node %d not healthy: %w\n%s", i, ctx.Err(), c.Notable(i, 30))
+		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }
@@ -453,6 +460,10 @@ func (c *Cluster) Close() error {
 // URL is the balancer as a paho broker URL: what a fleet is given.
 func (c *Cluster) URL() string { return "tcp://" + c.lb.Addr() }
 
+// ClientAddr is node i's core NATS listener (host:port), which no
+// entropykem account may use.
+func (c *Cluster) ClientAddr(i int) string { return loop(c.nodes[i].clientPort) }
+
 // NodeURL is node i's own MQTT listener.
 func (c *Cluster) NodeURL(i int) string { return "tcp://" + loop(c.nodes[i].mqttPort) }
 
@@ -512,6 +523,22 @@ func (c *Cluster) LogTail(i, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// Notable returns the last n lines of node i's log that are warnings,
+// errors or leader changes.
+func (c *Cluster) Notable(i, n int) string {
+	var out []string
+	for _, l := range strings.Split(c.Log(i), "\n") {
+		if (strings.Contains(l, "[WRN]") || strings.Contains(l, "[ERR]") || strings.Contains(l, "leader")) &&
+			!strings.Contains(l, "connect to route") {
+			out = append(out, l)
+		}
+	}
+	if len(out) > n {
+		out = out[len(out)-n:]
+	}
+	return strings.Join(out, "\n")
 }
 
 // Creds is every credential the harness generated.
