@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/entropykem/entropykem/internal/natstest"
 )
 
@@ -206,4 +208,32 @@ func TestNATSDotInTopic(t *testing.T) {
 	publishString(t, b, regTopic(devA), "sentinel", false)
 	iss.waitFor(t, regTopic(devA), "sentinel")
 	iss.mustNotHave(t, "a topic with '.' reached the issuer", payloadIs(probePayload))
+}
+
+// QoS 2 is not supported by NATS 2.9's MQTT interface: a QoS 2
+// subscription is granted at QoS 1, and a QoS 2 PUBLISH closes the
+// connection. entropykem uses QoS 1 only.
+func TestNATSQoS2(t *testing.T) {
+	c := natstest.Start(t, natstest.Options{Devices: []string{devA}})
+	r, _ := natsSubscribe(t, c, c.URL(), devA)
+	tok := r.client.Subscribe(topicEpoch, 2, nil)
+	if !tok.WaitTimeout(2*ackTimeout) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	if code := tok.(*mqtt.SubscribeToken).Result()[topicEpoch]; code != 1 {
+		t.Fatalf("QoS 2 subscription: SUBACK 0x%02x, want 0x01 (granted at QoS 1)", code)
+	}
+	iss := natsConnectAs(t, c, issuer)
+	p := iss.Publish(topicEpoch, 2, false, []byte("qos2"))
+	p.WaitTimeout(2 * ackTimeout)
+	deadline := time.Now().Add(2 * ackTimeout)
+	for iss.IsConnectionOpen() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if iss.IsConnectionOpen() {
+		t.Fatal("a QoS 2 PUBLISH did not close the connection")
+	}
+	if grepLog(c, "publish QoS=2 not supported") == 0 {
+		t.Fatal("no node logged the refused QoS 2 PUBLISH")
+	}
 }

@@ -88,7 +88,7 @@ func natsDial(t testing.TB, url, user, password, clientID string, h mqtt.Message
 	for {
 		o := mqtt.NewClientOptions().AddBroker(url).SetClientID(clientID).
 			SetUsername(user).SetPassword(password).SetCleanSession(true).
-			SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(2*ackTimeout).
+			SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(2 * ackTimeout).
 			SetProtocolVersion(4).SetDefaultPublishHandler(h)
 		c := mqtt.NewClient(o)
 		tok := c.Connect()

@@ -23,6 +23,10 @@ broker, the issuer's crypto per ticket against its primitive floor, a
 device's ticket processing and memory, and a fleet of -fleet device agents
 rotating. It prints a table with medians and ratios, and PASS/MISS per
 performance goal. Needs mosquitto 2 (EKEM_MOSQUITTO may name the binary).
+With -broker nats it also starts a 3-node NATS JetStream cluster
+(broker-config/nats, nats-server from PATH or EKEM_NATS_SERVER) and puts its
+publish floor, issuer epoch and memory per retained ticket per node next to
+Mosquitto's.
 
 flags:
 `
@@ -31,6 +35,7 @@ const benchExamples = `
 examples:
   ekemctl bench                                  # ~1-2 minutes on 2 cores
   ekemctl bench -devices 100000 -fleet 10000 -json bench.json   # the goal sizes
+  ekemctl bench -broker nats -devices 10000 -reps 1              # Mosquitto and a NATS cluster side by side
 `
 
 type benchFlags struct {
@@ -49,6 +54,7 @@ func parseBench(args []string, stderr io.Writer) (benchFlags, error) {
 	fs.IntVar(&f.cfg.Reps, "reps", 3, "repetitions per median (1..100)")
 	fs.StringVar(&f.cfg.Dir, "dir", "", "directory for the broker's and issuer's files (default: a temporary one, removed at exit)")
 	fs.DurationVar(&f.cfg.FleetTimeout, "fleet-timeout", 120*time.Second, "how long to wait for the fleet's acknowledgements")
+	fs.StringVar(&f.cfg.Broker, "broker", "mosquitto", "mosquitto, or nats: also run the publish floor, the issuer epoch and the memory per retained ticket on a 3-node NATS JetStream cluster (broker-config/nats), side by side")
 	fs.BoolVar(&f.cfg.SkipChild, "no-agent-process", false, "do not run one agent in its own process (its RSS is then not measured)")
 	fs.StringVar(&f.cfg.Store, "store", "", "an empty PostgreSQL database (postgres://…): also measure the issuer epochs on it")
 	fs.StringVar(&f.json, "json", "", "also write the report as JSON to this file")

@@ -11,6 +11,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/entropykem/entropykem/internal/bench"
+	"github.com/entropykem/entropykem/internal/natstest"
 )
 
 // TestMain lets the bench re-execute this test binary as its one
@@ -90,6 +91,52 @@ func TestBenchFlags(t *testing.T) {
 		var out, errb bytes.Buffer
 		if code := run(args, &out, &errb); code != 2 {
 			t.Errorf("%v: exit %d, want 2 (stderr %s)", args, code, errb.String())
+		}
+	}
+}
+
+// TestBenchNATS runs the benchmark at tiny sizes with -broker nats: next to
+// the Mosquitto rows it must report the publish floor, the issuer's epoch
+// and the memory per retained ticket on a 3-node NATS cluster.
+func TestBenchNATS(t *testing.T) {
+	if _, err := bench.FindMosquitto(); err != nil {
+		t.Skipf("bench needs mosquitto: %v", err)
+	}
+	if _, err := natstest.FindBinary(); err != nil {
+		if os.Getenv(natstest.EnvRequire) == "1" {
+			t.Fatalf("bench -broker nats needs nats-server: %v (%s=1)", err, natstest.EnvRequire)
+		}
+		t.Skipf("bench -broker nats needs nats-server: %v", err)
+	}
+	if testing.Short() {
+		t.Skip("runs two brokers")
+	}
+	js := filepath.Join(t.TempDir(), "bench.json")
+	var out, errb bytes.Buffer
+	code := run([]string{"bench", "-broker", "nats", "-devices", "50", "-fleet", "3", "-reps", "1", "-no-agent-process", "-json", js}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
+	}
+	data, err := os.ReadFile(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range bench.NATSRowKeys {
+		row, ok := rep.Row(k)
+		if !ok {
+			t.Errorf("row %s missing", k)
+			continue
+		}
+		// RSS growth over 50 tickets is noise; it only has to be reported.
+		if row.Value <= 0 && !strings.Contains(k, "mem_per_ticket") {
+			t.Errorf("row %s = %v %s: not measured", k, row.Value, row.Unit)
+		}
+		if !strings.Contains(out.String(), row.Label) {
+			t.Errorf("table lacks row %q", row.Label)
 		}
 	}
 }

@@ -50,6 +50,10 @@ type Config struct {
 	// issuer epochs are then measured on it too, after the bbolt ones,
 	// over the same devices in the same run.
 	Store string
+	// Broker is "mosquitto" (default) or "nats": also measure the publish
+	// floor, the issuer's epoch and the memory per retained ticket on a
+	// 3-node NATS JetStream cluster, side by side (nats.go).
+	Broker string
 	// SkipChild measures the device agent's RSS only from the fleet process
 	// (divided) instead of also running one agent in its own process.
 	SkipChild bool
@@ -71,7 +75,12 @@ func (c *Config) defaults() error {
 	if c.FleetTimeout == 0 {
 		c.FleetTimeout = 120 * time.Second
 	}
+	if c.Broker == "" {
+		c.Broker = BrokerMosquitto
+	}
 	switch {
+	case c.Broker != BrokerMosquitto && c.Broker != BrokerNATS:
+		return fmt.Errorf("%w: broker must be %s or %s, got %q", ErrConfig, BrokerMosquitto, BrokerNATS, c.Broker)
 	case c.Devices < 2 || c.Devices > 2_000_000:
 		return fmt.Errorf("%w: devices must be 2..2000000, got %d", ErrConfig, c.Devices)
 	case c.Fleet < 1 || c.Fleet > 50_000:
@@ -200,11 +209,18 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := benchPublish(ctx, c, b, size, rep, logf); err != nil {
+	per, err := memPerTicket([]int{b.pid()}, c.Devices, func() error { return benchPublish(ctx, c, b, size, rep, logf) })
+	if err != nil {
 		return nil, err
 	}
+	rep.add(Row{Key: "broker.mem_per_ticket", Label: "Mosquitto: RSS per retained ticket", Value: per[0], Unit: "B"})
 	if err := benchIssuer(ctx, c, b, keys, dir, rep, logf); err != nil {
 		return nil, err
+	}
+	if c.Broker == BrokerNATS {
+		if err := benchNATS(ctx, c, keys, size, dir, rep, logf); err != nil {
+			return nil, err
+		}
 	}
 	keys = nil // the fleet makes its own keys
 	if err := benchFleet(ctx, c, b, fleetIDs, dir, rep, logf); err != nil {

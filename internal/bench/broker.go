@@ -14,6 +14,7 @@ import (
 
 	brokerconfig "github.com/entropykem/entropykem/broker-config"
 	"github.com/entropykem/entropykem/broker-config/creds"
+	"github.com/entropykem/entropykem/internal/natstest"
 )
 
 // ErrNoMosquitto is returned when no mosquitto binary can be found.
@@ -28,6 +29,8 @@ type broker struct {
 	creds *creds.Set
 	cmd   *exec.Cmd
 	done  chan struct{}
+	// nats, if set, makes this broker the NATS cluster instead (nats.go).
+	nats *natstest.Cluster
 }
 
 // startBroker renders the shipped configuration and a password file with
@@ -116,7 +119,12 @@ func (b *broker) launch(bin, confDir string) error {
 }
 
 func (b *broker) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(b.port)) }
-func (b *broker) url() string  { return "tcp://" + b.addr() }
+func (b *broker) url() string {
+	if b.nats != nil {
+		return b.nats.URL()
+	}
+	return "tcp://" + b.addr()
+}
 func (b *broker) pid() int     { return b.cmd.Process.Pid }
 func (b *broker) logPath() string {
 	return filepath.Join(b.dir, "mosquitto.log")
@@ -139,6 +147,10 @@ func (b *broker) password(user string) string {
 
 // stop terminates the broker (SIGTERM, then SIGKILL after 10 s).
 func (b *broker) stop() {
+	if b.nats != nil {
+		_ = b.nats.Close() // SIGTERM, then SIGKILL, per node
+		return
+	}
 	if b.cmd == nil {
 		return
 	}

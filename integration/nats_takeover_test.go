@@ -1,0 +1,78 @@
+package integration
+
+// Client-id takeover on the clustered broker. MQTT 3.1.1 (§3.1.4) says a
+// second CONNECT with a client id already connected disconnects the first.
+// Neither Mosquitto (as configured) nor NATS binds client ids to accounts,
+// so any authenticated client can use another's client id. This test shows
+// what NATS 2.9 does and that it yields the intruder nothing.
+
+import (
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+func TestNATSClientIDTakeover(t *testing.T) {
+	ids := []string{devA, devB}
+	f := newNATSFleet(t, ids...)
+	f.startIssuer(t, nil)
+	f.startDevices(t, ids...)
+	f.issue(t, 1)
+	f.converge(t, 1, ids...)
+
+	// dev-b connects with dev-a's client id (the agent's default client id
+	// is its device id), once on each node, then with the issuer's.
+	b := f.account(devB)
+	lostLines := func(victim string) int {
+		if victim == issuer {
+			return strings.Count(f.issLog.String(), "mqtt connection lost")
+		}
+		n := 0
+		for _, l := range strings.Split(f.devLog.String(), "\n") {
+			if strings.Contains(l, "mqtt connection lost") && strings.Contains(l, `"device":"`+victim+`"`) {
+				n++
+			}
+		}
+		return n
+	}
+	takeovers := map[string]int{}
+	for _, victim := range []string{devA, issuer} {
+		for node := 0; node < 3; node++ {
+			before := lostLines(victim)
+			var lost atomic.Bool
+			o := mqtt.NewClientOptions().AddBroker(f.nats.NodeURL(node)).SetClientID(victim).
+				SetUsername(b.Username).SetPassword(b.Password).SetCleanSession(true).
+				SetAutoReconnect(false).SetConnectTimeout(2 * ackTimeout).SetProtocolVersion(4).
+				SetConnectionLostHandler(func(mqtt.Client, error) { lost.Store(true) })
+			c := mqtt.NewClient(o)
+			tok := c.Connect()
+			accepted := tok.WaitTimeout(2*ackTimeout) && tok.Error() == nil
+			if accepted {
+				// What can it read? Nothing of the victim's: its
+				// permissions are dev-b's.
+				st := c.Subscribe(ticketTopic(devA), 1, nil)
+				st.WaitTimeout(2 * ackTimeout)
+				if code := st.(*mqtt.SubscribeToken).Result()[ticketTopic(devA)]; code < 0x80 {
+					t.Errorf("dev-b using client id %s on node %d may subscribe to dev-a's ticket (0x%02x)", victim, node+1, code)
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+			c.Disconnect(0)
+			time.Sleep(200 * time.Millisecond)
+			kicked := lostLines(victim) - before
+			t.Logf("dev-b with client id %q on node %d: CONNECT accepted %v (%v); intruder's connection lost within 0.5 s: %v; victim's connection dropped %d times",
+				victim, node+1, accepted, tok.Error(), lost.Load(), kicked)
+			takeovers[victim] += kicked
+		}
+	}
+	// Whatever the intruder did, the fleet goes on: the victims reconnect
+	// (paho) and the next epochs converge.
+	for e := uint64(2); e <= 3; e++ {
+		f.issue(t, e)
+		f.natsConverge(t, e, ids...)
+	}
+	t.Logf("victims' connections dropped by the intruder: %v", takeovers)
+}
