@@ -125,7 +125,7 @@ func (b *broker) url() string {
 	}
 	return "tcp://" + b.addr()
 }
-func (b *broker) pid() int     { return b.cmd.Process.Pid }
+func (b *broker) pid() int { return b.cmd.Process.Pid }
 func (b *broker) logPath() string {
 	return filepath.Join(b.dir, "mosquitto.log")
 }
