@@ -21,8 +21,21 @@ import (
 	"github.com/entropykem/entropykem/internal/natstest"
 )
 
-func TestNATSConnectRefused(t *testing.T) {
-	c := natstest.Start(t, natstest.Options{Devices: []string{devA}})
+// TestNATSACL runs the ACL matrix on one cluster with accounts for dev-a
+// and dev-b (a cluster start costs seconds; the cases do not depend on
+// each other's retained messages).
+func TestNATSACL(t *testing.T) {
+	c := natstest.Start(t, natstest.Options{Devices: []string{devA, devB}})
+	t.Run("ConnectRefused", func(t *testing.T) { natsConnectRefused(t, c) })
+	t.Run("CoreProtocolRefused", func(t *testing.T) { natsCoreProtocolRefused(t, c) })
+	t.Run("DeviceReadsOnlyItsOwnTicket", func(t *testing.T) { natsDeviceReadsOnlyItsOwnTicket(t, c) })
+	t.Run("WriteMatrix", func(t *testing.T) { natsWriteMatrix(t, c) })
+	t.Run("ServiceAccountsRead", func(t *testing.T) { natsServiceAccountsRead(t, c) })
+	t.Run("DotInTopic", func(t *testing.T) { natsDotInTopic(t, c) })
+	t.Run("QoS2", func(t *testing.T) { natsQoS2(t, c) })
+}
+
+func natsConnectRefused(t *testing.T, c *natstest.Cluster) {
 	a := c.Account(devA)
 	cases := []struct{ name, user, password string }{
 		{"anonymous", "", ""},
@@ -45,8 +58,7 @@ func TestNATSConnectRefused(t *testing.T) {
 
 // No entropykem account may use the core NATS protocol, where
 // "$MQTT.sub.>" would let it read every MQTT client's QoS 1 deliveries.
-func TestNATSCoreProtocolRefused(t *testing.T) {
-	c := natstest.Start(t, natstest.Options{Devices: []string{devA}})
+func natsCoreProtocolRefused(t *testing.T, c *natstest.Cluster) {
 	for _, name := range []string{devA, issuer, monitor} {
 		a := c.Account(name)
 		conn, err := net.DialTimeout("tcp", c.ClientAddr(0), ackTimeout)
@@ -69,8 +81,7 @@ func TestNATSCoreProtocolRefused(t *testing.T) {
 
 // A device may subscribe to exactly its own ticket and the public topics;
 // every other filter is refused, and what it receives is only its own.
-func TestNATSDeviceReadsOnlyItsOwnTicket(t *testing.T) {
-	c := natstest.Start(t, natstest.Options{Devices: []string{devA, devB}})
+func natsDeviceReadsOnlyItsOwnTicket(t *testing.T, c *natstest.Cluster) {
 	iss := natsConnectAs(t, c, issuer)
 	publishString(t, iss, ticketTopic(devB), "ticket-b-1", true)
 	publishString(t, iss, ticketTopic(devA), "ticket-a-1", true)
@@ -114,8 +125,7 @@ func TestNATSDeviceReadsOnlyItsOwnTicket(t *testing.T) {
 // only tickets, roots, the epoch, its liveness and key announcements; the
 // monitor nothing. The monitor (reading ekem/v1/#) sees every permitted
 // write and none of the others, and nothing denied is retained.
-func TestNATSWriteMatrix(t *testing.T) {
-	c := natstest.Start(t, natstest.Options{Devices: []string{devA, devB}})
+func natsWriteMatrix(t *testing.T, c *natstest.Cluster) {
 	mon := natsGranted(t, c, monitor, prefix+"#", "$SYS/#")
 	a := natsConnectAs(t, c, devA)
 	iss := natsConnectAs(t, c, issuer)
@@ -168,8 +178,7 @@ func TestNATSWriteMatrix(t *testing.T) {
 // The issuer reads every registration and status but no ticket; the
 // monitor reads everything under ekem/v1 (and may subscribe to $SYS/#,
 // which on NATS carries nothing).
-func TestNATSServiceAccountsRead(t *testing.T) {
-	c := natstest.Start(t, natstest.Options{Devices: []string{devA, devB}})
+func natsServiceAccountsRead(t *testing.T, c *natstest.Cluster) {
 	_, codes := natsSubscribe(t, c, c.URL(), issuer, prefix+"reg/+", prefix+"status/+", prefix+"ticket/+", prefix+"#", "$SYS/#")
 	want := map[string]bool{prefix + "reg/+": true, prefix + "status/+": true}
 	for f, code := range codes {
@@ -197,13 +206,20 @@ func TestNATSServiceAccountsRead(t *testing.T) {
 // in broker-config/nats); this shows what the cluster does with such a
 // topic, so the refusal is needed: the publish is not delivered as
 // ekem/v1/reg/<id>.
-func TestNATSDotInTopic(t *testing.T) {
-	c := natstest.Start(t, natstest.Options{Devices: []string{devA}})
+func natsDotInTopic(t *testing.T, c *natstest.Cluster) {
 	iss := natsGranted(t, c, issuer, prefix+"reg/+")
 	a := natsConnectAs(t, c, devA)
 	tok := a.Publish(prefix+"reg/"+devA+".x", 1, true, []byte(probePayload))
 	acked := tok.WaitTimeout(ackTimeout) && tok.Error() == nil
-	t.Logf("publish to %s: PUBACK %v, connection open %v; node logs: %d lines mention it", prefix+"reg/"+devA+".x", acked, a.IsConnectionOpen(), grepLog(c, devA+".x"))
+	deadline := time.Now().Add(ackTimeout)
+	for a.IsConnectionOpen() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	// NATS 2.9.10 closes the connection without a PUBACK. (If a later
+	// NATS maps '.' instead, update broker-config/nats/README.md.)
+	if acked || a.IsConnectionOpen() {
+		t.Fatalf("publish to a topic with '.': PUBACK %v, connection open %v; want no PUBACK and a closed connection", acked, a.IsConnectionOpen())
+	}
 	b := natsConnectAs(t, c, devA)
 	publishString(t, b, regTopic(devA), "sentinel", false)
 	iss.waitFor(t, regTopic(devA), "sentinel")
@@ -213,8 +229,7 @@ func TestNATSDotInTopic(t *testing.T) {
 // QoS 2 is not supported by NATS 2.9's MQTT interface: a QoS 2
 // subscription is granted at QoS 1, and a QoS 2 PUBLISH closes the
 // connection. entropykem uses QoS 1 only.
-func TestNATSQoS2(t *testing.T) {
-	c := natstest.Start(t, natstest.Options{Devices: []string{devA}})
+func natsQoS2(t *testing.T, c *natstest.Cluster) {
 	r, _ := natsSubscribe(t, c, c.URL(), devA)
 	tok := r.client.Subscribe(topicEpoch, 2, nil)
 	if !tok.WaitTimeout(2*ackTimeout) || tok.Error() != nil {
