@@ -9,6 +9,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -74,7 +75,11 @@ func benchNATS(ctx context.Context, c Config, keys *keyPool, size int, dir strin
 	if err != nil {
 		return fmt.Errorf("bench: nats: %w", err)
 	}
-	if err := benchIssuer(ctx, c, b, keys, filepath.Join(dir, "nats-issuer"), sub, logf); err != nil {
+	issDir := filepath.Join(dir, "nats-issuer")
+	if err := os.MkdirAll(issDir, 0o700); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	if err := benchIssuer(ctx, c, b, keys, issDir, sub, logf); err != nil {
 		return fmt.Errorf("bench: nats: %w", err)
 	}
 	for _, k := range []string{"publish.raw_rate", "issuer.epoch_rate", "issuer.epoch_time"} {
