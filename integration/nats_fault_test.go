@@ -227,11 +227,11 @@ func (f *sysFleet) natsConverge(t *testing.T, e uint64, ids ...string) (restarte
 // stallGrace is how long a device may take to get the epoch's ticket
 // after a node's death before it counts as stalled: longer than the
 // failover measured here (up to about a minute under load).
-const stallGrace = 75 * time.Second
+const stallGrace = 30 * time.Second
 
 // statusGrace is how long the issuer may take to see a Status once every
 // device accepted the epoch.
-const statusGrace = 20 * time.Second
+const statusGrace = 10 * time.Second
 
 // checkRetained reads every retained message under ekem/v1 as a fresh
 // monitor and checks: each device's ticket is of epoch e, root/e is

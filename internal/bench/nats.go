@@ -88,6 +88,9 @@ func benchNATS(ctx context.Context, c Config, keys *keyPool, size int, dir strin
 			continue
 		}
 		r.Key, r.Label = "nats."+k, "NATS cluster: "+r.Label
+		if _, ok := sub.Row(r.RatioTo); ok {
+			r.RatioTo = "nats." + r.RatioTo // a ratio between NATS rows
+		}
 		rep.add(r)
 	}
 	var kb []string
