@@ -108,7 +108,7 @@ func TestNATSNodeKilledMidEpoch(t *testing.T) {
 		}
 		ch := make(chan res, 1)
 		go func() { got, err := f.issueBounded(t); ch <- res{got, err} }()
-		delay := randDuration(issueTook + issueTook/2)
+		delay := randDuration(issueTook) // within the last fault-free IssueEpoch's duration
 		time.Sleep(delay)
 		if err := f.nats.Kill(node); err != nil {
 			t.Fatal(err)
