@@ -408,8 +408,14 @@ func TestNATSNodeRestartedEmpty(t *testing.T) {
 	if err := f.nats.Kill(0); err != nil {
 		t.Fatal(err)
 	}
+	restarts := map[string]string{}
+	note := func(m map[string]string) {
+		for k, v := range m {
+			restarts[k] += v
+		}
+	}
 	f.issue(t, 2)
-	f.natsConverge(t, 2, ids...)
+	note(f.natsConverge(t, 2, ids...))
 	ctx, cancel := context.WithTimeout(context.Background(), natsRecovery)
 	err := f.nats.RestartEmpty(ctx, 0)
 	cancel()
@@ -436,7 +442,7 @@ func TestNATSNodeRestartedEmpty(t *testing.T) {
 	})
 	for e := uint64(3); e <= 4; e++ {
 		f.issue(t, e)
-		f.natsConverge(t, e, ids...)
+		note(f.natsConverge(t, e, ids...))
 	}
 	if err := f.nats.Kill(1); err != nil {
 		t.Fatal(err)
@@ -445,8 +451,9 @@ func TestNATSNodeRestartedEmpty(t *testing.T) {
 		if _, err := f.issueBounded(t); err != nil && !errors.Is(err, ekissuer.ErrPublish) {
 			t.Fatalf("IssueEpoch %d: %v", e, err)
 		}
-		f.natsConverge(t, e, ids...)
+		note(f.natsConverge(t, e, ids...))
 	}
 	f.checkRetained(t, 6, nil)
 	f.checkCleanCounters(t)
+	t.Logf("clients restarted (natsConverge): %v", restarts)
 }
