@@ -41,25 +41,36 @@ func TestClusterReplicatesRetained(t *testing.T) {
 	if tok := p.Publish("ekem/v1/ticket/dev-a", 1, true, []byte("t1")); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("publish: %v", tok.Error())
 	}
+	// read subscribes as dev-a through url and waits for the retained
+	// ticket. After a node's death the others refuse subscriptions
+	// (SUBACK 0x80) until new stream leaders are elected: retry, bounded.
 	read := func(url string) {
 		t.Helper()
-		got := make(chan string, 4)
 		a := c.Account("dev-a")
-		s := connect(t, url, a.Username, a.Password, func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) })
-		tok := s.Subscribe("ekem/v1/ticket/dev-a", 1, nil)
-		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("subscribe: %v", tok.Error())
-		}
-		if code := tok.(*mqtt.SubscribeToken).Result()["ekem/v1/ticket/dev-a"]; code != 1 {
-			t.Fatalf("SUBACK 0x%02x, want granted QoS 1", code)
-		}
-		select {
-		case m := <-got:
-			if m != "t1" {
-				t.Fatalf("got %q", m)
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			got := make(chan string, 4)
+			s := connect(t, url, a.Username, a.Password, func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) })
+			tok := s.Subscribe("ekem/v1/ticket/dev-a", 1, nil)
+			granted := tok.WaitTimeout(10*time.Second) && tok.Error() == nil &&
+				tok.(*mqtt.SubscribeToken).Result()["ekem/v1/ticket/dev-a"] == 1
+			if granted {
+				select {
+				case m := <-got:
+					if m != "t1" {
+						t.Fatalf("got %q", m)
+					}
+					s.Disconnect(50)
+					return
+				case <-time.After(20 * time.Second):
+					t.Fatalf("no retained ticket via %s", url)
+				}
 			}
-		case <-time.After(20 * time.Second):
-			t.Fatalf("no retained ticket via %s", url)
+			s.Disconnect(0)
+			if time.Now().After(deadline) {
+				t.Fatalf("subscription via %s refused for 90 s", url)
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
 	}
 	read(c.NodeURL(2))
