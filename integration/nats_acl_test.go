@@ -33,6 +33,7 @@ func TestNATSACL(t *testing.T) {
 	t.Run("ServiceAccountsRead", func(t *testing.T) { natsServiceAccountsRead(t, c) })
 	t.Run("DotInTopic", func(t *testing.T) { natsDotInTopic(t, c) })
 	t.Run("QoS2", func(t *testing.T) { natsQoS2(t, c) })
+	t.Run("PersistentSession", func(t *testing.T) { natsPersistentSession(t, c) })
 }
 
 func natsConnectRefused(t *testing.T, c *natstest.Cluster) {
@@ -250,5 +251,58 @@ func natsQoS2(t *testing.T, c *natstest.Cluster) {
 	}
 	if grepLog(c, "publish QoS=2 not supported") == 0 {
 		t.Fatal("no node logged the refused QoS 2 PUBLISH")
+	}
+}
+
+// Persistent sessions (clean_session=false) work on NATS as on Mosquitto:
+// a QoS 1 message published while the client is away is delivered when it
+// comes back with the same client id; a clean CONNECT discards the session.
+// (entropykem's clients use clean sessions and retained messages.)
+func natsPersistentSession(t *testing.T, c *natstest.Cluster) {
+	a := c.Account(devA)
+	got := make(chan string, 8)
+	h := func(_ mqtt.Client, m mqtt.Message) {
+		if !m.Retained() { // earlier cases left a retained ticket
+			got <- string(m.Payload())
+		}
+	}
+	dialSession := func(clean bool) mqtt.Client {
+		t.Helper()
+		o := mqtt.NewClientOptions().AddBroker(c.URL()).SetClientID("dev-a-persistent").
+			SetUsername(a.Username).SetPassword(a.Password).SetCleanSession(clean).
+			SetAutoReconnect(false).SetConnectTimeout(2 * ackTimeout).SetProtocolVersion(4).
+			SetDefaultPublishHandler(h)
+		cl := mqtt.NewClient(o)
+		if tok := cl.Connect(); !tok.WaitTimeout(2*ackTimeout) || tok.Error() != nil {
+			t.Fatalf("connect clean=%v: %v", clean, tok.Error())
+		}
+		return cl
+	}
+	s := dialSession(false)
+	if tok := s.Subscribe(ticketTopic(devA), 1, nil); !tok.WaitTimeout(2*ackTimeout) || tok.(*mqtt.SubscribeToken).Result()[ticketTopic(devA)] != 1 {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	s.Disconnect(50)
+	iss := natsConnectAs(t, c, issuer)
+	publishString(t, iss, ticketTopic(devA), "while-away", false)
+	s = dialSession(false)
+	select {
+	case m := <-got:
+		if m != "while-away" {
+			t.Fatalf("persistent session delivered %q", m)
+		}
+	case <-time.After(2 * waitTimeout):
+		t.Fatal("the message published while away was not delivered to the persistent session")
+	}
+	s.Disconnect(50)
+	s = dialSession(true) // discards the session
+	s.Disconnect(50)
+	publishString(t, iss, ticketTopic(devA), "after-clean", false)
+	s = dialSession(false)
+	defer s.Disconnect(50)
+	select {
+	case m := <-got:
+		t.Fatalf("a discarded session still delivered %q", m)
+	case <-time.After(time.Second):
 	}
 }
