@@ -233,7 +233,14 @@ func (f *sysFleet) natsConverge(t *testing.T, e uint64, ids ...string) (restarte
 		f.devices[id].stop(t)
 		f.startDevice(t, id)
 	}
-	f.converge(t, e, ids...)
+	ctx, cancel := context.WithTimeout(context.Background(), natsRecovery)
+	defer cancel()
+	for _, id := range ids {
+		if _, err := f.iss.WaitConfirmed(ctx, id, e); err != nil {
+			t.Fatalf("issuer did not verify %s's confirmation of epoch %d within %v, restarted or not", id, e, natsRecovery)
+		}
+	}
+	f.converge(t, e, ids...) // the remaining checks
 	return restarted
 }
 
