@@ -135,7 +135,7 @@ func TestNATSNodeKilledMidEpoch(t *testing.T) {
 			"clients restarted (natsConverge): %v; witness: %d PUBACKed retained publishes to %d topics, last value lost on %d",
 			round, node+1, delay.Round(time.Millisecond), r.err, e, converged.Round(time.Millisecond), lost, w.n, len(w.acked), len(lostW))
 
-		ctx, cancel := context.WithTimeout(context.Background(), natsTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), natsRecovery)
 		err := f.nats.Restart(ctx, node)
 		cancel()
 		if err != nil {
