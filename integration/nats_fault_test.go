@@ -184,8 +184,10 @@ const natsRecovery = 2 * time.Minute
 //   - "stalled": a device that stayed connected to a surviving node may
 //     stop receiving on its ticket subscription (its JetStream consumer
 //     stalls) although the retained ticket is there.
-//   - "status lost": the same PUBACK-before-store loss hits a device's
-//     Status, and the issuer never sees the confirmation.
+//   - "unconfirmed": the issuer has not seen the device's confirmation
+//     statusGrace after the device accepted: the same PUBACK-before-store
+//     loss can hit a Status, or the issuer may still be reconnecting; the
+//     test does not tell the two apart.
 //
 // Restarting a device republishes its registration and last Status and
 // subscribes again, which receives the retained ticket.
@@ -229,7 +231,7 @@ func (f *sysFleet) natsConverge(t *testing.T, e uint64, ids ...string) (restarte
 		if st := f.devices[id].agent.Status(); st.Epoch != e || !st.State.Accepted() {
 			t.Fatalf("%s: issuer has no confirmation of epoch %d and the device's Status is epoch %d %v", id, e, st.Epoch, st.State)
 		}
-		restarted[id] += " status lost"
+		restarted[id] += " unconfirmed"
 		f.devices[id].stop(t)
 		f.startDevice(t, id)
 	}
@@ -300,7 +302,7 @@ func (f *sysFleet) lostTickets(t *testing.T, e uint64, ids []string) []string {
 const stallGrace = 30 * time.Second
 
 // statusGrace is how long the issuer may take to see a Status once every
-// device accepted the epoch.
+// device accepted the epoch, before the device is restarted to republish.
 const statusGrace = 10 * time.Second
 
 // checkRetained reads every retained message under ekem/v1 as a fresh
