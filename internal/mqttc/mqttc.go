@@ -72,9 +72,9 @@ type Client struct {
 	attempt   atomic.Int32 // reconnection attempts since the connection was lost
 
 	rmu     sync.Mutex
-	lastErr error     // the last failed connection attempt's error
-	lastEOF time.Time // when the broker last closed a working connection
-	quick   bool      // and we were back at the first attempt after it
+	lastErr error      // the last failed connection attempt's error
+	lastEOF time.Time  // when the broker last closed a working connection
+	quick   bool       // and we were back at the first attempt after it
 	retry   retryState // refused subscriptions retried in the background (retry.go)
 }
 
