@@ -94,17 +94,17 @@ func Classify(err error) (permanent bool, hint string) {
 	case errors.As(err, &recErr) || strings.Contains(msg, "does not look like a TLS handshake"):
 		return true, "the broker does not speak TLS on this port: use tcp:// for a plain port, or the broker's TLS port with ssl://"
 	case errors.As(err, &unkCA) || strings.Contains(msg, "certificate signed by unknown authority"):
-		return true, "the broker's certificate is not signed by a CA this client trusts: give the CA that signed it (-ca)"
+		return true, "the broker's certificate is not signed by a CA this client trusts: give the CA that signed it (-tls-ca)"
 	case errors.As(err, &hostErr):
 		return true, "the broker's certificate does not name the host of the broker URL: connect by a name it holds"
 	case errors.As(err, &invErr):
 		return true, "the broker's certificate is not valid (expired, or not yet valid; check both clocks)"
 	case errors.As(err, &alert) && uint8(alert) == 116, strings.Contains(msg, "certificate required"):
-		return true, "the broker requires a TLS client certificate: give -cert and -key"
+		return true, "the broker requires a TLS client certificate: give -tls-cert and -tls-key"
 	case errors.As(err, &alert) && (uint8(alert) == 42 || uint8(alert) == 48 || uint8(alert) == 45 || uint8(alert) == 44),
 		strings.Contains(msg, "bad certificate"), strings.Contains(msg, "unknown certificate authority"),
 		strings.Contains(msg, "certificate revoked"), strings.Contains(msg, "certificate expired"):
-		return true, "the broker refuses this client certificate (unknown CA, revoked or expired): check -cert, -key and the broker's CA and CRL"
+		return true, "the broker refuses this client certificate (unknown CA, revoked or expired): check -tls-cert, -tls-key and the broker's CA and CRL"
 	case strings.Contains(msg, "connection refused"):
 		return false, "nothing listens at the broker's host and port: is the broker running, and is the port right?"
 	}

@@ -167,6 +167,11 @@ func (c *Client) classify(err error) (bool, string) {
 	if hint == "" && closed &&
 		(c.opts.TLS != nil || tlsScheme(c.opts.Broker)) {
 		hint = "the broker closed the connection during the TLS handshake: is this a plain MQTT port (use tcp://), or the broker's TLS port?"
+		if c.opts.TLS == nil || (len(c.opts.TLS.Certificates) == 0 && c.opts.TLS.GetClientCertificate == nil) {
+			// With TLS 1.3 a broker's certificate_required alert can
+			// reach the client as a bare close, after the handshake.
+			hint += " Or the broker requires a TLS client certificate, and this client gives none (-tls-cert, -tls-key)."
+		}
 	}
 	return permanent, hint
 }
