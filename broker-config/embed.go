@@ -48,6 +48,7 @@ const (
 	PasswordFileName = "passwd"
 	ACLFileName      = "acl"
 	CAFileName       = "ca.crt"
+	CRLFileName      = "crl.pem"
 	ServerCertName   = "server.crt"
 	ServerKeyName    = "server.key"
 )
@@ -68,7 +69,7 @@ func ACL() string { return aclFile }
 // value, so RenderConfig(RenderOptions{}) returns the shipped file.
 type RenderOptions struct {
 	ConfigDir    string // replaces /mosquitto/config/ (passwd, acl)
-	CertDir      string // replaces /mosquitto/certs/ (ca.crt, server.crt, server.key)
+	CertDir      string // replaces /mosquitto/certs/ (ca.crt, crl.pem, server.crt, server.key)
 	DataDir      string // replaces /mosquitto/data/ (persistence)
 	PasswordPort int    // replaces 1883; the listener stays bound to 127.0.0.1
 	TLSPort      int    // replaces 8883
@@ -113,7 +114,7 @@ func RenderConfig(o RenderOptions) (string, error) {
 // appear exactly once in the shipped file.
 var requiredLines = []string{
 	"listener tls", "listener password", "password_file", "acl_file",
-	"cafile", "certfile", "keyfile", "persistence_location",
+	"cafile", "certfile", "keyfile", "crlfile", "persistence_location",
 }
 
 type renderer struct {
@@ -135,7 +136,7 @@ func (r *renderer) line(line string) (string, error) {
 		return r.listener(body, nl)
 	case "password_file", "acl_file":
 		return r.path(key, fields, ShippedConfigDir, r.o.ConfigDir, nl)
-	case "cafile", "certfile", "keyfile":
+	case "cafile", "certfile", "keyfile", "crlfile":
 		return r.path(key, fields, ShippedCertDir, r.o.CertDir, nl)
 	case "persistence_location":
 		r.seen[key]++

@@ -35,6 +35,7 @@ func TestRenderChangesOnlyPlaceholderLines(t *testing.T) {
 		"cafile /mosquitto/certs/ca.crt":         "cafile /tmp/x/certs/ca.crt",
 		"certfile /mosquitto/certs/server.crt":   "certfile /tmp/x/certs/server.crt",
 		"keyfile /mosquitto/certs/server.key":    "keyfile /tmp/x/certs/server.key",
+		"crlfile /mosquitto/certs/crl.pem":       "crlfile /tmp/x/certs/crl.pem",
 		"persistence_location /mosquitto/data/":  "persistence_location /tmp/x/data/",
 	}
 	shipped := strings.Split(MosquittoConf(), "\n")
@@ -80,6 +81,7 @@ func TestShippedSecuritySettings(t *testing.T) {
 		"require_certificate true",
 		"use_identity_as_username true",
 		"tls_version tlsv1.2",
+		"crlfile /mosquitto/certs/crl.pem",
 	}
 	lines := directives(MosquittoConf())
 	for _, m := range must {
@@ -87,8 +89,13 @@ func TestShippedSecuritySettings(t *testing.T) {
 			t.Errorf("mosquitto.conf: %q appears %d times, want once", m, lines[m])
 		}
 	}
+	// Client ids bound to usernames on both listeners (it is a listener
+	// option): no account takes over another account's session.
+	if n := lines["use_username_as_clientid true"]; n != 2 {
+		t.Errorf("mosquitto.conf: use_username_as_clientid true appears %d times, want once per listener", n)
+	}
 	for l := range lines {
-		for _, bad := range []string{"allow_anonymous true", "acl_file ", "password_file ", "max_queued_messages "} {
+		for _, bad := range []string{"allow_anonymous true", "use_username_as_clientid false", "clientid_prefixes", "acl_file ", "password_file ", "max_queued_messages "} {
 			if strings.HasPrefix(l, bad) && !contains(must, l) {
 				t.Errorf("mosquitto.conf: unexpected %q", l)
 			}
@@ -162,4 +169,53 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// RenderACL adds each further instance with the first instance's rules under
+// its own name, and a deny-all section per revoked account.
+func TestRenderACL(t *testing.T) {
+	same, err := RenderACL(ACLOptions{Issuers: 1, Monitors: 1})
+	if err != nil || same != ACL() {
+		t.Fatalf("RenderACL(1, 1) = %v, differs from the shipped acl: %v", err, same != ACL())
+	}
+	got, err := RenderACL(ACLOptions{Issuers: 3, Monitors: 2, Revoked: []string{"dev-9"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(got, ACL()) {
+		t.Fatal("rendered acl does not start with the shipped acl")
+	}
+	lines := directives(got)
+	for _, want := range []string{
+		"user ekem-issuer-2", "user ekem-issuer-3", "user ekem-monitor-2",
+		"topic deny ekem/v1/reg/ekem-issuer-3", "topic deny ekem/v1/status/ekem-monitor-2",
+		"user dev-9", "topic deny #", "topic deny $SYS/#",
+	} {
+		if lines[want] == 0 {
+			t.Errorf("rendered acl lacks %q", want)
+		}
+	}
+	if lines["user ekem-monitor-3"] != 0 || lines["user ekem-issuer-4"] != 0 {
+		t.Error("rendered acl has more instances than asked for")
+	}
+	// Each instance gets exactly the first instance's grants.
+	if lines["topic write ekem/v1/ticket/+"] != 3 || lines["topic read $SYS/#"] != 2 {
+		t.Errorf("grants per instance: ticket writes %d (want 3), $SYS reads %d (want 2)",
+			lines["topic write ekem/v1/ticket/+"], lines["topic read $SYS/#"])
+	}
+	if _, err := RenderACL(ACLOptions{Issuers: MaxInstances + 1}); !errors.Is(err, ErrRender) {
+		t.Errorf("RenderACL(%d issuers) = %v, want ErrRender", MaxInstances+1, err)
+	}
+}
+
+func TestServiceRole(t *testing.T) {
+	for name, want := range map[string]string{
+		"ekem-issuer": IssuerAccount, "ekem-issuer-2": IssuerAccount, "ekem-issuer-99": IssuerAccount,
+		"ekem-monitor": MonitorAccount, "ekem-monitor-12": MonitorAccount,
+		"ekem-issuer-1": "", "ekem-issuer-100": "", "ekem-issuer-02": "", "EKEM-ISSUER": "", "dev-1": "", "ekem-issuer2": "",
+	} {
+		if got := ServiceRole(name); got != want {
+			t.Errorf("ServiceRole(%q) = %q, want %q", name, got, want)
+		}
+	}
 }

@@ -8,7 +8,6 @@ package creds
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	brokerconfig "github.com/entropykem/entropykem/broker-config"
 )
@@ -17,7 +16,8 @@ import (
 var (
 	// ErrInvalidDeviceID: not 1–64 of [A-Za-z0-9._-] starting alphanumeric.
 	ErrInvalidDeviceID = errors.New("creds: invalid device id")
-	// ErrReservedName: the id names (case-insensitively) a service account.
+	// ErrReservedName: the id is kept for service accounts (it starts,
+	// case-insensitively, with ekem-issuer or ekem-monitor).
 	ErrReservedName = errors.New("creds: reserved account name")
 	// ErrBadHash: a password-file hash is not a Mosquitto 2 "$7$" hash.
 	ErrBadHash = errors.New("creds: malformed password hash")
@@ -29,26 +29,28 @@ var (
 const MaxDeviceIDLen = 64
 
 // ValidateDeviceID checks a device id as DESIGN.md defines it: 1–64 of
-// [A-Za-z0-9._-], starting alphanumeric. It also refuses the service account
-// names ekem-issuer and ekem-monitor in any letter case: the ACL gives those
-// names their own rules, so a device holding one would get the issuer's or
-// the monitor's rights. The id becomes the broker username and the topic
+// [A-Za-z0-9._-], starting alphanumeric. It also refuses every name that
+// starts with ekem-issuer or ekem-monitor in any letter case
+// (brokerconfig.IsReservedName): the ACL gives the service instances their
+// own rules, so a device holding one would get the issuer's or the
+// monitor's rights. The id becomes the broker username and the topic
 // level that the ACL's %u patterns match, so '/', '+', '#' and spaces must
 // never pass.
 func ValidateDeviceID(id string) error {
 	if err := validateName(id); err != nil {
 		return err
 	}
-	if isReserved(id) {
+	if brokerconfig.IsReservedName(id) {
 		return fmt.Errorf("%w: %q is a service account", ErrReservedName, id)
 	}
 	return nil
 }
 
 // ValidateAccountName checks any broker username this package writes: a
-// device id, or one of the two service accounts.
+// device id, or a service instance (ekem-issuer, ekem-issuer-2, …,
+// ekem-monitor, ekem-monitor-2, …; brokerconfig.ServiceRole).
 func ValidateAccountName(name string) error {
-	if name == brokerconfig.IssuerAccount || name == brokerconfig.MonitorAccount {
+	if brokerconfig.ServiceRole(name) != "" {
 		return nil
 	}
 	return ValidateDeviceID(name)
@@ -67,10 +69,6 @@ func validateName(id string) error {
 		}
 	}
 	return nil
-}
-
-func isReserved(id string) bool {
-	return strings.EqualFold(id, brokerconfig.IssuerAccount) || strings.EqualFold(id, brokerconfig.MonitorAccount)
 }
 
 func isAlnum(c byte) bool {

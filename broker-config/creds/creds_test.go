@@ -13,7 +13,7 @@ import (
 )
 
 func TestValidateDeviceID(t *testing.T) {
-	valid := []string{"a", "Z", "0", "dev-1", "a.b_c-d", "Dev.4", strings.Repeat("x", 64), "ekem-issuer2", "issuer"}
+	valid := []string{"a", "Z", "0", "dev-1", "a.b_c-d", "Dev.4", strings.Repeat("x", 64), "issuer", "ekem-device", "my-ekem-issuer"}
 	for _, id := range valid {
 		if err := ValidateDeviceID(id); err != nil {
 			t.Errorf("ValidateDeviceID(%q) = %v, want nil", id, err)
@@ -25,14 +25,20 @@ func TestValidateDeviceID(t *testing.T) {
 			t.Errorf("ValidateDeviceID(%q) = %v, want ErrInvalidDeviceID", id, err)
 		}
 	}
-	for _, id := range []string{"ekem-issuer", "ekem-monitor", "EKEM-Issuer", "Ekem-Monitor"} {
+	// Every name a service instance has or could be confused with.
+	for _, id := range []string{"ekem-issuer", "ekem-monitor", "EKEM-Issuer", "Ekem-Monitor", "ekem-issuer2", "ekem-issuer-2", "EKEM-MONITOR-7", "ekem-monitor.x"} {
 		if err := ValidateDeviceID(id); !errors.Is(err, ErrReservedName) {
 			t.Errorf("ValidateDeviceID(%q) = %v, want ErrReservedName", id, err)
 		}
 	}
-	for _, name := range []string{"ekem-issuer", "ekem-monitor", "dev-1"} {
+	for _, name := range []string{"ekem-issuer", "ekem-monitor", "dev-1", "ekem-issuer-2", "ekem-monitor-99"} {
 		if err := ValidateAccountName(name); err != nil {
 			t.Errorf("ValidateAccountName(%q) = %v", name, err)
+		}
+	}
+	for _, name := range []string{"ekem-issuer-1", "ekem-issuer-02", "ekem-issuer-100", "ekem-issuer-", "Ekem-issuer-2"} {
+		if err := ValidateAccountName(name); !errors.Is(err, ErrReservedName) {
+			t.Errorf("ValidateAccountName(%q) = %v, want ErrReservedName", name, err)
 		}
 	}
 	if err := ValidateAccountName("EKEM-ISSUER"); !errors.Is(err, ErrReservedName) {

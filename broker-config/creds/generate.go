@@ -3,6 +3,7 @@ package creds
 import (
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 
@@ -12,14 +13,16 @@ import (
 // Layout of a directory written by Generate:
 //
 //	passwd                      Mosquitto password file, every account (0600)
+//	acl                         the shipped ACL, rendered with every service instance
 //	accounts/<name>.env         one credentials file per account (0600)
 //	certs/ca.crt, ca.key        test CA (with Options.CA; key 0600)
+//	certs/crl.pem               its CRL, empty until "mkcreds revoke" (with Options.CA)
 //	certs/server.crt, .key      broker certificate (with Options.CA)
 //	certs/clients/<name>.crt    client certificate, CN = name (with Options.ClientCerts)
 //	certs/clients/<name>.key    its key (0600)
 //
-// WriteBroker writes only what the broker reads: passwd, ca.crt, server.crt
-// and server.key.
+// WriteBroker writes only what the broker reads: passwd, acl, ca.crt,
+// crl.pem, server.crt and server.key.
 const (
 	AccountsDir = "accounts"
 	CertsDir    = "certs"
@@ -31,10 +34,15 @@ const (
 // Options.ServerHosts is empty.
 var DefaultServerHosts = []string{"localhost", "127.0.0.1", "::1"}
 
-// Options says what NewSet makes. The issuer and monitor accounts are always
-// made.
+// Options says what NewSet makes. The first issuer and monitor accounts are
+// always made.
 type Options struct {
-	Devices     []string // device ids; each must pass ValidateDeviceID
+	Devices []string // device ids; each must pass ValidateDeviceID
+	// Issuers and Monitors are how many instances of each service to make
+	// accounts for (0 or 1: ekem-issuer and ekem-monitor only; n: also
+	// ekem-issuer-2 … ekem-issuer-n). Each instance needs its own account:
+	// the broker binds the client id to the username.
+	Issuers, Monitors int
 	CA          bool     // also make a CA and a server certificate
 	ClientCerts bool     // also make a client certificate per account (implies CA)
 	ServerHosts []string // DNS names and IPs of the server certificate
@@ -44,10 +52,15 @@ type Options struct {
 type Set struct {
 	Issuer  Account
 	Monitor Account
-	Devices []Account // in Options.Devices order
+	// Services are the issuer and monitor instances after the first
+	// (ekem-issuer-2, …, ekem-monitor-2, …), in that order.
+	Services []Account
+	Devices  []Account // in Options.Devices order
 	CA      *CA       // nil without Options.CA or Options.ClientCerts
 	Server  PEMPair   // the broker's certificate, with CA
 	Clients map[string]PEMPair
+
+	issuers, monitors int // instances of each service, at least 1
 }
 
 // Generate makes a Set (NewSet) and writes all of it into dir, created if
@@ -81,6 +94,22 @@ func NewSet(o Options) (*Set, error) {
 	}
 	if s.Monitor, err = NewAccount(brokerconfig.MonitorAccount); err != nil {
 		return nil, err
+	}
+	if o.Issuers > brokerconfig.MaxInstances || o.Monitors > brokerconfig.MaxInstances || o.Issuers < 0 || o.Monitors < 0 {
+		return nil, fmt.Errorf("creds: service instances must be 0 to %d", brokerconfig.MaxInstances)
+	}
+	s.issuers, s.monitors = max(o.Issuers, 1), max(o.Monitors, 1)
+	for _, role := range []struct {
+		base string
+		n    int
+	}{{brokerconfig.IssuerAccount, s.issuers}, {brokerconfig.MonitorAccount, s.monitors}} {
+		for k := 2; k <= role.n; k++ {
+			a, err := NewAccount(brokerconfig.InstanceName(role.base, k))
+			if err != nil {
+				return nil, err
+			}
+			s.Services = append(s.Services, a)
+		}
 	}
 	s.Devices = make([]Account, 0, len(o.Devices))
 	for _, id := range o.Devices {
@@ -136,10 +165,24 @@ func (s *Set) makeCerts(hosts []string, clients bool) error {
 	return nil
 }
 
-// Accounts returns the issuer, the monitor and the devices, in that order.
+// Accounts returns the issuer, the monitor, the further service instances
+// and the devices, in that order.
 func (s *Set) Accounts() []Account {
-	return append([]Account{s.Issuer, s.Monitor}, s.Devices...)
+	out := append([]Account{s.Issuer, s.Monitor}, s.Services...)
+	return append(out, s.Devices...)
 }
+
+// ACL renders the broker's ACL for this set's service instances
+// (brokerconfig.RenderACL).
+func (s *Set) ACL() (string, error) {
+	return brokerconfig.RenderACL(brokerconfig.ACLOptions{Issuers: s.issuers, Monitors: s.monitors})
+}
+
+// ACLFile is the path of the rendered ACL under dir.
+func ACLFile(dir string) string { return filepath.Join(dir, brokerconfig.ACLFileName) }
+
+// CRLFile is the path of the CA's certificate revocation list under dir.
+func CRLFile(dir string) string { return filepath.Join(CertDir(dir), brokerconfig.CRLFileName) }
 
 // PasswordFile is the path of the Mosquitto password file under dir.
 func PasswordFile(dir string) string { return filepath.Join(dir, brokerconfig.PasswordFileName) }
@@ -160,9 +203,9 @@ func ClientCertFiles(dir, name string) (certFile, keyFile string) {
 	return base + ".crt", base + ".key"
 }
 
-// WriteBroker writes what the broker reads into dir: the password file and,
-// if the Set has a CA, ca.crt, server.crt and server.key. It never
-// overwrites a file.
+// WriteBroker writes what the broker reads into dir: the password file, the
+// ACL and, if the Set has a CA, ca.crt, an empty crl.pem, server.crt and
+// server.key. It never overwrites a file.
 func (s *Set) WriteBroker(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creds: %w", err)
@@ -174,8 +217,19 @@ func (s *Set) WriteBroker(dir string) error {
 	if err := writeNew(PasswordFile(dir), pw, 0o600); err != nil {
 		return err
 	}
+	acl, err := s.ACL()
+	if err != nil {
+		return err
+	}
+	if err := writeNew(ACLFile(dir), []byte(acl), 0o644); err != nil {
+		return err
+	}
 	if s.CA == nil {
 		return nil
+	}
+	crl, err := s.CA.CRL(nil, big.NewInt(1))
+	if err != nil {
+		return err
 	}
 	if err := os.MkdirAll(CertDir(dir), 0o700); err != nil {
 		return fmt.Errorf("creds: %w", err)
@@ -186,6 +240,7 @@ func (s *Set) WriteBroker(dir string) error {
 		mode os.FileMode
 	}{
 		{brokerconfig.CAFileName, s.CA.CertPEM(), 0o644},
+		{brokerconfig.CRLFileName, crl, 0o644},
 		{brokerconfig.ServerCertName, s.Server.CertPEM, 0o644},
 		{brokerconfig.ServerKeyName, s.Server.KeyPEM, 0o600},
 	}

@@ -37,16 +37,20 @@ commands:
   add            add device accounts to an existing directory, reusing its CA
                  and password file
   remove         remove device accounts from a directory
+  revoke         revoke accounts without restarting the broker: password,
+                 client certificate (CRL) and ACL, then SIGHUP
   render-config  render the shipped mosquitto.conf for a directory layout,
                  port and user; with -install, install it with the broker's files
   version        print the version, commit, Go version and protocol version
 
 A credentials directory holds:
   DIR/passwd               Mosquitto password file (ekem-issuer, ekem-monitor, devices)
+  DIR/acl                  the shipped ACL with a section per issuer/monitor instance
+                           (and a deny-all section per revoked account)
   DIR/accounts/NAME.env    EKEM_USERNAME=NAME and EKEM_PASSWORD=..., mode 0600: a
                            systemd EnvironmentFile, and accepted by every binary's
                            -password-file
-  DIR/certs/...            with -ca: ca.crt, ca.key, server.crt, server.key,
+  DIR/certs/...            with -ca: ca.crt, ca.key, crl.pem, server.crt, server.key,
                            clients/NAME.crt and clients/NAME.key (CN = NAME)
 
 Run "mkcreds COMMAND -h" for a command's flags.
@@ -55,6 +59,7 @@ examples:
   mkcreds -out ./creds -devices 3 -ca            # dev-1, dev-2, dev-3 and a test CA
   mkcreds add -dir ./creds -ids dev-101          # one more device, same CA
   mkcreds remove -dir ./creds dev-2
+  mkcreds revoke -dir ./creds -pidfile /run/mosquitto/mosquitto.pid dev-3
   mkcreds render-config -layout debian -creds ./creds -install
 `
 
@@ -74,6 +79,7 @@ var commands = map[string]func(args []string, stdout, stderr io.Writer) error{
 	"init":          cmdInit,
 	"add":           cmdAdd,
 	"remove":        cmdRemove,
+	"revoke":        cmdRevoke,
 	"render-config": cmdRenderConfig,
 	"version":       cmdVersion,
 }
@@ -98,7 +104,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	cmd, ok := commands[name]
 	if !ok {
-		fmt.Fprintf(stderr, "mkcreds: unknown command %q (commands: init, add, remove, render-config, version)\nhint: run \"mkcreds -h\" for usage\n", name)
+		fmt.Fprintf(stderr, "mkcreds: unknown command %q (commands: init, add, remove, revoke, render-config, version)\nhint: run \"mkcreds -h\" for usage\n", name)
 		return 2
 	}
 	err := cmd(rest, stdout, stderr)

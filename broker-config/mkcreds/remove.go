@@ -14,6 +14,10 @@ and certs/clients/ID.*. Then install the new password file on the broker
 and reload it (SIGHUP): the device can no longer log in with its password.
 A client certificate stays valid on the TLS listener until it is revoked
 (a CRL in the broker's crlfile); removing its files does not revoke it.
+To take a device off the broker, use "mkcreds revoke" instead: it removes
+the password, lists the certificate in the CRL (it reads the serial from
+certs/clients/ID.crt, so revoke before deleting that file) and denies the
+account in the ACL.
 Tell the issuer too: ekem-issuer revoke -store FILE ID.
 `
 
@@ -48,7 +52,7 @@ func cmdRemove(args []string, stdout, _ io.Writer) error {
 	for _, id := range ids {
 		fmt.Fprintf(stdout, "mkcreds: removed %s\n", id)
 		if hadCert[id] {
-			fmt.Fprintf(stdout, "warning: %s's client certificate stays valid on the TLS listener until it is revoked (crlfile)\n", id)
+			fmt.Fprintf(stdout, "warning: %s's client certificate stays valid on the TLS listener until it is revoked (crlfile); mkcreds revoke does both, and needs the certificate file to read its serial\n", id)
 		}
 	}
 	fmt.Fprintf(stdout, "hint: install %s on the broker and reload it (SIGHUP); stop tickets with: ekem-issuer revoke -store FILE ID\n", creds.PasswordFile(*dir))

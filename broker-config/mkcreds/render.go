@@ -123,6 +123,16 @@ func installBroker(credsDir string, l layout, at func(string) string, conf strin
 	if err != nil {
 		return fmt.Errorf("-creds: %w", err)
 	}
+	// The directory's ACL: the shipped one with its service instances and
+	// revoked accounts; the shipped one for a directory made before mkcreds
+	// wrote an ACL.
+	acl, err := os.ReadFile(creds.ACLFile(credsDir))
+	if errors.Is(err, os.ErrNotExist) {
+		acl, err = []byte(brokerconfig.ACL()), nil
+	}
+	if err != nil {
+		return fmt.Errorf("-creds: %w", err)
+	}
 	files := []struct {
 		path    string
 		data    []byte
@@ -130,12 +140,12 @@ func installBroker(credsDir string, l layout, at func(string) string, conf strin
 	}{
 		{at(l.conf), []byte(conf), false},
 		{at(filepath.Join(l.configDir, brokerconfig.PasswordFileName)), passwd, true},
-		{at(filepath.Join(l.configDir, brokerconfig.ACLFileName)), []byte(brokerconfig.ACL()), false},
+		{at(filepath.Join(l.configDir, brokerconfig.ACLFileName)), acl, false},
 	}
 	certs := []struct {
 		name    string
 		private bool
-	}{{brokerconfig.CAFileName, false}, {brokerconfig.ServerCertName, false}, {brokerconfig.ServerKeyName, true}}
+	}{{brokerconfig.CAFileName, false}, {brokerconfig.CRLFileName, false}, {brokerconfig.ServerCertName, false}, {brokerconfig.ServerKeyName, true}}
 	for _, c := range certs {
 		b, err := os.ReadFile(filepath.Join(creds.CertDir(credsDir), c.name))
 		if errors.Is(err, os.ErrNotExist) {
