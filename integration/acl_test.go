@@ -33,6 +33,18 @@ const (
 	devB    = "dev-b"
 )
 
+// Further service instances (mosquittotest makes accounts for them). The
+// broker binds the client id to the username, so a second connection of one
+// account takes over the first: a test that keeps two issuer or monitor
+// connections open uses two instances, as two real instances would.
+const (
+	issuer2  = "ekem-issuer-2"
+	issuer3  = "ekem-issuer-3"
+	monitor2 = "ekem-monitor-2"
+	monitor3 = "ekem-monitor-3"
+	monitor4 = "ekem-monitor-4"
+)
+
 func TestConnectRefused(t *testing.T) {
 	b := mosquittotest.Start(t, mosquittotest.Options{Devices: []string{devA}})
 	a := b.Account(devA)
@@ -76,6 +88,7 @@ func TestDeviceReadsOnlyItsOwnTicket(t *testing.T) {
 		d := connectAs(t, b, id)
 		publishString(t, d, regTopic(id), "reg-"+id, true)
 		publishString(t, d, statusTopic(id), "status-"+id, true)
+		d.Disconnect(50) // the recorder below is this account's one connection
 	}
 
 	a := subscribe(t, b, devA, ticketTopic(devB), prefix+"ticket/+", "#", prefix+"#", "$SYS/#", topicEpoch)
@@ -115,7 +128,7 @@ func TestIssuerCannotWriteDeviceTopics(t *testing.T) {
 	mon.waitFor(t, topicEpoch, "sentinel")
 	mon.mustNotHave(t, "the issuer wrote a device topic", payloadIs(probePayload))
 
-	issRec := subscribe(t, b, issuer, prefix+"reg/+", prefix+"status/+")
+	issRec := subscribe(t, b, issuer2, prefix+"reg/+", prefix+"status/+")
 	a := connectAs(t, b, devA)
 	publishString(t, a, regTopic(devA), "sentinel", false)
 	issRec.waitFor(t, regTopic(devA), "sentinel")
@@ -134,7 +147,7 @@ func TestDeviceCannotForgeAnotherDevice(t *testing.T) {
 	iss.waitFor(t, regTopic(devA), "reg-a")
 	iss.mustNotHave(t, "dev-a wrote another device's topic", payloadIs(probePayload))
 
-	fresh := subscribe(t, b, issuer, prefix+"reg/+", prefix+"status/+")
+	fresh := subscribe(t, b, issuer2, prefix+"reg/+", prefix+"status/+")
 	publishString(t, a, statusTopic(devA), "sentinel", false)
 	fresh.waitFor(t, statusTopic(devA), "sentinel")
 	fresh.waitFor(t, regTopic(devA), "reg-a") // positive control: own registration retained
@@ -162,7 +175,7 @@ func TestDeviceCannotPublishIssuerTopics(t *testing.T) {
 	mon.mustNotHave(t, "a device published on an issuer topic", payloadIs(probePayload))
 	bRec.mustNotHave(t, "a device published on an issuer topic", payloadIs(probePayload))
 
-	fresh := subscribe(t, b, monitor, prefix+"#")
+	fresh := subscribe(t, b, monitor2, prefix+"#")
 	publishString(t, a, statusTopic(devA), "sentinel-2", false)
 	fresh.waitFor(t, statusTopic(devA), "sentinel-2")
 	fresh.mustNotHave(t, "a forged message was retained", payloadIs(probePayload))
@@ -173,7 +186,7 @@ func TestDeviceCannotPublishIssuerTopics(t *testing.T) {
 // including on reg/ekem-monitor and status/ekem-monitor, which the device
 // patterns would otherwise grant it.
 func TestMonitorReadsAllAndWritesNothing(t *testing.T) {
-	b := mosquittotest.Start(t, mosquittotest.Options{Devices: []string{devA}})
+	b := mosquittotest.Start(t, mosquittotest.Options{Devices: []string{devA, devB}})
 	a := connectAs(t, b, devA)
 	iss := connectAs(t, b, issuer)
 	retained := map[string]string{
@@ -197,17 +210,19 @@ func TestMonitorReadsAllAndWritesNothing(t *testing.T) {
 	}
 	mon.waitForTopic(t, "$SYS/broker/version")
 
-	issRec := subscribe(t, b, issuer, prefix+"reg/+", prefix+"status/+")
-	aRec := subscribe(t, b, devA, ticketTopic(devA), prefix+"root/+", topicEpoch, topicOnline)
-	monConn := connectAs(t, b, monitor)
+	issRec := subscribe(t, b, issuer2, prefix+"reg/+", prefix+"status/+")
+	aRec := subscribe(t, b, devB, ticketTopic(devB), prefix+"root/+", topicEpoch, topicOnline)
+	monConn := connectAs(t, b, monitor2)
 	targets := []string{
 		regTopic(devA), regTopic(monitor), statusTopic(devA), statusTopic(monitor),
-		ticketTopic(devA), ticketTopic(monitor), rootTopic(8), topicEpoch, topicOnline, topicIssuerKey,
+		ticketTopic(devA), ticketTopic(devB), ticketTopic(monitor), rootTopic(8), topicEpoch, topicOnline, topicIssuerKey,
 		prefix + "other", "$SYS/broker/forged", "elsewhere",
 	}
 	for _, topic := range targets {
 		publishString(t, monConn, topic, probePayload, true)
 	}
+	publishString(t, monConn, regTopic(monitor2), probePayload, true)
+	publishString(t, monConn, statusTopic(monitor2), probePayload, true)
 	publishString(t, a, regTopic(devA), "sentinel", false)
 	publishString(t, iss, topicEpoch, "sentinel", false)
 	issRec.waitFor(t, regTopic(devA), "sentinel")
@@ -217,8 +232,8 @@ func TestMonitorReadsAllAndWritesNothing(t *testing.T) {
 		r.mustNotHave(t, "the monitor's publish was delivered", payloadIs(probePayload))
 	}
 
-	freshIss := subscribe(t, b, issuer, prefix+"reg/+", prefix+"status/+")
-	freshMon := subscribe(t, b, monitor, prefix+"#")
+	freshIss := subscribe(t, b, issuer3, prefix+"reg/+", prefix+"status/+")
+	freshMon := subscribe(t, b, monitor3, prefix+"#")
 	publishString(t, a, statusTopic(devA), "sentinel-2", false)
 	freshIss.waitFor(t, statusTopic(devA), "sentinel-2")
 	freshMon.waitFor(t, statusTopic(devA), "sentinel-2")
@@ -240,7 +255,7 @@ func TestIssuerReadsAllDevices(t *testing.T) {
 	}
 	publishString(t, iss, ticketTopic(ids[0]), "ticket", true)
 
-	rec := subscribe(t, b, issuer, prefix+"reg/+", prefix+"status/+", prefix+"ticket/+")
+	rec := subscribe(t, b, issuer2, prefix+"reg/+", prefix+"status/+", prefix+"ticket/+")
 	for _, id := range ids {
 		rec.waitFor(t, regTopic(id), "reg-"+id)
 		rec.waitFor(t, statusTopic(id), "status-"+id)

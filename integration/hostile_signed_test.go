@@ -128,7 +128,7 @@ func TestHostileSignedTickets(t *testing.T) {
 		{"ticket past its ttl", signed(expired), accept.ReasonExpired, wire.StateRejected},
 		{"ticket not yet valid", signed(notYet), accept.ReasonNotYetValid, wire.StateRejected},
 	}
-	m := connectAs(t, f.b, f.b.Issuer().Username)
+	m := connectAs(t, f.b, issuer2) // a second issuer account: the running issuer keeps its own
 	for _, tc := range cases {
 		name := "rejected:" + tc.reason.String()
 		base := d.agent.Counters()[name]

@@ -117,7 +117,12 @@ func TestHostileInputToIssuer(t *testing.T) {
 		{"status with a swapped next key", statusTopic(victim), mustMarshal(t, swappedKey), "status_rejected:bad_next_tag", "bad_next_tag"},
 		{"another device's status", statusTopic(victim), f.devices[other].agent.StatusBytes(), "status_rejected:topic_mismatch", "topic_mismatch"},
 	}
-	hostile := connectAs(t, f.b, victim) // a second client on dev-1's account
+	// The broker binds the client id to the username, so a second client on
+	// dev-1's account takes over dev-1's session (and dev-1 would take it
+	// back): the attacker holding dev-1's password works while dev-1 is off,
+	// and dev-1 comes back afterwards.
+	f.devices[victim].stop(t)
+	hostile := connectAs(t, f.b, victim) // the attacker on dev-1's account
 	storePath := f.issuerConfig().StorePath
 	for _, tc := range cases {
 		base := iss.Counters()[tc.counter]
@@ -150,6 +155,8 @@ func TestHostileInputToIssuer(t *testing.T) {
 	// The issuer keeps running: the next epoch works for everyone, and the
 	// victim's ticket goes to the next key it really announced, not to the
 	// attacker's.
+	hostile.Disconnect(50)
+	f.startDevice(t, victim)
 	f.issue(t, 2)
 	f.waitEpoch(t, 2, ids...)
 	info := f.deviceInfo(t, victim)
@@ -178,12 +185,12 @@ func TestHostileInputToDevice(t *testing.T) {
 	d := f.devices[victim]
 	stateBefore := d.stateFile(t)
 	st1 := d.agent.Status()
-	issuerUser := f.b.Issuer().Username
+	issuerUser := issuer2 // an issuer instance's account (the running issuer keeps ekem-issuer)
 	// Monitor the victim's published Status, and fetch dev-2's retained
 	// ticket. The issuer's account cannot read tickets (the ACL lets it only
 	// write them), but tickets are not secret: the monitor account reads them.
-	statuses := subscribe(t, f.b, f.b.Monitor().Username, statusTopic(victim))
-	tickets := subscribe(t, f.b, f.b.Monitor().Username, ticketTopic(other))
+	statuses := subscribe(t, f.b, monitor2, statusTopic(victim))
+	tickets := subscribe(t, f.b, monitor3, ticketTopic(other))
 	tickets.waitForTopic(t, ticketTopic(other))
 	otherTicket := []byte(tickets.messages()[0].Payload)
 

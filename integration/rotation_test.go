@@ -144,7 +144,7 @@ func TestIssuerKeyRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := connectAs(t, f.b, f.b.Issuer().Username)
+	m := connectAs(t, f.b, issuer2) // a second issuer account: the running issuer keeps its own
 	publish(t, m, rootTopic(5), ep.Root, true)
 	publish(t, m, ticketTopic(victim.id), ep.Tickets[0].Ticket, true)
 	waitCounter(t, victim.id, victim.agent.Counters, "rejected:"+accept.ReasonUnknownIssuerKey.String(), 1)

@@ -187,7 +187,14 @@ type sysFleet struct {
 // and makes an ML-DSA-87 issuer key and a software cohort secret.
 func newSysFleet(t *testing.T, ids ...string) *sysFleet {
 	t.Helper()
-	b := mosquittotest.Start(t, mosquittotest.Options{Devices: ids})
+	return newSysFleetWith(t, mosquittotest.Options{Devices: ids})
+}
+
+// newSysFleetWith is newSysFleet with the broker options given (client
+// certificates, more accounts than the devices that run).
+func newSysFleetWith(t *testing.T, opts mosquittotest.Options) *sysFleet {
+	t.Helper()
+	b := mosquittotest.Start(t, opts)
 	key, err := signature.GenerateKey(signature.MLDSA87)
 	if err != nil {
 		t.Fatal(err)

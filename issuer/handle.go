@@ -144,7 +144,7 @@ func (i *Issuer) reject(kind, reason, topic, device string, attrs ...any) {
 	if reason == "stale_status" {
 		level = slog.LevelInfo // a late Status after the next epoch: normal
 	}
-	i.log.Log(i.ctx, level, kind+" rejected", a...)
+	i.logLimited(level, device, reason, kind+" rejected", a...)
 	// Counted after the log line is written: whoever sees the counter
 	// move finds the record with its reason.
 	i.count(prefix+":"+reason, 1)
@@ -318,11 +318,7 @@ func (i *Issuer) onStatus(tx ReadTx, topic string, payload []byte) (outcome, err
 			i.count("statuses_duplicate", 1)
 			return outcome{}, nil // a retained re-delivery
 		case st.Seq == rec.StatusSeq:
-			rec.State = stateQuarantined
-			i.count("clone_detected", 1)
-			i.log.Error("two different Status messages with one seq for one device: possible clone; device quarantined",
-				"reason", "clone_detected", "device", id, "seq", st.Seq)
-			return outcome{changed: true, rec: rec}, nil
+			return i.onConflict(rec, topic, st, h), nil // conflict.go: quarantine only on authenticated evidence
 		case !st.State.Accepted() || rec.ConfirmedEpoch == rec.Epoch || !bytes.Equal(st.TicketHash, rec.TicketHash):
 			// An older Status: a broker restored from an older save
 			// re-delivers what it had, or a restarted device republishes
@@ -433,11 +429,12 @@ func (i *Issuer) reportProblem(id string, st *wire.Status) {
 	attrs := []any{"device", id, "state", st.State.String(), "device_reason", reason, "epoch", st.Epoch, "seq", st.Seq}
 	if st.State == wire.StateEquivocation {
 		i.count("equivocation_reported", 1)
-		i.log.Error("device reports equivocation: two different tickets for one epoch",
+		i.logLimited(slog.LevelError, id, "equivocation_reported", "device reports equivocation: two different tickets for one epoch",
 			append([]any{"reason", "equivocation_reported"}, attrs...)...)
 		return
 	}
-	i.log.Warn("device reports a problem", append([]any{"reason", "device_" + st.State.String()}, attrs...)...)
+	i.logLimited(slog.LevelWarn, id, "device_"+st.State.String(), "device reports a problem",
+		append([]any{"reason", "device_" + st.State.String()}, attrs...)...)
 }
 
 // shortHash is a log-friendly prefix of a public hash.

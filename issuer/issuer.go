@@ -72,6 +72,7 @@ type Issuer struct {
 
 	cmu    sync.Mutex
 	counts map[string]uint64
+	logs   logLimiter // per-device log rate limit (loglimit.go)
 
 	nmu     sync.Mutex
 	changed chan struct{}
@@ -233,7 +234,8 @@ func (i *Issuer) LastEpoch() uint64 {
 // Counters returns a copy of the event counters. Names: registrations_pinned,
 // registrations_same, registrations_rekeyed, registrations_rejected:<reason>,
 // statuses_verified, statuses_duplicate, status_rejected:<reason>,
-// device_reported:<state>:<reason>, clone_detected, tickets_issued, epochs,
+// device_reported:<state>:<reason>, clone_detected,
+// status_conflict_unauthenticated, log_lines_suppressed, tickets_issued, epochs,
 // publish_failures, publish_retries, republished, store_failures,
 // signing_key_missing.
 func (i *Issuer) Counters() map[string]uint64 {

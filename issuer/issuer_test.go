@@ -515,11 +515,74 @@ func TestOlderStatus(t *testing.T) {
 	if !bytes.Equal(info.KeyHash, kem.PublicKeyHash(res3.State.Next.PublicKey().Bytes())) {
 		t.Fatal("the next key of the late acceptance was not used")
 	}
-	// The same seq with other bytes is still a clone.
+	// The same seq with other bytes, but an acceptance of an earlier ticket
+	// (its tags cannot be checked against the latest ticket): counted,
+	// never a clone.
 	e.iss.handle(topic, rejection)
+	before = e.dump()
 	forged := d.status(res3, func(s *wire.Status) { s.Seq = 4 })
 	e.iss.handle(topic, forged)
-	if e.counter("clone_detected") != 1 {
-		t.Fatalf("same seq, other bytes: %v", e.iss.Counters())
+	if e.counter("clone_detected") != 0 || e.counter("status_conflict_unauthenticated") != 1 || !maps.EqualFunc(before, e.dump(), bytes.Equal) {
+		t.Fatalf("same seq, other bytes, unauthenticated: %v", e.iss.Counters())
+	}
+}
+
+// Only two Statuses whose tags verify and that conflict (one seq, other
+// bytes) quarantine a device (DESIGN.md, Issuer rules). A forged rejected
+// Status with the device's seq, sent with only its broker password, is
+// counted, changes nothing stored and leaves the device issuing; the
+// device's authenticated Status then replaces it.
+func TestQuarantineOnlyOnAuthenticatedConflict(t *testing.T) {
+	e := newEnv(t)
+	d := newDevice(t, "dev-1")
+	e.register(d)
+	topic := e.iss.topics.Status(d.id)
+	e.issue()
+	res1 := e.deliver(d)
+	e.iss.handle(topic, d.status(res1))
+	e.issue()
+	res2 := e.deliver(d)
+
+	// The attacker predicts the device's next seq and forges a rejection.
+	forged := d.status(res2, func(s *wire.Status) {
+		s.State, s.Reason, s.Confirm, s.NextAlg, s.NextPK, s.NextTag, s.PrevEpoch = wire.StateRejected, 6, nil, 0, nil, nil, nil
+	})
+	d.seq-- // the real device uses the same seq next
+	e.iss.handle(topic, forged)
+	// A second forgery with that seq: a conflict the issuer cannot
+	// authenticate.
+	forged2 := d.status(res2, func(s *wire.Status) {
+		s.State, s.Reason, s.Confirm, s.NextAlg, s.NextPK, s.NextTag, s.PrevEpoch = wire.StateStale, 3, nil, 0, nil, nil, nil
+	})
+	d.seq--
+	before := e.dump()
+	e.iss.handle(topic, forged2)
+	if e.counter("clone_detected") != 0 || e.counter("status_conflict_unauthenticated") != 1 || !maps.EqualFunc(before, e.dump(), bytes.Equal) {
+		t.Fatalf("unauthenticated conflict: %v", e.iss.Counters())
+	}
+	// The device's real acceptance with that seq is authenticated: it is
+	// verified and recorded, and the device stays active.
+	real := d.status(res2)
+	e.iss.handle(topic, real)
+	info, _ := e.iss.Device(d.id)
+	if info.State != StateActive || info.ConfirmedEpoch != 2 || e.counter("clone_detected") != 0 || e.counter("status_conflict_unauthenticated") != 2 {
+		t.Fatalf("authenticated Status after a forgery: state %s confirmed %d, %v", info.State, info.ConfirmedEpoch, e.iss.Counters())
+	}
+	e.issue() // still issued to
+	if info, _ := e.iss.Device(d.id); info.LastEpoch != 3 {
+		t.Fatalf("device not issued epoch 3 after the forgery: last epoch %d", info.LastEpoch)
+	}
+	res3 := e.deliver(d)
+
+	// A clone: a second Status with the same seq whose tags verify (the
+	// clone decapsulated the same ticket) but whose bytes differ.
+	first := d.status(res3)
+	d.seq--
+	second := d.status(res3, func(s *wire.Status) { s.Time++ })
+	e.iss.handle(topic, first)
+	e.iss.handle(topic, second)
+	info, _ = e.iss.Device(d.id)
+	if info.State != StateQuarantined || e.counter("clone_detected") != 1 {
+		t.Fatalf("two authenticated Statuses with one seq: state %s, %v", info.State, e.iss.Counters())
 	}
 }

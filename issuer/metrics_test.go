@@ -83,12 +83,15 @@ func TestMetricsFleetStandings(t *testing.T) {
 	wantSamples(t, got, map[string]float64{"ekem_current_epoch": 0, "ekem_epoch_issue_duration_seconds_count": 0})
 
 	e.issue()
-	for _, d := range []*device{cur, clone, eq} {
+	for _, d := range []*device{cur, eq} {
 		e.iss.handle(e.iss.topics.Status(d.id), d.status(e.deliver(d)))
 	}
-	// dev-clone: a second, different Status with the same seq.
+	cloneRes := e.deliver(clone)
+	e.iss.handle(e.iss.topics.Status(clone.id), clone.status(cloneRes))
+	// dev-clone: a second, different Status with the same seq whose tags
+	// verify (an unauthenticated one would not quarantine).
 	clone.seq--
-	e.iss.handle(e.iss.topics.Status(clone.id), clone.statusProblem(wire.StateStale, accept.ReasonStale, 1, e.record(clone.id).TicketHash))
+	e.iss.handle(e.iss.topics.Status(clone.id), clone.status(cloneRes, func(s *wire.Status) { s.Time++ }))
 	// dev-eq: reports equivocation (an alarm) with the next seq.
 	e.iss.handle(e.iss.topics.Status(eq.id), eq.statusProblem(wire.StateEquivocation, accept.ReasonEquivocation, 1, e.record(eq.id).TicketHash))
 	// dev-lag: a Status with a bad confirm tag is refused.

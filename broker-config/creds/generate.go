@@ -43,9 +43,9 @@ type Options struct {
 	// ekem-issuer-2 … ekem-issuer-n). Each instance needs its own account:
 	// the broker binds the client id to the username.
 	Issuers, Monitors int
-	CA          bool     // also make a CA and a server certificate
-	ClientCerts bool     // also make a client certificate per account (implies CA)
-	ServerHosts []string // DNS names and IPs of the server certificate
+	CA                bool     // also make a CA and a server certificate
+	ClientCerts       bool     // also make a client certificate per account (implies CA)
+	ServerHosts       []string // DNS names and IPs of the server certificate
 }
 
 // Set is a fleet's broker credentials, in memory until written.
@@ -56,9 +56,9 @@ type Set struct {
 	// (ekem-issuer-2, …, ekem-monitor-2, …), in that order.
 	Services []Account
 	Devices  []Account // in Options.Devices order
-	CA      *CA       // nil without Options.CA or Options.ClientCerts
-	Server  PEMPair   // the broker's certificate, with CA
-	Clients map[string]PEMPair
+	CA       *CA       // nil without Options.CA or Options.ClientCerts
+	Server   PEMPair   // the broker's certificate, with CA
+	Clients  map[string]PEMPair
 
 	issuers, monitors int // instances of each service, at least 1
 }

@@ -5,7 +5,11 @@
 // its liveness; each
 // device writes only its own registration and status and reads only its own
 // ticket, the roots, the epoch and the issuer's liveness; the monitor reads
-// everything and writes nothing. Production and the integration tests use
+// everything and writes nothing. Like the shipped Mosquitto configuration
+// (use_username_as_clientid), it replaces every client's id with its
+// username, so no account can take over another account's session; every
+// issuer and monitor instance has its own account (ekem-issuer-2, …;
+// brokerconfig.ServiceRole). Production and the integration tests use
 // Mosquitto; this broker keeps nothing on disk.
 package embedbroker
 
@@ -23,6 +27,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	brokerconfig "github.com/entropykem/entropykem/broker-config"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
@@ -72,9 +77,12 @@ func (b *Broker) URL() string { return "tcp://" + b.addr }
 
 // AddUser adds an account. Device accounts are named by their device id.
 func (b *Broker) AddUser(name, password string) error {
-	if name != IssuerUser && name != MonitorUser {
+	if brokerconfig.ServiceRole(name) == "" {
 		if err := wire.ValidateDeviceID(name); err != nil {
 			return fmt.Errorf("embedbroker: account %q: %w", name, err)
+		}
+		if brokerconfig.IsReservedName(name) {
+			return fmt.Errorf("embedbroker: account %q: reserved for service instances", name)
 		}
 	}
 	if password == "" {
@@ -103,12 +111,20 @@ func (h *aclHook) Provides(b byte) bool {
 }
 
 // OnConnectAuthenticate allows known accounts with the right password;
-// anonymous clients are refused.
+// anonymous clients are refused. An accepted client's id becomes its
+// username (Mosquitto's use_username_as_clientid): the server looks up the
+// session to take over by this id right after this hook, so a second
+// connection of one account takes over the first, and no account can take
+// over another's.
 func (h *aclHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	h.mu.Lock()
 	want, ok := h.users[string(pk.Connect.Username)]
 	h.mu.Unlock()
-	return ok && len(pk.Connect.Password) > 0 && subtle.ConstantTimeCompare(want, pk.Connect.Password) == 1
+	if !ok || len(pk.Connect.Password) == 0 || subtle.ConstantTimeCompare(want, pk.Connect.Password) != 1 {
+		return false
+	}
+	cl.ID = string(pk.Connect.Username)
+	return true
 }
 
 // OnACLCheck applies broker-config/acl's rules.
@@ -120,7 +136,7 @@ func (h *aclHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // topic, a topic name or a subscription filter.
 func Allowed(prefix, user, topic string, write bool) bool {
 	p := prefix + "/"
-	switch user {
+	switch brokerconfig.ServiceRole(user) {
 	case IssuerUser:
 		if write {
 			return matchAny(topic, p+"ticket/+", p+"root/+", p+"epoch", p+"issuer/online", p+"issuer/key/+")

@@ -1,6 +1,11 @@
 package embedbroker
 
-import "testing"
+import (
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
 
 func TestAllowed(t *testing.T) {
 	const p = "ekem/v1"
@@ -45,10 +50,69 @@ func TestAllowed(t *testing.T) {
 		{MonitorUser, p + "/status/dev-1", true, false},
 		{MonitorUser, p + "/reg/" + MonitorUser, true, false},
 		{MonitorUser, "other/#", false, false},
+		// Further instances have their role's rights; look-alikes do not.
+		{"ekem-issuer-2", p + "/ticket/dev-1", true, true},
+		{"ekem-issuer-2", p + "/reg/+", false, true},
+		{"ekem-monitor-3", p + "/#", false, true},
+		{"ekem-monitor-3", p + "/status/ekem-monitor-3", true, false},
+		{"ekem-issuer-1", p + "/ticket/dev-1", true, false},
 	}
 	for _, c := range cases {
 		if got := Allowed(p, c.user, c.topic, c.write); got != c.want {
 			t.Errorf("Allowed(%s, %s, write=%v) = %v, want %v", c.user, c.topic, c.write, got, c.want)
 		}
+	}
+}
+
+// A client's id is its username: a device account connecting with the
+// issuer's client id takes over nothing, and a second connection of one
+// account takes over the first (as with the shipped Mosquitto
+// configuration's use_username_as_clientid).
+func TestClientIDIsUsername(t *testing.T) {
+	b, err := Start("127.0.0.1:0", "ekem/v1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, u := range []string{IssuerUser, "dev-1"} {
+		if err := b.AddUser(u, "pw-"+u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.AddUser("ekem-issuer-x", "pw"); err == nil {
+		t.Error("AddUser accepted a reserved name as a device")
+	}
+	lost := make(chan string, 4)
+	connect := func(user, clientID string) mqtt.Client {
+		o := mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID(clientID).SetUsername(user).
+			SetPassword("pw-" + user).SetAutoReconnect(false).
+			SetConnectionLostHandler(func(mqtt.Client, error) { lost <- user + "/" + clientID })
+		c := mqtt.NewClient(o)
+		if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect %s as %s: %v", user, clientID, tok.Error())
+		}
+		return c
+	}
+	iss := connect(IssuerUser, IssuerUser)
+	defer iss.Disconnect(0)
+	attacker := connect("dev-1", IssuerUser)
+	defer attacker.Disconnect(0)
+	select {
+	case who := <-lost:
+		t.Fatalf("%s lost its connection when dev-1 connected with client id %s", who, IssuerUser)
+	case <-time.After(300 * time.Millisecond):
+	}
+	second := connect("dev-1", "another-id")
+	defer second.Disconnect(0)
+	select {
+	case who := <-lost:
+		if who != "dev-1/"+IssuerUser {
+			t.Fatalf("%s lost its connection; want dev-1's first connection taken over", who)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a second connection of dev-1 did not take over the first")
+	}
+	if !iss.IsConnectionOpen() {
+		t.Fatal("the issuer was disconnected")
 	}
 }

@@ -4,7 +4,9 @@
 // and the broker's $SYS/#), which shows which device is on which epoch,
 // who is lagging or stale, who failed and why, and raises alarms for roots
 // that fail signature verification (pkg/accept.VerifyRoot), clones (two
-// different Status messages with one seq, §5.6) and reported equivocation.
+// different acceptances with one seq, §5.6), suspicious reports (a
+// conflicting Status without a tag, which changes no device's state) and
+// reported equivocation.
 //
 // The model is pure (no I/O, the clock is a parameter) and O(n) in memory
 // (a fixed-size record per device, no payload kept); each message costs
@@ -91,8 +93,13 @@ type AlarmKind string
 
 // Alarms.
 const (
-	AlarmRoot         AlarmKind = "root_verification_failed"
-	AlarmClone        AlarmKind = "clone"
+	AlarmRoot  AlarmKind = "root_verification_failed"
+	AlarmClone AlarmKind = "clone"
+	// AlarmSuspicious: a Status conflicts with the recorded one (one seq,
+	// other bytes) and at least one of the two carries no tag (rejected,
+	// stale, equivocation): anyone with the device's broker password could
+	// have sent it. It changes no device's state (issuer/conflict.go).
+	AlarmSuspicious   AlarmKind = "suspicious_status"
 	AlarmEquivocation AlarmKind = "equivocation"
 	// AlarmIssuerKey: an issuer key announced two different successors.
 	AlarmIssuerKey AlarmKind = "issuer_key_conflict"
@@ -124,15 +131,16 @@ const (
 
 // deviceRec is the fixed-size record kept per device.
 type deviceRec struct {
-	hasStatus bool
-	clone     bool
-	ticket    uint8
-	state     wire.State
-	reason    uint64
-	epoch     uint64
-	seq       uint64
-	time      uint64
-	hash      [sha256.Size]byte
+	hasStatus  bool
+	clone      bool
+	suspicious uint32 // conflicting unauthenticated Status reports seen
+	ticket     uint8
+	state      wire.State
+	reason     uint64
+	epoch      uint64
+	seq        uint64
+	time       uint64
+	hash       [sha256.Size]byte
 
 	ticketEpoch  uint64
 	ticketExpiry uint64
@@ -198,6 +206,7 @@ const (
 	CountMalformed    = "malformed"
 	CountRootFailures = "root_failures"
 	CountClones       = "clone_alarms"
+	CountSuspicious   = "suspicious_reports"
 	CountEquivocation = "equivocation_alarms"
 	CountKeysLearned  = "issuer_keys_learned"
 	CountKeyRejected  = "issuer_key_rejected"
@@ -278,6 +287,18 @@ func (f *Fleet) onStatus(topic string, payload []byte, now time.Time) *Alarm {
 	if d.hasStatus && st.Seq <= d.seq {
 		if st.Seq == d.seq && h == d.hash {
 			return nil // a retained re-delivery
+		}
+		if !st.State.Accepted() || !d.state.Accepted() {
+			// A rejected, stale or equivocation Status carries no tag:
+			// the conflict is no evidence of a clone (the issuer,
+			// which checks tags, does not quarantine on it either).
+			if d.suspicious < ^uint32(0) {
+				d.suspicious++
+			}
+			f.counts[CountSuspicious]++
+			return &Alarm{Kind: AlarmSuspicious, Topic: topic, Device: id, At: now,
+				Detail: fmt.Sprintf("a %s Status with seq %d conflicts with the recorded %s Status with seq %d; one carries no tag: an account holder may have forged it (the device's state is unchanged)",
+					st.State, st.Seq, d.state, d.seq)}
 		}
 		d.clone = true
 		f.counts[CountClones]++
@@ -540,6 +561,9 @@ type Row struct {
 	Reason      string     `json:"reason,omitempty"`
 	Seq         uint64     `json:"seq"`
 	TicketEpoch uint64     `json:"ticket_epoch,omitempty"`
+	// Suspicious counts conflicting Status reports without a tag seen for
+	// this device (AlarmSuspicious); they do not change State.
+	Suspicious uint32 `json:"suspicious,omitempty"`
 }
 
 // Snapshot is the fleet at one moment.
@@ -586,7 +610,7 @@ func (f *Fleet) Snapshot(now time.Time) Snapshot {
 	}
 	for id, d := range f.devices {
 		st, lag, reason := f.stateOf(d, t)
-		r := Row{ID: id, Epoch: d.epoch, Lag: lag, State: st, Reason: reason, Seq: d.seq, TicketEpoch: d.ticketEpoch}
+		r := Row{ID: id, Epoch: d.epoch, Lag: lag, State: st, Reason: reason, Seq: d.seq, TicketEpoch: d.ticketEpoch, Suspicious: d.suspicious}
 		if d.hasStatus {
 			ls := time.Unix(int64(d.time), 0).UTC()
 			r.LastSeen = &ls

@@ -495,3 +495,42 @@ func TestIsTerminal(t *testing.T) {
 		t.Fatal("a file or a buffer taken for a terminal")
 	}
 }
+
+// A Status without a tag (rejected, stale, equivocation) that conflicts with
+// the recorded one is a suspicious report, never a clone: it is counted and
+// shown, and the device's state does not change. Two conflicting
+// acceptances are still a clone.
+func TestConflictWithoutTagIsSuspicious(t *testing.T) {
+	w := newWorld(t, "dev", "twin")
+	f := NewFleet(Config{Topics: topics, Pins: w.pins})
+	now := t0.Add(3 * time.Minute)
+	feedEpoch(f, w.epoch(1, "dev", "twin"), 1, t)
+	f.Handle(topics.Status("dev"), status(t, "dev", 1, 5, wire.StateOK, 0, 0), now)
+	before := rowsByID(f.Snapshot(now))["dev"]
+
+	// A forged rejection with the device's seq (only the password needed).
+	a := f.Handle(topics.Status("dev"), status(t, "dev", 1, 5, wire.StateRejected, accept.ReasonBadSignature, 0), now)
+	if a == nil || a.Kind != AlarmSuspicious || a.Device != "dev" {
+		t.Fatalf("forged rejection: alarm %v, want %s", a, AlarmSuspicious)
+	}
+	s := f.Snapshot(now)
+	row := rowsByID(s)["dev"]
+	if row.State != before.State || row.Seq != before.Seq || row.Suspicious != 1 {
+		t.Fatalf("forged rejection changed the device: %+v, was %+v", row, before)
+	}
+	if s.Counters[CountSuspicious] != 1 || s.Counters[CountClones] != 0 {
+		t.Fatalf("counters %v", s.Counters)
+	}
+	// Two different acceptances with one seq: a clone.
+	f.Handle(topics.Status("twin"), status(t, "twin", 1, 3, wire.StateOK, 0, 0), now)
+	if a := f.Handle(topics.Status("twin"), status(t, "twin", 1, 3, wire.StateOK, 0, 7), now); a == nil || a.Kind != AlarmClone {
+		t.Fatalf("two acceptances with one seq: alarm %v, want %s", a, AlarmClone)
+	}
+	var buf strings.Builder
+	if err := WriteTable(&buf, f.Snapshot(now), 10); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "suspicious reports 1") {
+		t.Errorf("rendered view lacks the suspicious report count:\n%s", buf.String())
+	}
+}

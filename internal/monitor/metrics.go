@@ -25,6 +25,8 @@ var (
 		"ALARM: EpochRoot messages that failed verification under the pinned issuer keys.", nil, nil)
 	descFleetClones = prometheus.NewDesc("ekem_fleet_clone_alarms_total",
 		"ALARM: two different Status messages with one seq seen for one device.", nil, nil)
+	descFleetSuspicious = prometheus.NewDesc("ekem_fleet_suspicious_reports_total",
+		"Status messages that conflict with the recorded one (one seq) where one of the two carries no tag: possibly forged by an account holder; no device's state changes.", nil, nil)
 	descFleetEquivocation = prometheus.NewDesc("ekem_fleet_equivocation_alarms_total",
 		"ALARM: Status messages reporting equivocation (two tickets for one epoch).", nil, nil)
 	descFleetKeysLearned = prometheus.NewDesc("ekem_fleet_issuer_keys_learned_total",
@@ -60,7 +62,7 @@ type Collector struct {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFleetDevices, descFleetEpoch, descFleetEpochIssued, descFleetPeriod, descFleetMaxLag,
-		descFleetRootFailures, descFleetClones, descFleetEquivocation, descFleetMessages, descFleetMalformed,
+		descFleetRootFailures, descFleetClones, descFleetSuspicious, descFleetEquivocation, descFleetMessages, descFleetMalformed,
 		descFleetKeysLearned, descFleetKeyConflicts,
 		descFleetConnected, descBrokerVersion} {
 		ch <- d
@@ -114,6 +116,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descFleetMaxLag, float64(maxLag))
 	counter(descFleetRootFailures, float64(counts[CountRootFailures]))
 	counter(descFleetClones, float64(counts[CountClones]))
+	counter(descFleetSuspicious, float64(counts[CountSuspicious]))
 	counter(descFleetEquivocation, float64(counts[CountEquivocation]))
 	counter(descFleetMessages, float64(counts[CountMessages]))
 	counter(descFleetMalformed, float64(counts[CountMalformed]))

@@ -48,8 +48,8 @@ func WriteTable(w io.Writer, s Snapshot, limit int) error {
 		parts = append(parts, fmt.Sprintf("%s %d", st, s.Totals[st]))
 	}
 	fmt.Fprintf(w, "states   %s\n", strings.Join(parts, ", "))
-	fmt.Fprintf(w, "alarms   roots failing verification %d, clones %d, equivocation reports %d\n",
-		s.Counters[CountRootFailures], s.Counters[CountClones], s.Counters[CountEquivocation])
+	fmt.Fprintf(w, "alarms   roots failing verification %d, clones %d, equivocation reports %d, suspicious reports %d\n",
+		s.Counters[CountRootFailures], s.Counters[CountClones], s.Counters[CountEquivocation], s.Counters[CountSuspicious])
 	if len(s.Broker) > 0 {
 		fmt.Fprintf(w, "broker   %s clients connected, %s retained messages, %s subscriptions, up %s\n",
 			figure(s.Broker, "clients_connected"), figure(s.Broker, "retained_messages"),

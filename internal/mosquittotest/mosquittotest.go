@@ -54,7 +54,16 @@ type Options struct {
 	// is part of the shipped configuration; without client certificates no
 	// client can use it.
 	TLS bool
+	// Issuers and Monitors are how many service instances get accounts
+	// (ekem-issuer, ekem-issuer-2, …); 0 means DefaultInstances. The broker
+	// binds the client id to the username, so two connections of one
+	// account take each other over: a test that needs two concurrent
+	// issuer or monitor connections uses two instances.
+	Issuers, Monitors int
 }
+
+// DefaultInstances of each service role that Start makes accounts for.
+const DefaultInstances = 4
 
 // Broker is a running (or stopped) Mosquitto child process.
 type Broker struct {
@@ -78,8 +87,15 @@ func Start(t testing.TB, opts Options) *Broker {
 	t.Helper()
 	bin := findBinary(t)
 	dir := t.TempDir()
+	if opts.Issuers == 0 {
+		opts.Issuers = DefaultInstances
+	}
+	if opts.Monitors == 0 {
+		opts.Monitors = DefaultInstances
+	}
 	set, err := creds.NewSet(creds.Options{
-		Devices: opts.Devices, CA: true, ClientCerts: opts.TLS, ServerHosts: []string{"localhost", "127.0.0.1"},
+		Devices: opts.Devices, Issuers: opts.Issuers, Monitors: opts.Monitors,
+		CA: true, ClientCerts: opts.TLS, ServerHosts: []string{"localhost", "127.0.0.1"},
 	})
 	if err != nil {
 		t.Fatalf("mosquittotest: %v", err)
@@ -101,16 +117,20 @@ func Start(t testing.TB, opts Options) *Broker {
 	return b
 }
 
-// writeStatic writes the shipped ACL next to the password file.
+// writeStatic makes the persistence directory. (WriteBroker wrote the
+// shipped ACL, rendered with the service instances, next to the password
+// file, and the CA's empty CRL.)
 func (b *Broker) writeStatic() error {
-	if err := os.MkdirAll(b.DataDir(), 0o700); err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(b.configDir(), brokerconfig.ACLFileName), []byte(brokerconfig.ACL()), 0o600)
+	return os.MkdirAll(b.DataDir(), 0o700)
 }
 
-// configDir holds passwd, acl and certs/.
+// configDir holds passwd, acl and certs/: a credentials directory in the
+// layout of mkcreds (package creds), so creds.Revoke works on it.
 func (b *Broker) configDir() string { return filepath.Join(b.dir, "config") }
+
+// ConfigDir is the credentials directory the broker reads (passwd, acl,
+// certs/ca.crt, certs/crl.pem): the layout mkcreds writes.
+func (b *Broker) ConfigDir() string { return b.configDir() }
 
 // writeConfig renders the shipped mosquitto.conf for this broker's ports and
 // directories.
