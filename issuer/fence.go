@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 
+	brokerconfig "github.com/entropykem/entropykem/broker-config"
 	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/kem"
@@ -332,7 +333,7 @@ func (i *Issuer) repin(tx Tx, v *brokerView, rep *RecoverReport) error {
 // Status, keeping old's standing (revoked, quarantined) and pin time. from
 // is "status", "registration", or "" with why when neither is usable.
 func (i *Issuer) recovered(id string, old *record, regMsg, stMsg []byte) (r *record, from, why string) {
-	if reservedIDs[id] || wire.ValidateDeviceID(id) != nil {
+	if brokerconfig.IsReservedName(id) || wire.ValidateDeviceID(id) != nil {
 		return nil, "", "reserved or invalid device id"
 	}
 	r = &record{ID: id, State: stateActive, PinnedAt: unixSeconds(i.cfg.Now())}

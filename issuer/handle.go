@@ -5,14 +5,12 @@ import (
 	"log/slog"
 	"strings"
 
+	brokerconfig "github.com/entropykem/entropykem/broker-config"
 	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
-
-// Reserved account names (schema/PROTOCOL.md §3): never device ids.
-var reservedIDs = map[string]bool{"ekem-issuer": true, "ekem-monitor": true}
 
 // maxBatch bounds how many queued messages one store transaction handles.
 const maxBatch = 256
@@ -186,7 +184,7 @@ func (i *Issuer) onRegistration(tx ReadTx, topic string, payload []byte, retaine
 		i.reject(kind, "topic_mismatch", topic, id, "claimed", reg.DeviceID)
 		return outcome{}, nil
 	}
-	if reservedIDs[id] {
+	if brokerconfig.IsReservedName(id) { // schema/PROTOCOL.md §3: service accounts, never device ids
 		i.reject(kind, "reserved_id", topic, id)
 		return outcome{}, nil
 	}

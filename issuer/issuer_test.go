@@ -134,6 +134,7 @@ func TestRegistrationRejects(t *testing.T) {
 		{top("dev-1"), badKey, "invalid_key"},
 		{top("dev-1"), alg1024, "alg_not_allowed"},
 		{top("ekem-issuer"), mk(func(c *wire.Registration) { c.DeviceID = "ekem-issuer" }), "reserved_id"},
+		{top("EKEM-Monitor-2"), mk(func(c *wire.Registration) { c.DeviceID = "EKEM-Monitor-2" }), "reserved_id"},
 	}
 	total := uint64(0)
 	for _, c := range cases {

@@ -236,6 +236,10 @@ var (
 		"store_failures":   prometheus.NewDesc("ekem_store_failures_total", "Store transactions that failed.", nil, nil),
 		"store_bad_key":    prometheus.NewDesc("ekem_store_bad_keys_total", "Stored device keys found invalid while planning an epoch.", nil, nil),
 		"issue_failures":   prometheus.NewDesc("ekem_issue_failures_total", "Epochs that could not be issued.", nil, nil),
+		"status_conflict_unauthenticated": prometheus.NewDesc("ekem_status_conflicts_unauthenticated_total",
+			"Status messages that conflict with the recorded one (same seq, other bytes) where one of the two carries no verifying tag: counted, never a quarantine (issuer/conflict.go).", nil, nil),
+		"log_lines_suppressed": prometheus.NewDesc("ekem_log_lines_suppressed_total",
+			"Log lines about refused messages not written because a device (or the issuer) was over its log budget; the messages themselves are counted as usual (issuer/loglimit.go).", nil, nil),
 		"signing_key_missing": prometheus.NewDesc("ekem_signing_key_refusals_total",
 			"Epochs refused because the key the stored key rotations require to sign them is not configured (-key, -next-key).", nil, nil),
 	}
