@@ -6,9 +6,11 @@ package integration
 // that the legitimate devices accept every epoch issued while it runs.
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +22,7 @@ import (
 	fleetmon "github.com/entropykem/entropykem/internal/monitor"
 	"github.com/entropykem/entropykem/internal/mosquittotest"
 	ekissuer "github.com/entropykem/entropykem/issuer"
+	"github.com/entropykem/entropykem/issuer/adminsock"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -143,12 +146,22 @@ func TestForgedStatusDoesNotQuarantine(t *testing.T) {
 	payload := mustMarshal(t, forged)
 	before := f.deviceInfo(t, victim)
 
-	c, err := dialAs(f.b, victim, "attacker", true, nil)
-	if err != nil {
-		t.Fatal(err)
+	// The attacker's connection takes over dev-1's session, and dev-1's
+	// reconnection takes it back: try until one publish gets through.
+	for try := 1; ; try++ {
+		c, err := dialAs(f.b, victim, "attacker", true, nil)
+		if err == nil {
+			tok := c.Publish(statusTopic(victim), 1, true, payload)
+			ok := tok.WaitTimeout(ackTimeout) && tok.Error() == nil
+			c.Disconnect(0)
+			if ok {
+				break
+			}
+		}
+		if try == 10 {
+			t.Fatalf("the forged Status was never published: %v", err)
+		}
 	}
-	publish(t, c, statusTopic(victim), payload, true)
-	c.Disconnect(0)
 	waitCounter(t, "issuer", iss.Counters, "status_conflict_unauthenticated", 1)
 	if !f.issLog.hasRecord(t, map[string]string{"reason": "status_conflict_unauthenticated", "device": victim, "level": "WARN"}) {
 		t.Fatal("the issuer's log has no WARN record of the unauthenticated conflict")
@@ -357,4 +370,80 @@ func TestJunkRegistrationsBoundedLog(t *testing.T) {
 		t.Fatalf("issuer /healthz %d after the flood: %s", rec.Code, rec.Body)
 	}
 	t.Logf("%d junk registrations: %d log lines, %d suppressed; epochs 2 to %d accepted by %v", junk, lines, suppressed, last, legit)
+}
+
+// Under -enrollment allowlist, the ids imported from the manufacturing list
+// are pinned on first use; an unlisted id's registration is held (refused
+// with reason not_enrolled, counted) and gets no ticket until an operator
+// approves it through the running issuer's admin socket; a second unlisted
+// id is denied. Both actions are audited, and the listed devices accept
+// every epoch meanwhile.
+func TestAllowlistApproveAndDeny(t *testing.T) {
+	listed := []string{"dev-1", "dev-2"}
+	const unlisted, intruder = "dev-new", "dev-evil"
+	f := newSysFleet(t, append([]string{unlisted, intruder}, listed...)...)
+	iss := f.startIssuer(t, func(c *ekissuer.Config) { c.Enrollment = ekissuer.EnrollmentAllowlist })
+	sock, err := adminsock.Listen(filepath.Join(t.TempDir(), "admin.sock"), iss.Admin(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	admin, err := adminsock.Dial(sock.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	list, err := ekissuer.ParseEnrollmentCSV(strings.NewReader("device_id\n" + strings.Join(listed, "\n") + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := ekissuer.Operator{Reason: "factory batch 7"}
+	if res, err := admin.Enroll(list, op); err != nil || res.Added != len(listed) {
+		t.Fatalf("enroll: %+v, %v", res, err)
+	}
+	f.startDevices(t, listed...)
+	f.startDevice(t, unlisted)
+	f.startDevice(t, intruder)
+	waitCounter(t, "issuer", iss.Counters, "registrations_rejected:not_enrolled", 2)
+	if !f.issLog.hasRecord(t, map[string]string{"reason": "not_enrolled", "device": unlisted, "level": "WARN"}) {
+		t.Fatal("no WARN record of the held registration")
+	}
+	last := epochsDuring(t, f, 1, 0, listed...)
+	last = epochsDuring(t, f, last+1, 0, listed...)
+	for _, id := range []string{unlisted, intruder} {
+		if _, err := admin.Device(id); !errors.Is(err, ekissuer.ErrUnknownDevice) {
+			t.Fatalf("%s before approval: %v, want unknown to the store", id, err)
+		}
+		if e := f.devices[id].agent.Epoch(); e != 0 {
+			t.Fatalf("%s accepted epoch %d before approval", id, e)
+		}
+	}
+
+	if err := admin.Approve(unlisted, ekissuer.Operator{Reason: "installed by the field team"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Deny(intruder, ekissuer.Operator{Reason: "not ours"}); err != nil {
+		t.Fatal(err)
+	}
+	e := last + 1
+	f.issue(t, e)
+	f.waitEpoch(t, e, append([]string{unlisted}, listed...)...)
+	if info, err := admin.Device(intruder); err != nil || info.State != ekissuer.StateRevoked || info.LastEpoch != 0 {
+		t.Fatalf("denied %s: %+v, %v", intruder, info, err)
+	}
+	audit, err := admin.Audit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range audit {
+		if !strings.Contains(a.Actor, "via admin socket") {
+			t.Errorf("audit entry %+v does not name the socket's peer", a)
+		}
+		got = append(got, a.Action+":"+a.Device+":"+a.Reason)
+	}
+	want := "enroll::factory batch 7,approve:dev-new:installed by the field team,deny:dev-evil:not ours"
+	if strings.Join(got, ",") != want {
+		t.Fatalf("audit %q, want %q", strings.Join(got, ","), want)
+	}
 }

@@ -92,6 +92,11 @@ type Admin interface {
 	// Backup writes a consistent copy of the store to w (a bbolt file;
 	// ErrNoBackup for an engine without one).
 	Backup(w io.Writer) error
+	// Enroll imports devices for the enrollment policy (enroll.go).
+	Enroll(entries []Enrollment, op Operator) (EnrollResult, error)
+	// Deny drops the registration the device holds for approval
+	// (enroll.go).
+	Deny(id string, op Operator) error
 }
 
 // backuper is a store engine that copies itself consistently.

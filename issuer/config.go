@@ -81,6 +81,12 @@ type Config struct {
 	// the issuer reads from the broker at start (fencing) and in Recover
 	// (default 500 ms).
 	BrokerQuiet time.Duration
+	// Enrollment is the policy for a device id's first registration
+	// (enroll.go, DESIGN.md "Identity on the broker"): EnrollmentOpen
+	// (default) pins it on first use; EnrollmentAllowlist pins only ids
+	// imported with Admin.Enroll and holds any other id's registration
+	// for an operator's approve or deny.
+	Enrollment string
 	// Logger receives structured logs (default slog.Default()).
 	Logger *slog.Logger
 	// Now is the wall clock; it only sets issued_at (default time.Now).
@@ -135,6 +141,9 @@ func (c Config) Validate() error {
 	}
 	if c.Key == nil {
 		return bad("no signing key")
+	}
+	if c.Enrollment != "" && c.Enrollment != EnrollmentOpen && c.Enrollment != EnrollmentAllowlist {
+		return bad("enrollment policy %q: want %q or %q", c.Enrollment, EnrollmentOpen, EnrollmentAllowlist)
 	}
 	if c.NextKey != nil && c.NextKey.Public().Equal(c.Key.Public()) {
 		return bad("next key %x is the signing key", c.Key.Public().KID())

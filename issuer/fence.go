@@ -339,6 +339,7 @@ func (i *Issuer) recovered(id string, old *record, regMsg, stMsg []byte) (r *rec
 	r = &record{ID: id, State: stateActive, PinnedAt: unixSeconds(i.cfg.Now())}
 	if old != nil {
 		r.State, r.PinnedAt = old.State, old.PinnedAt
+		r.Enrolled, r.EnrolledKeyHash = old.Enrolled, old.EnrolledKeyHash
 	}
 	var reg *wire.Registration
 	if regMsg != nil {

@@ -208,7 +208,7 @@ func (i *Issuer) onRegistration(tx ReadTx, topic string, payload []byte, retaine
 		return i.staleAfterReset(topic, id), nil
 	}
 	if rec == nil || rec.RegKey == nil {
-		return i.pin(rec, id, reg), nil
+		return i.firstUse(rec, topic, id, reg, payload), nil // enroll.go: the enrollment policy
 	}
 	if rec.RegAlg == reg.KEMAlg && bytes.Equal(rec.RegKey, reg.PublicKey) {
 		i.count("registrations_same", 1)

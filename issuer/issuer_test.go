@@ -553,7 +553,7 @@ func TestQuarantineOnlyOnAuthenticatedConflict(t *testing.T) {
 	// A second forgery with that seq: a conflict the issuer cannot
 	// authenticate.
 	forged2 := d.status(res2, func(s *wire.Status) {
-		s.State, s.Reason, s.Confirm, s.NextAlg, s.NextPK, s.NextTag, s.PrevEpoch = wire.StateStale, 3, nil, 0, nil, nil, nil
+		s.State, s.Reason, s.Confirm, s.NextAlg, s.NextPK, s.NextTag, s.PrevEpoch = wire.StateStale, uint64(accept.ReasonStale), nil, 0, nil, nil, nil
 	})
 	d.seq--
 	before := e.dump()

@@ -68,6 +68,12 @@ type record struct {
 	StatusState  uint64 `cbor:"19,keyasint,omitempty"`
 	StatusReason uint64 `cbor:"20,keyasint,omitempty"`
 	StatusEpoch  uint64 `cbor:"21,keyasint,omitempty"`
+	// Enrolled: the id was imported by an operator (Admin.Enroll), so its
+	// first registration is pinned under the allowlist policy, and
+	// EnrolledKeyHash, if set, is the only registration key (SHA-256 of
+	// the KEM public key, from manufacturing) that may be pinned for it.
+	Enrolled        bool   `cbor:"23,keyasint,omitempty"`
+	EnrolledKeyHash []byte `cbor:"24,keyasint,omitempty"`
 
 	// rev is the record's revision in an engine that several writers
 	// share (the PostgreSQL engine), 0 elsewhere: set when read, it lets
@@ -177,6 +183,10 @@ type DeviceInfo struct {
 	StatusReason uint64
 	StatusEpoch  uint64
 	StatusSeq    uint64
+	// Enrolled: imported by an operator (Admin.Enroll); EnrolledKeyHash is
+	// the registration key hash it was imported with, if any.
+	Enrolled        bool
+	EnrolledKeyHash []byte
 }
 
 // Confirmed reports whether the device confirmed its latest ticket.
@@ -188,6 +198,7 @@ func (r *record) info() DeviceInfo {
 		TicketHash: bytes.Clone(r.TicketHash), ConfirmedEpoch: r.ConfirmedEpoch,
 		NextKeyReady: r.NextKey != nil, HasStatus: r.HasStatus, StatusState: wire.State(r.StatusState),
 		StatusReason: r.StatusReason, StatusEpoch: r.StatusEpoch, StatusSeq: r.StatusSeq,
+		Enrolled: r.Enrolled, EnrolledKeyHash: bytes.Clone(r.EnrolledKeyHash),
 	}
 	if r.RegKey != nil {
 		d.PinnedKeyHash = kem.PublicKeyHash(r.RegKey)

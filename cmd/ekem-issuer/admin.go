@@ -215,7 +215,7 @@ func cmdDevice(args []string, stdout io.Writer) error {
 	return tw.Flush()
 }
 
-// cmdOperator runs reset, revoke, release or approve on one device.
+// cmdOperator runs reset, revoke, release, approve or deny on one device.
 func cmdOperator(name string, args []string, stdout io.Writer) error {
 	f, rest, err := parseAdmin(name, args, true, false)
 	if err != nil {
@@ -235,7 +235,7 @@ func cmdOperator(name string, args []string, stdout io.Writer) error {
 	defer done()
 	op := issuer.Operator{Actor: issuer.LocalActor(), Reason: f.reason}
 	do := map[string]func(string, issuer.Operator) error{"reset": a.Reset, "revoke": a.Revoke,
-		"release": a.Release, "approve": a.Approve}[name]
+		"release": a.Release, "approve": a.Approve, "deny": a.Deny}[name]
 	if err := do(id, op); err != nil {
 		return err
 	}

@@ -38,6 +38,11 @@ const usageText = `Usage:
                                                  make a quarantined or revoked ID active again
   ekem-issuer approve -store FILE [-reason TEXT] ID
                                                  pin the registration the running issuer holds for ID
+  ekem-issuer deny    -store FILE [-reason TEXT] ID
+                                                 drop the registration the running issuer holds for ID
+  ekem-issuer enroll  -store FILE [-reason TEXT] LIST.csv
+                                                 import device ids (optionally with key hashes) for the
+                                                 enrollment policy (running issuer, or stopped store)
   ekem-issuer audit   -store FILE [-json]       print the audit log of operator actions
   ekem-issuer backup  -store FILE -out COPY     write a consistent copy of the store
   ekem-issuer recover [run flags] [-reason TEXT]
@@ -84,7 +89,12 @@ a flag on the command line wins):
   -keep-roots N            EKEM_KEEP_ROOTS        root topics kept retained, at least 2 (default 4)
   -reenroll POLICY        EKEM_REENROLL          a device's re-enrollment: hold (for approve,
                                                   default) or auto (pinned at once)
-  -client-id ID            EKEM_CLIENT_ID         MQTT client id (default ekem-issuer)
+  -client-id ID            EKEM_CLIENT_ID         MQTT client id (default ekem-issuer; the reference
+                                                  broker replaces it with the username)
+  -enrollment POLICY       EKEM_ENROLLMENT        open: pin a new id's first registration (trust on
+                                                  first use, default); allowlist: pin only ids
+                                                  imported with enroll, hold any other for approve
+                                                  or deny
   -tls-ca FILE             EKEM_TLS_CA            CA certificates for a TLS broker
   -tls-cert FILE           EKEM_TLS_CERT          TLS client certificate (with -tls-key)
   -tls-key FILE            EKEM_TLS_KEY           TLS client key (with -tls-cert)
@@ -107,6 +117,7 @@ Examples:
   ekem-issuer devices -store issuer.db
   ekem-issuer release -store issuer.db -reason "inspected on site" sensor-0042
   ekem-issuer backup -store /var/lib/entropykem-issuer/issuer.db -out /backup/issuer-2026-12-06.db
+  ekem-issuer enroll -store issuer.db -reason "batch 7 from the factory" batch-7.csv
   ekem-issuer keygen -out issuer-2.key -pub issuer-2.pub
   ekem-issuer rotate-key -store issuer.db -signing-key issuer.key -new-pub issuer-2.pub -overlap 3
   ekem-issuer run ... -signing-key issuer.key -next-signing-key issuer-2.key
@@ -153,8 +164,10 @@ func dispatch(cmd string, rest []string, stdout, stderr io.Writer) error {
 		err = cmdDevices(rest, stdout)
 	case "device":
 		err = cmdDevice(rest, stdout)
-	case "reset", "revoke", "release", "approve":
+	case "reset", "revoke", "release", "approve", "deny":
 		err = cmdOperator(cmd, rest, stdout)
+	case "enroll":
+		err = cmdEnroll(rest, stdout)
 	case "audit":
 		err = cmdAudit(rest, stdout)
 	case "backup":
@@ -225,6 +238,7 @@ type runFlags struct {
 	adminSocket                                string
 	reason                                     string // recover only
 	leaseTTL                                   time.Duration
+	enrollment                                 string
 }
 
 var runEnv = map[string]cliflag.Env{
@@ -239,6 +253,7 @@ var runEnv = map[string]cliflag.Env{
 	cliflag.TLSKey:  {Var: cliflag.EnvTLSKey, Old: []string{"EKEM_KEYFILE"}},
 	"metrics":       {Var: "EKEM_METRICS"}, "log-level": {Var: "EKEM_LOG_LEVEL"}, "log-format": {Var: "EKEM_LOG_FORMAT"},
 	"admin-socket": {Var: "EKEM_ADMIN_SOCKET"}, "lease-ttl": {Var: "EKEM_LEASE_TTL"},
+	"enrollment": {Var: "EKEM_ENROLLMENT"},
 }
 
 func parseRun(args []string) (*runFlags, error) { return parseRunFlags("run", args) }
@@ -266,6 +281,7 @@ func parseRunFlags(name string, args []string) (*runFlags, error) {
 	fs.IntVar(&f.keepRoots, "keep-roots", issuer.DefaultKeepRoots, "")
 	fs.StringVar(&f.reenroll, "reenroll", string(issuer.ReenrollHold), "")
 	fs.StringVar(&f.clientID, "client-id", issuer.DefaultClientID, "")
+	fs.StringVar(&f.enrollment, "enrollment", issuer.EnrollmentOpen, "")
 	fs.StringVar(&f.ca, cliflag.TLSCA, "", "")
 	fs.StringVar(&f.cert, cliflag.TLSCert, "", "")
 	fs.StringVar(&f.keyfile, cliflag.TLSKey, "", "")
@@ -415,7 +431,7 @@ func (f *runFlags) config(log *slog.Logger) (issuer.Config, error) {
 		return issuer.Config{}, err
 	}
 	cfg := issuer.Config{
-		Broker: f.broker, Username: username, Password: password, TLS: tlsCfg, ClientID: f.clientID,
+		Broker: f.broker, Username: username, Password: password, TLS: tlsCfg, ClientID: f.clientID, Enrollment: f.enrollment,
 		Prefix: f.prefix, Key: key, NextKey: nextKey, StorePath: f.store, Period: f.period, TTL: f.ttl,
 		Purpose: f.purpose, Group: f.group, KeepRoots: f.keepRoots, Logger: log,
 		Reenroll: issuer.ReenrollPolicy(f.reenroll),

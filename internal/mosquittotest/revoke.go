@@ -3,6 +3,8 @@ package mosquittotest
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,12 +68,37 @@ func (b *Broker) Reload() error {
 	deadline := time.Now().Add(startTimeout)
 	for time.Now().Before(deadline) {
 		if strings.Count(b.Log(), line) > before {
-			// Mosquitto logs the line and re-reads its files in the same
-			// pass of its single-threaded main loop, so a packet sent
-			// from now on is handled under the reloaded files.
-			return nil
+			// Mosquitto logs the line, re-reads its files and only then
+			// clears its reload flag, in one pass of its single-threaded
+			// main loop: a SIGHUP arriving meanwhile is lost (2.0.11). A
+			// CONNECT sent now is answered after that pass, so its answer
+			// says the reload is complete.
+			return b.probe(time.Until(deadline))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	return fmt.Errorf("mosquittotest: broker did not log %q within %v of SIGHUP", line, startTimeout)
+}
+
+// connectProbe is an MQTT 3.1.1 CONNECT with client id "probe" and no
+// credentials: the broker answers it with a refusal (allow_anonymous false).
+var connectProbe = []byte{0x10, 17, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 10, 0, 5, 'p', 'r', 'o', 'b', 'e'}
+
+// probe sends connectProbe to the password listener and waits for the
+// broker to answer (any byte, or the connection closed by the broker).
+func (b *Broker) probe(within time.Duration) error {
+	c, err := net.DialTimeout("tcp", b.Addr(), within)
+	if err != nil {
+		return fmt.Errorf("mosquittotest: probe: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(within))
+	if _, err := c.Write(connectProbe); err != nil {
+		return fmt.Errorf("mosquittotest: probe: %w", err)
+	}
+	var buf [4]byte
+	if _, err := c.Read(buf[:]); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("mosquittotest: the broker did not answer after reloading: %w", err)
+	}
+	return nil
 }

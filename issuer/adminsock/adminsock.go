@@ -108,6 +108,7 @@ func Listen(path string, admin issuer.Admin, log *slog.Logger) (*Server, error) 
 	mux.HandleFunc("GET /v1/audit", s.audit)
 	mux.HandleFunc("GET /v1/backup", s.backup)
 	mux.HandleFunc("POST /v1/devices/{id}/{action}", s.act)
+	mux.HandleFunc("POST /v1/enroll", s.enroll)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(*peerConn); ok {
@@ -323,7 +324,7 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fn := map[string]func(string, issuer.Operator) error{"reset": s.admin.Reset, "revoke": s.admin.Revoke,
-		"release": s.admin.Release, "approve": s.admin.Approve}[action]
+		"release": s.admin.Release, "approve": s.admin.Approve, "deny": s.admin.Deny}[action]
 	if fn == nil {
 		s.fail(w, fmt.Errorf("%w: unknown action %q", errBadRequest, action))
 		return
