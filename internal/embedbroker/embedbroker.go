@@ -22,6 +22,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -59,7 +60,7 @@ func Start(addr, prefix string, log *slog.Logger) (*Broker, error) {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumInflight = 65535
 	srv := mqtt.New(&mqtt.Options{Capabilities: caps, Logger: log, InlineClient: false})
-	h := &aclHook{prefix: prefix, users: map[string][]byte{}}
+	h := &aclHook{prefix: prefix, users: map[string][]byte{}, srv: srv}
 	if err := srv.AddHook(h, nil); err != nil {
 		return nil, fmt.Errorf("embedbroker: %w", err)
 	}
@@ -99,6 +100,7 @@ func (b *Broker) Close() error { return b.srv.Close() }
 
 type aclHook struct {
 	mqtt.HookBase
+	srv    *mqtt.Server
 	prefix string
 	mu     sync.Mutex
 	users  map[string][]byte
@@ -124,7 +126,47 @@ func (h *aclHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool
 		return false
 	}
 	cl.ID = string(pk.Connect.Username)
+	h.awaitTeardown(cl.ID)
 	return true
+}
+
+// teardownWait bounds awaitTeardown.
+const teardownWait = 2 * time.Second
+
+// awaitTeardown ends the clean session of another connection with id and
+// waits until it has left the server, before the new connection takes the
+// id. mochi-mqtt's own takeover races with the old connection's teardown:
+// the old connection, closing, removes its subscriptions and its entry by
+// client id, and when that runs after the new connection subscribed (with
+// the same id, to the same filters), it removes the new connection's as
+// well, which then never receives a message. An issuer that reconnects at
+// once with its one id (its start-up read of the broker, then its session)
+// hits that window. A persistent session (clean=false) is never torn down
+// that way and is taken over as usual.
+func (h *aclHook) awaitTeardown(id string) {
+	old, ok := h.srv.Clients.Get(id)
+	if !ok || !cleanSession(old) {
+		return
+	}
+	if !old.Closed() {
+		_ = h.srv.DisconnectClient(old, packets.ErrSessionTakenOver)
+	}
+	deadline := time.Now().Add(teardownWait)
+	for time.Now().Before(deadline) {
+		if cur, ok := h.srv.Clients.Get(id); !ok || cur != old {
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// cleanSession reports whether the server removes cl when it closes (as
+// mochi-mqtt decides it).
+func cleanSession(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval == 0
+	}
+	return cl.Properties.Clean
 }
 
 // OnACLCheck applies broker-config/acl's rules.

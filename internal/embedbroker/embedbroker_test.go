@@ -116,3 +116,58 @@ func TestClientIDIsUsername(t *testing.T) {
 		t.Fatal("the issuer was disconnected")
 	}
 }
+
+// An account that disconnects and connects again at once (the issuer's
+// start-up read of the broker, then its session) receives what it
+// subscribes to: the old connection's teardown never removes the new one.
+func TestReconnectAtOnceKeepsNewSession(t *testing.T) {
+	b, err := Start("127.0.0.1:0", "ekem/v1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, u := range []string{IssuerUser, "dev-1"} {
+		if err := b.AddUser(u, "pw-"+u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	connect := func(user string, h mqtt.MessageHandler) mqtt.Client {
+		o := mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID(user).SetUsername(user).
+			SetPassword("pw-" + user).SetAutoReconnect(false).SetCleanSession(true)
+		c := mqtt.NewClient(o)
+		if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect %s: %v", user, tok.Error())
+		}
+		if h != nil {
+			if tok := c.Subscribe("ekem/v1/reg/+", 1, h); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				t.Fatalf("subscribe: %v", tok.Error())
+			}
+		}
+		return c
+	}
+	dev := connect("dev-1", nil)
+	defer dev.Disconnect(0)
+	// A lost session can also leave paho waiting forever: bound the rounds.
+	timer := time.AfterFunc(60*time.Second, func() { panic("TestReconnectAtOnceKeepsNewSession: rounds did not finish within 60 s") })
+	defer timer.Stop()
+	for k := range 50 {
+		first := connect(IssuerUser, func(mqtt.Client, mqtt.Message) {})
+		first.Disconnect(0)
+		got := make(chan struct{}, 1)
+		second := connect(IssuerUser, func(mqtt.Client, mqtt.Message) {
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+		})
+		if tok := dev.Publish("ekem/v1/reg/dev-1", 1, false, []byte{byte(k)}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+		select {
+		case <-got:
+		case <-time.After(2 * time.Second):
+			t.Fatalf("round %d: the reconnected client received nothing", k)
+		}
+		second.Disconnect(0)
+	}
+}
