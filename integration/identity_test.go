@@ -203,6 +203,10 @@ func TestRevokeWithoutRestart(t *testing.T) {
 	f.issue(t, 1)
 	f.waitEpoch(t, 1, legit...)
 	regs := subscribe(t, f.b, monitor2, prefix+"reg/+")
+	// A service instance is revoked too: a monitor instance whose
+	// certificate leaked, with its TLS subscription open (it stays open
+	// across the reload, so only the ACL can stop it).
+	leaked := subscribeWith(t, f.b.TLSURL(), "", "", f.b.ClientTLS(monitor3), prefix+"reg/+")
 	sentinel := connectAs(t, f.b, spare)
 
 	pwLost := make(chan struct{})
@@ -221,7 +225,9 @@ func TestRevokeWithoutRestart(t *testing.T) {
 	regs.waitFor(t, regTopic(pwAcct), "before") // positive controls
 	regs.waitFor(t, regTopic(certAcct), "before")
 
-	for _, name := range []string{pwAcct, certAcct} {
+	leaked.waitFor(t, regTopic(certAcct), "before")
+
+	for _, name := range []string{pwAcct, certAcct, monitor3} {
 		r := f.b.Revoke(name)
 		if !r.Password || !r.Certificate || !r.ACL {
 			t.Fatalf("revoke %s: %+v, want password, certificate and ACL changed", name, r)
@@ -246,6 +252,10 @@ func TestRevokeWithoutRestart(t *testing.T) {
 	publishString(t, sentinel, regTopic(spare), "sentinel", false)
 	regs.waitFor(t, regTopic(spare), "sentinel")
 	regs.mustNotHave(t, "a revoked account's publish was delivered", payloadIs("after"))
+	// The revoked monitor instance reads nothing more: its own user
+	// section comes first in the ACL, and the revoked section's deny rules
+	// still win.
+	leaked.mustNotHave(t, "a revoked monitor instance read a registration", payloadIs("sentinel"))
 
 	epochsDuring(t, f, 2, 0, legit...)
 	if n := strings.Count(f.b.Log(), "mosquitto version 2."); n != 2 || !f.b.Running() { // "starting" and "running" once each
