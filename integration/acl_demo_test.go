@@ -14,8 +14,11 @@ import (
 func TestDemoTreeACL(t *testing.T) {
 	const demo = "ekem-demo/0123456789abcdef/"
 	b := mosquittotest.Start(t, mosquittotest.Options{Devices: []string{devA, devB}})
-	fleet := subscribe(t, b, monitor, prefix+"#")
-	iss := subscribe(t, b, issuer, demo+"reg/+", demo+"status/+")
+	// The recorders use second instances' accounts: the broker binds the
+	// client id to the username, so a second connection of ekem-issuer or
+	// ekem-monitor would take over the one below.
+	fleet := subscribe(t, b, monitor2, prefix+"#")
+	iss := subscribe(t, b, issuer2, demo+"reg/+", demo+"status/+")
 	bRec := subscribe(t, b, devB, demo+"#")
 	a := connectAs(t, b, devA)
 	mon := connectAs(t, b, monitor)
