@@ -29,6 +29,8 @@ import (
 	"testing"
 	"time"
 
+	brokerconfig "github.com/entropykem/entropykem/broker-config"
+	"github.com/entropykem/entropykem/broker-config/creds"
 	"github.com/entropykem/entropykem/internal/pgtest"
 	"github.com/entropykem/entropykem/internal/tcpproxy"
 	ekissuer "github.com/entropykem/entropykem/issuer"
@@ -49,6 +51,8 @@ type pgCluster struct {
 	mon  *recorder
 	ids  []string
 	inst map[string]*proc // client id → running process
+	// accts gives each instance (by client id) its own issuer account.
+	accts map[string]creds.Account
 }
 
 func newPGCluster(t *testing.T, n int, accounts ...string) *pgCluster {
@@ -56,7 +60,7 @@ func newPGCluster(t *testing.T, n int, accounts ...string) *pgCluster {
 	pg := pgtest.Start(t)
 	ids := faultIDs("cl-", n)
 	f := newSysFleet(t, append(ids, accounts...)...)
-	c := &pgCluster{f: f, pg: pg, url: pg.URL(pg.NewDatabase(t)), ids: ids, inst: map[string]*proc{}}
+	c := &pgCluster{f: f, pg: pg, url: pg.URL(pg.NewDatabase(t)), ids: ids, inst: map[string]*proc{}, accts: map[string]creds.Account{}}
 	if _, _, err := ekissuer.MigratePostgres(c.url); err != nil {
 		t.Fatal(err)
 	}
@@ -75,11 +79,18 @@ func (c *pgCluster) start(t *testing.T, name, url string, extra ...string) *proc
 	if url == "" {
 		url = c.url
 	}
-	acct := c.f.b.Issuer()
+	// Each instance has its own broker account: the broker binds the
+	// client id to the username, so two instances on one account would
+	// take each other's session over.
+	acct, ok := c.accts[name]
+	if !ok {
+		acct = c.f.b.Account(brokerconfig.InstanceName(brokerconfig.IssuerAccount, len(c.accts)+1))
+		c.accts[name] = acct
+	}
 	args := append([]string{"run", "-broker", c.f.b.URL(), "-username", acct.Username,
 		"-key", c.bin.key, "-store", url, "-period", clusterPeriod.String(), "-lease-ttl", clusterLease.String(),
 		"-client-id", name, "-log-format", "json"}, extra...)
-	p := startProc(t, "ekem-issuer "+name, c.bin.env, c.bin.bin, args...)
+	p := startProc(t, "ekem-issuer "+name, []string{"EKEM_PASSWORD=" + acct.Password}, c.bin.bin, args...)
 	c.inst[name] = p
 	return p
 }

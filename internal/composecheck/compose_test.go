@@ -18,17 +18,22 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 )
 
-const composeFile = "../../docker-compose.yml"
+// The base file, and the base file with the PostgreSQL overlay (two issuer
+// instances); the tests check both.
+var (
+	baseFiles     = []string{"../../docker-compose.yml"}
+	postgresFiles = []string{"../../docker-compose.yml", "../../docker-compose.postgres.yml"}
+)
 
-func load(t *testing.T) *types.Project {
+func load(t *testing.T, files []string) *types.Project {
 	t.Helper()
-	opts, err := cli.NewProjectOptions([]string{composeFile}, cli.WithOsEnv, cli.WithProfiles([]string{"monitoring"}))
+	opts, err := cli.NewProjectOptions(files, cli.WithOsEnv, cli.WithProfiles([]string{"monitoring"}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	p, err := opts.LoadProject(context.Background())
 	if err != nil {
-		t.Fatalf("docker-compose.yml does not load: %v", err)
+		t.Fatalf("%v does not load: %v", files, err)
 	}
 	return p
 }
@@ -36,25 +41,32 @@ func load(t *testing.T) *types.Project {
 // secretVolumes names every named volume holding key material, with the only
 // services that may mount it. init makes and distributes them.
 var secretVolumes = map[string][]string{
-	"creds":           {"init"}, // every account, the CA key
-	"keys":            {"init"}, // the issuer's signing key, every cohort secret
-	"brokerconf":      {"init", "mosquitto"},
-	"brokercerts":     {"init", "mosquitto"},
-	"issuer-secrets":  {"init", "issuer"},
-	"monitor-secrets": {"init", "fleet-exporter"},
-	"dev-1-secrets":   {"init", "dev-1"},
-	"dev-2-secrets":   {"init", "dev-2"},
-	"dev-3-secrets":   {"init", "dev-3"},
-	"dev-1-state":     {"init", "dev-1"},
-	"dev-2-state":     {"init", "dev-2"},
-	"dev-3-state":     {"init", "dev-3"},
-	"issuerdata":      {"init", "issuer"},
+	"creds":          {"init"}, // every account, the CA key
+	"keys":           {"init"}, // the issuer's signing key, every cohort secret
+	"brokerconf":     {"init", "mosquitto"},
+	"brokercerts":    {"init", "mosquitto"},
+	"issuer-secrets": {"init", "issuer"},
+	// issuer-2 exists only with the PostgreSQL overlay.
+	"issuer-2-secrets": {"init", "issuer-2"},
+	"monitor-secrets":  {"init", "fleet-exporter"},
+	"dev-1-secrets":    {"init", "dev-1"},
+	"dev-2-secrets":    {"init", "dev-2"},
+	"dev-3-secrets":    {"init", "dev-3"},
+	"dev-1-state":      {"init", "dev-1"},
+	"dev-2-state":      {"init", "dev-2"},
+	"dev-3-state":      {"init", "dev-3"},
+	"issuerdata":       {"init", "issuer"},
 }
 
 // Which service mounts which secret volume: exactly the services listed, and
 // every service except init (which makes them) mounts its secrets read-only.
 func TestSecretsPerService(t *testing.T) {
-	p := load(t)
+	for _, files := range [][]string{baseFiles, postgresFiles} {
+		t.Run(strings.Join(files, "+"), func(t *testing.T) { secretsPerService(t, load(t, files)) })
+	}
+}
+
+func secretsPerService(t *testing.T, p *types.Project) {
 	mounted := map[string][]string{}
 	for name, s := range p.Services {
 		for _, v := range s.Volumes {
@@ -72,7 +84,11 @@ func TestSecretsPerService(t *testing.T) {
 			}
 		}
 	}
+	_, overlay := p.Services["issuer-2"]
 	for vol, want := range secretVolumes {
+		if vol == "issuer-2-secrets" && !overlay {
+			want = []string{"init"}
+		}
 		got := mounted[vol]
 		sort.Strings(got)
 		w := slices.Clone(want)
@@ -98,7 +114,7 @@ func TestSecretsPerService(t *testing.T) {
 // issuer's signing key goes only to the issuer; each device gets only its
 // own certificate, key and cohort secret.
 func TestInitDistributesOnlyOwnMaterial(t *testing.T) {
-	p := load(t)
+	p := load(t, baseFiles)
 	script := strings.Join(p.Services["init"].Command, "\n")
 	copies := map[string]string{} // destination → the cp line
 	for _, line := range strings.Split(script, "\n") {
@@ -111,6 +127,7 @@ func TestInitDistributesOnlyOwnMaterial(t *testing.T) {
 		"/broker/certs/":            {"ca.crt", "crl.pem", "server.crt", "server.key"},
 		"/broker/config/":           {"mosquitto.conf", "acl", "passwd"},
 		"/secrets/issuer/":          {"ca.crt", "ekem-issuer.crt", "ekem-issuer.key", "issuer.key"},
+		"/secrets/issuer-2/":        {"ca.crt", "ekem-issuer-2.crt", "ekem-issuer-2.key", "issuer.key"},
 		"/secrets/monitor/":         {"ca.crt", "ekem-monitor.crt", "ekem-monitor.key", "issuer.pub"},
 		"/secrets/$d/":              {"ca.crt", "$d.crt", "$d.key", "issuer.pub"},
 		"/secrets/$d/cohort.secret": {"cohort-$d.secret"},
@@ -142,14 +159,19 @@ func TestInitDistributesOnlyOwnMaterial(t *testing.T) {
 // Every service has a healthcheck, and every image that is pulled (not
 // built here) is pinned to a full version.
 func TestHealthchecksAndPinnedImages(t *testing.T) {
-	p := load(t)
+	for _, files := range [][]string{baseFiles, postgresFiles} {
+		t.Run(strings.Join(files, "+"), func(t *testing.T) { healthchecksAndPinnedImages(t, load(t, files)) })
+	}
+}
+
+func healthchecksAndPinnedImages(t *testing.T, p *types.Project) {
 	built := map[string]bool{}
 	for _, s := range p.Services {
 		if s.Build != nil {
 			built[s.Image] = true
 		}
 	}
-	pinned := regexp.MustCompile(`:v?[0-9]+\.[0-9]+\.[0-9]+$|@sha256:[0-9a-f]{64}$`)
+	pinned := regexp.MustCompile(`:v?[0-9]+\.[0-9]+(\.[0-9]+)?$|@sha256:[0-9a-f]{64}$`) // at least major.minor (PostgreSQL versions are two numbers)
 	for name, s := range p.Services {
 		if hc := s.HealthCheck; hc == nil || hc.Disable || len(hc.Test) == 0 {
 			t.Errorf("%s has no healthcheck", name)
