@@ -96,6 +96,21 @@ func RenderAccounts(set *creds.Set) (string, error) {
 	if err := write(set.Monitor, MonitorPermissions()); err != nil {
 		return "", err
 	}
+	// Further service instances (mkcreds -issuers/-monitors): their role's
+	// rights under their own names.
+	for _, a := range set.Services {
+		p := IssuerPermissions()
+		switch brokerconfig.ServiceRole(a.Username) {
+		case brokerconfig.IssuerAccount:
+		case brokerconfig.MonitorAccount:
+			p = MonitorPermissions()
+		default:
+			return "", fmt.Errorf("%w: %q is not a service instance", ErrRender, a.Username)
+		}
+		if err := write(a, p); err != nil {
+			return "", err
+		}
+	}
 	for _, d := range set.Devices {
 		if err := ValidateDeviceID(d.Username); err != nil {
 			return "", err
