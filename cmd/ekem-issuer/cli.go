@@ -384,14 +384,11 @@ func cmdRun(args []string, stderr io.Writer) error {
 	defer iss.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if path := adminSocketPath(f.adminSocket, f.store); path != "" {
-		sock, err := adminsock.Listen(path, iss.Admin(), log)
-		if err != nil {
-			return err
-		}
-		defer sock.Close()
-		log.Info("admin socket listening", "path", path)
+	closeAdmin, err := serveAdmin(f, iss.Admin(), log)
+	if err != nil {
+		return err
 	}
+	defer closeAdmin()
 	if f.metrics != "" {
 		srv, err := serveMetrics(f.metrics, iss, log)
 		if err != nil {
@@ -404,6 +401,21 @@ func cmdRun(args []string, stderr io.Writer) error {
 	}
 	log.Info("shutting down")
 	return nil
+}
+
+// serveAdmin serves a on the admin socket f names (none for "off"), and
+// returns what closes it.
+func serveAdmin(f *runFlags, a issuer.Admin, log *slog.Logger) (func(), error) {
+	path := adminSocketPath(f.adminSocket, f.store)
+	if path == "" {
+		return func() {}, nil
+	}
+	sock, err := adminsock.Listen(path, a, log)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("admin socket listening", "path", path)
+	return func() { sock.Close() }, nil
 }
 
 // config builds the issuer configuration, reading the key, password and

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/entropykem/entropykem/issuer"
-	"github.com/entropykem/entropykem/issuer/adminsock"
 )
 
 // runCluster runs one instance of several sharing a PostgreSQL store:
@@ -33,14 +32,11 @@ func runCluster(f *runFlags, cfg issuer.Config, log *slog.Logger) error {
 	// An admin socket only where asked for (-admin-socket PATH): the
 	// leader answers every command on it, a standby the read-only ones;
 	// every command but approve also works on the database (-store URL).
-	if path := adminSocketPath(f.adminSocket, f.store); path != "" {
-		sock, err := adminsock.Listen(path, c.Admin(), log)
-		if err != nil {
-			return err
-		}
-		defer sock.Close()
-		log.Info("admin socket listening", "path", path)
+	closeAdmin, err := serveAdmin(f, c.Admin(), log)
+	if err != nil {
+		return err
 	}
+	defer closeAdmin()
 	if f.metrics != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", c.MetricsHandler())
