@@ -204,7 +204,13 @@ func derive(st *State, in Input, body *wire.TicketBody, th []byte, key kem.Priva
 	if err != nil {
 		return nil, err
 	}
+	group, err := deriveGroup(st.Group, ss, body, in.Cohort)
+	clear(ss)
+	if err != nil {
+		return nil, err
+	}
 	next := st.Clone()
+	next.Group = group
 	if err := advance(next, body, th, ek, key); err != nil {
 		return nil, err
 	}

@@ -30,6 +30,9 @@ type State struct {
 	Next    kem.PrivateKey
 	// Ratchet is nil until the first ticket is accepted.
 	Ratchet *ratchet.State
+	// Group is the cohort group state, nil unless the last accepted
+	// ticket carried a group seed.
+	Group *Group
 }
 
 // NewState is the state of a device that has registered key and accepted
@@ -51,6 +54,7 @@ func (s *State) Clone() *State {
 	if s.Ratchet != nil {
 		c.Ratchet = s.Ratchet.Clone()
 	}
+	c.Group = s.Group.clone()
 	return &c
 }
 
@@ -90,6 +94,8 @@ type stateWire struct {
 	Current    keyWire  `cbor:"6,keyasint"`
 	Next       *keyWire `cbor:"7,keyasint,omitempty"`
 	Ratchet    []byte   `cbor:"8,keyasint,omitempty"`
+	// Group is the cohort group state (schema/PROTOCOL.md §7.7).
+	Group *groupWire `cbor:"9,keyasint,omitempty"`
 }
 
 // MarshalBinary returns the deterministic CBOR encoding of s
@@ -110,6 +116,7 @@ func (s *State) MarshalBinary() ([]byte, error) {
 		}
 		w.Ratchet = r
 	}
+	w.Group = s.Group.toWire()
 	return cbor.Marshal(&w)
 }
 
@@ -141,6 +148,11 @@ func UnmarshalState(b []byte) (*State, error) {
 	if w.Ratchet != nil {
 		if s.Ratchet, err = ratchet.UnmarshalState(w.Ratchet); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrBadState, err)
+		}
+	}
+	if w.Group != nil {
+		if s.Group, err = w.Group.group(); err != nil {
+			return nil, err
 		}
 	}
 	if (s.Epoch == 0) != (s.Ratchet == nil) {

@@ -33,6 +33,13 @@ type Device struct {
 	Prev    []byte
 	Purpose string
 	Group   string
+	// Cohort, if not empty, names the cohort the device is a member of,
+	// and GroupSeed is that cohort's group seed g for this epoch
+	// (keyschedule.GroupSeedSize bytes, the same for every member): it is
+	// sealed into the ticket body under a key from the ticket's ss
+	// (schema/PROTOCOL.md §7.7).
+	Cohort    string
+	GroupSeed []byte
 }
 
 // Params are the epoch-wide fields.
@@ -167,6 +174,12 @@ func buildLeaf(p Params, d Device, pathLen int, l *leaf) error {
 		KEMAlg: sch.ID(), Ciphertext: placeholder[:sch.CiphertextSize()], Prev: prev, PKHash: pkh,
 		Purpose: d.Purpose, Group: d.Group,
 	}
+	if d.Cohort != "" {
+		if len(d.GroupSeed) != keyschedule.GroupSeedSize {
+			return fmt.Errorf("%w: group seed of %d bytes for %q", ErrInput, len(d.GroupSeed), d.ID)
+		}
+		body.Cohort, body.SealedGroupSeed = d.Cohort, placeholder[:wire.SealedGroupSeedSize]
+	}
 	draft, err := wire.DraftTicket(body, pathLen)
 	if err != nil {
 		return fmt.Errorf("batch: ticket for %q: %w", d.ID, err)
@@ -174,6 +187,12 @@ func buildLeaf(p Params, d Device, pathLen int, l *leaf) error {
 	ss := make([]byte, kem.SharedKeySize)
 	if err := d.Key.EncapsulateTo(draft.Ciphertext(), ss); err != nil { // pkg/kem cleans circl's AVX state
 		return fmt.Errorf("batch: encapsulate for %q: %w", d.ID, err)
+	}
+	if d.Cohort != "" {
+		if err := keyschedule.SealGroupSeedTo(draft.SealedGroupSeed(), ss, p.Epoch, d.Cohort, d.ID, d.GroupSeed); err != nil {
+			clear(ss)
+			return fmt.Errorf("batch: group seed for %q: %w", d.ID, err)
+		}
 	}
 	b := draft.Body()
 	th := keyschedule.TicketHash(b)

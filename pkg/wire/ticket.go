@@ -21,7 +21,17 @@ type TicketBody struct {
 	PKHash     []byte `cbor:"8,keyasint"`
 	Purpose    string `cbor:"9,keyasint"`
 	Group      string `cbor:"10,keyasint"`
+	// Cohort and SealedGroupSeed are present together or not at all
+	// (schema/PROTOCOL.md §7.7): the cohort id the device is a member of,
+	// and that cohort's group seed for this epoch sealed under a key only
+	// this ticket's ss gives.
+	Cohort          string `cbor:"11,keyasint,omitempty"`
+	SealedGroupSeed []byte `cbor:"12,keyasint,omitempty"`
 }
+
+// SealedGroupSeedSize is the size of a ticket body's field 12: a 32-byte
+// group seed and its 16-byte ChaCha20-Poly1305 tag.
+const SealedGroupSeedSize = 48
 
 // ParseTicketBody strictly decodes and validates a ticket body.
 func ParseTicketBody(b []byte) (*TicketBody, error) {
@@ -39,7 +49,7 @@ func ParseTicketBody(b []byte) (*TicketBody, error) {
 //
 // The issuer encodes one body per device per epoch, so it is written with
 // cbor's Append functions instead of by reflection; the keys are appended
-// in ascending order, the core deterministic order for 0..10, and
+// in ascending order, the core deterministic order for 0..12, and
 // TestFastEncodersMatchMarshal holds the result to cbor.Marshal's.
 func (t *TicketBody) Marshal() ([]byte, error) {
 	if err := t.validate(); err != nil {
@@ -58,13 +68,23 @@ func (t *TicketBody) encodedSize() int {
 	for _, l := range []int{len(t.Aud), len(t.Ciphertext), len(t.Prev), len(t.PKHash), len(t.Purpose), len(t.Group)} {
 		n += cbor.HeadSize(uint64(l)) + l
 	}
+	if t.hasGroup() {
+		n += 2
+		for _, l := range []int{len(t.Cohort), len(t.SealedGroupSeed)} {
+			n += cbor.HeadSize(uint64(l)) + l
+		}
+	}
 	return n
 }
 
 // appendTo appends t's encoding to b, and says where in the result the
 // ciphertext's bytes start.
 func (t *TicketBody) appendTo(b []byte) (out []byte, ctAt int) {
-	b = cbor.AppendMapHead(b, 11)
+	pairs := 11
+	if t.hasGroup() {
+		pairs = 13
+	}
+	b = cbor.AppendMapHead(b, pairs)
 	b = cbor.AppendUint(cbor.AppendUint(b, 0), t.Version)
 	b = cbor.AppendText(cbor.AppendUint(b, 1), t.Aud)
 	b = cbor.AppendUint(cbor.AppendUint(b, 2), t.Epoch)
@@ -78,8 +98,15 @@ func (t *TicketBody) appendTo(b []byte) (out []byte, ctAt int) {
 	b = cbor.AppendBytes(cbor.AppendUint(b, 8), t.PKHash)
 	b = cbor.AppendText(cbor.AppendUint(b, 9), t.Purpose)
 	b = cbor.AppendText(cbor.AppendUint(b, 10), t.Group)
+	if t.hasGroup() {
+		b = cbor.AppendText(cbor.AppendUint(b, 11), t.Cohort)
+		b = cbor.AppendBytes(cbor.AppendUint(b, 12), t.SealedGroupSeed)
+	}
 	return b, ctAt
 }
+
+// hasGroup reports whether t carries a cohort group seed (fields 11, 12).
+func (t *TicketBody) hasGroup() bool { return t.Cohort != "" || t.SealedGroupSeed != nil }
 
 func (t *TicketBody) validate() error {
 	const what = "ticket body"
@@ -114,7 +141,19 @@ func (t *TicketBody) validate() error {
 	if err := checkLabel(what, "purpose", t.Purpose); err != nil {
 		return err
 	}
-	return checkLabel(what, "group", t.Group)
+	if err := checkLabel(what, "group", t.Group); err != nil {
+		return err
+	}
+	if !t.hasGroup() {
+		return nil
+	}
+	if err := checkLabel(what, "cohort", t.Cohort); err != nil {
+		return err
+	}
+	if len(t.SealedGroupSeed) != SealedGroupSeedSize {
+		return bad(what, "sealed group seed is %d bytes, not %d", len(t.SealedGroupSeed), SealedGroupSeedSize)
+	}
+	return nil
 }
 
 // Ticket is the message on ekem/v1/ticket/{device_id}: the body's exact
@@ -189,6 +228,7 @@ type TicketDraft struct {
 	buf  []byte // the Ticket up to the end of the body
 	body []byte // buf's tail: the body's encoding
 	ct   []byte // the ciphertext's bytes within body
+	seed []byte // the sealed group seed's bytes within body, or nil
 }
 
 // DraftTicket validates body and encodes it inside a new Ticket buffer with
@@ -202,8 +242,19 @@ func DraftTicket(body *TicketBody, pathLen int) (*TicketDraft, error) {
 	start := len(buf)
 	buf, ctAt := body.appendTo(buf)
 	ctEnd := ctAt + len(body.Ciphertext)
-	return &TicketDraft{buf: buf, body: buf[start:len(buf):len(buf)], ct: buf[ctAt:ctEnd:ctEnd]}, nil
+	d := &TicketDraft{buf: buf, body: buf[start:len(buf):len(buf)], ct: buf[ctAt:ctEnd:ctEnd]}
+	if body.hasGroup() { // field 12 is the body's last: its bytes end it
+		d.seed = buf[len(buf)-SealedGroupSeedSize : len(buf) : len(buf)]
+	}
+	return d, nil
 }
+
+// SealedGroupSeed returns the sealed group seed's bytes (field 12) inside
+// the draft's body, nil for a body without one. Like Ciphertext, an issuer
+// drafts the body with a placeholder of the right size and fills this
+// slice, once the encapsulation gave the key that seals it, before hashing
+// Body().
+func (d *TicketDraft) SealedGroupSeed() []byte { return d.seed }
 
 // Ciphertext returns the ciphertext's bytes inside the draft's body, for
 // an issuer that encapsulates straight into them: it drafts the body with

@@ -197,6 +197,11 @@ func TestFastEncodersMatchMarshal(t *testing.T) {
 		b.KEMAlg, b.Ciphertext = id, seq(s.CiphertextSize(), 7)
 		check("body "+id.String(), &b)
 	}
+	for _, l := range []int{1, 23, 24, MaxLabelLen} {
+		b := *body
+		b.Cohort, b.SealedGroupSeed = label(l), seq(SealedGroupSeedSize, 9)
+		check("body cohort", &b)
+	}
 	enc, _ := body.Marshal()
 	for _, size := range nums(1<<63 - 1) {
 		for _, plen := range []int{0, 1, 23, 24, MaxProofLen} {
@@ -205,6 +210,46 @@ func TestFastEncodersMatchMarshal(t *testing.T) {
 				path[i] = seq(32, byte(i))
 			}
 			check("ticket", &Ticket{Version: 1, Body: enc, LeafIndex: r.Uint64N(size), TreeSize: size, Path: path})
+		}
+	}
+}
+
+// TestTicketBodyGroupFields checks the cohort fields 11 and 12: present
+// together, a label and exactly 48 bytes, and that the largest body with
+// them still fits MaxTicketBody.
+func TestTicketBodyGroupFields(t *testing.T) {
+	big := testBody()
+	big.Aud, big.Purpose, big.Group = strings.Repeat("a", MaxIDLen), strings.Repeat("p", MaxLabelLen), strings.Repeat("g", MaxLabelLen)
+	big.Epoch, big.IssuedAt = MaxEpoch, MaxTime
+	big.Cohort, big.SealedGroupSeed = strings.Repeat("c", MaxLabelLen), seq(SealedGroupSeedSize, 9)
+	enc, err := big.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(enc) > MaxTicketBody {
+		t.Fatalf("largest body with a group seed is %d bytes, over %d", len(enc), MaxTicketBody)
+	}
+	got, err := ParseTicketBody(enc)
+	if err != nil || got.Cohort != big.Cohort || !bytes.Equal(got.SealedGroupSeed, big.SealedGroupSeed) {
+		t.Fatalf("round trip: %v", err)
+	}
+	for name, edit := range map[string]func(*TicketBody){
+		"cohort alone":  func(b *TicketBody) { b.Cohort = "c1" },
+		"seed alone":    func(b *TicketBody) { b.SealedGroupSeed = seq(SealedGroupSeedSize, 1) },
+		"short seed":    func(b *TicketBody) { b.Cohort, b.SealedGroupSeed = "c1", seq(SealedGroupSeedSize-1, 1) },
+		"cohort with ;": func(b *TicketBody) { b.Cohort, b.SealedGroupSeed = "c;1", seq(SealedGroupSeedSize, 1) },
+	} {
+		b := testBody()
+		edit(b)
+		if _, err := b.Marshal(); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: Marshal gave %v, want ErrMalformed", name, err)
+		}
+		generic, err := cbor.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ParseTicketBody(generic); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: Parse gave %v, want ErrMalformed", name, err)
 		}
 	}
 }
