@@ -28,6 +28,66 @@ func TestExtraVectorsIndependently(t *testing.T) {
 	t.Run("kems", func(t *testing.T) { checkKEMs(t, v, &pk) })
 	t.Run("messages", func(t *testing.T) { checkMessages(t, v, &pk) })
 	t.Run("files", func(t *testing.T) { checkFiles(t, v) })
+	t.Run("chunked", func(t *testing.T) { checkChunked(t, &pk) })
+}
+
+// checkChunked rebuilds a streamed epoch (PROTOCOL.md §5.5): each leaf's
+// path proves inclusion in its chunk of 2^h leaves against that chunk's
+// root, the chunk roots combined as RFC 9162 nodes give the Merkle root,
+// which is also the MTH over every leaf, and the signed payload lists them.
+func checkChunked(t *testing.T, pk *mldsa87.PublicKey) {
+	var c ChunkedEpoch
+	load(t, chunkedFile, &c)
+	size := uint64(1) << c.ChunkHeight
+	nChunks := (c.TreeSize + size - 1) / size
+	if uint64(len(c.ChunkRoots)) != nChunks || uint64(len(c.Leaves)) != c.TreeSize || nChunks < 2 {
+		t.Fatalf("%d chunk roots, %d leaves", len(c.ChunkRoots), len(c.Leaves))
+	}
+	var all [][]byte
+	chunkLeaves := make([][][]byte, nChunks)
+	for n, l := range c.Leaves {
+		eq(t, "leaf hash", sum(append([]byte{0}, l.TicketBody...)), l.LeafHash)
+		if l.LeafIndex != uint64(n) {
+			t.Fatalf("leaf %d has index %d", n, l.LeafIndex)
+		}
+		tk := cborMap(t, l.Ticket)
+		eq(t, "ticket body", tk[1].([]byte), l.TicketBody)
+		if tk[2] != l.LeafIndex || tk[3] != c.TreeSize {
+			t.Fatalf("leaf %d: ticket index %v size %v", n, tk[2], tk[3])
+		}
+		var path [][]byte
+		for _, p := range tk[4].([]any) {
+			path = append(path, p.([]byte))
+		}
+		chunk := l.LeafIndex / size
+		start := chunk * size
+		inChunk := min(size, c.TreeSize-start)
+		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, l.LeafIndex-start, inChunk, l.LeafHash, path, c.ChunkRoots[chunk]); err != nil {
+			t.Fatalf("leaf %d in chunk %d: %v", n, chunk, err)
+		}
+		chunkLeaves[chunk] = append(chunkLeaves[chunk], l.LeafHash)
+		all = append(all, l.LeafHash)
+	}
+	var roots [][]byte
+	for i, hs := range chunkLeaves {
+		eq(t, "chunk root", mth(hs), c.ChunkRoots[i])
+		roots = append(roots, c.ChunkRoots[i])
+	}
+	eq(t, "MTH over the chunk roots", mth(roots), c.MerkleRoot)
+	eq(t, "MTH over every leaf", mth(all), c.MerkleRoot)
+	eq(t, "root payload", verifySign1(t, "streamed epoch root", c.RootMessage, pk), c.RootPayload)
+	p := cborMap(t, c.RootPayload)
+	eq(t, "payload root", p[4].([]byte), c.MerkleRoot)
+	if p[1] != c.Epoch || p[3] != c.TreeSize || p[5] != c.ChunkHeight {
+		t.Fatalf("root payload fields %v", p)
+	}
+	listed := p[6].([]any)
+	if len(listed) != len(c.ChunkRoots) {
+		t.Fatalf("payload lists %d chunk roots", len(listed))
+	}
+	for i, r := range listed {
+		eq(t, "payload chunk root", r.([]byte), c.ChunkRoots[i])
+	}
 }
 
 func load(t *testing.T, file string, v any) {

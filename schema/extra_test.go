@@ -187,6 +187,7 @@ func TestExtraVectors(t *testing.T) {
 	writeOrCompare(t, kemsFile, makeKEMs(t, v, w))
 	writeOrCompare(t, filesFile, makeFiles(t, v, w, msgs, after4))
 	writeOrCompare(t, mustRejectFile, makeMustReject(t, v))
+	writeOrCompare(t, chunkedFile, makeChunked(t, v, w))
 }
 
 func makeTree(t *testing.T, w *world) Tree {

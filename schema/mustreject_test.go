@@ -231,6 +231,26 @@ func makeMustReject(t *testing.T, v *Vectors) MustReject {
 	rp := cmapOf(t, e1.RootPayload)
 	valid("epoch-root", rp.enc())
 	add("root tree size zero", "epoch-root", "CDDL tree_size .ge 1", "tree_size 0", rp.set(3, cu(0)).enc())
+	// A streamed epoch's root (§5.5): the same payload cut into chunks of
+	// 2 leaves: 2 chunks for tree_size 3. Its chunk roots need not hash to
+	// the root for the decoder; that is the proof check of §8.2 rule 2.
+	h1, h2 := sum(e1.RootPayload), sum(e1.TicketHash)
+	chunked := rp.add(cu(5), cu(1)).add(cu(6), carr(cb(h1), cb(h2)))
+	valid("epoch-root", chunked.enc())
+	const er = "epoch-root"
+	add("chunk height alone", er, "§5.4 chunk_height and chunk_roots together", "chunk_height 1 without chunk_roots", rp.add(cu(5), cu(1)).enc())
+	add("chunk roots alone", er, "§5.4 chunk_height and chunk_roots together", "chunk_roots without chunk_height", rp.add(cu(6), carr(cb(h1), cb(h2))).enc())
+	add("chunk height zero", er, "CDDL chunk_height 1..63", "chunk_height 0 with two chunk roots", chunked.set(5, cu(0)).enc())
+	add("chunk height 64", er, "CDDL chunk_height 1..63", "chunk_height 64", chunked.set(5, cu(64)).enc())
+	add("one chunk", er, "§5.4 at least two chunks", "chunk_height 2: tree_size 3 is one chunk, whose root is given", chunked.set(5, cu(2)).set(6, carr(cb(h1))).enc())
+	add("chunk count mismatch", er, "§5.4 exactly ceil(tree_size / 2^chunk_height) chunk roots", "three chunk roots for two chunks", chunked.set(6, carr(cb(h1), cb(h2), cb(h1))).enc())
+	add("chunk root wrong size", er, "CDDL hash .size 32", "a chunk root of 31 bytes", chunked.set(6, carr(cb(h1), cb(h2[:31]))).enc())
+	add("empty chunk roots", er, "§4 optional fields are absent, never empty", "chunk_roots as an empty array", rp.add(cu(5), cu(1)).add(cu(6), carr()).enc())
+	many := make([][]byte, 65)
+	for i := range many {
+		many[i] = cb(h1)
+	}
+	add("too many chunks", er, "§11 at most 64 chunk roots", "tree_size 130 in 65 chunks of 2", chunked.set(3, cu(130)).set(6, carr(many...)).enc())
 	rm := e1.RootMessage
 	valid("epoch-root-message", rm)
 	prot, payload, sig := sign1Parts(t, rm)

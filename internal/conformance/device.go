@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/entropykem/entropykem/internal/mqttc"
@@ -46,6 +48,7 @@ const (
 	RuleMalformed        = "malformed"
 	RuleUnknownKey       = "unknown issuer key"
 	RuleBadProof         = "bad proof"
+	RuleBadChunkRoots    = "bad chunk roots"
 	RuleBadSignature     = "bad signature"
 	RuleWrongAudience    = "wrong audience"
 	RuleWrongDeviceKey   = "wrong device key"
@@ -204,6 +207,9 @@ type ticketSpec struct {
 	issuedAt time.Time
 	ttl      uint64
 	signer   *signature.PrivateKey
+	// chunked issues a streamed epoch (PROTOCOL.md §5.5): the device's
+	// ticket and three fillers in chunks of 2 leaves, chunk by chunk.
+	chunked bool
 }
 
 // issue builds a ticket and its root per s (defaults: to the device, now,
@@ -222,6 +228,9 @@ func (r *deviceRun) issue(s ticketSpec) (issued, error) {
 		s.signer = r.o.IssuerKey
 	}
 	dev := batch.Device{ID: s.aud, Key: s.key, Prev: s.prev, Purpose: "conformance", Group: "kit"}
+	if s.chunked {
+		return r.issueChunked(s, dev)
+	}
 	ep, err := batch.Issue(s.signer, batch.Params{Epoch: s.epoch, IssuedAt: uint64(s.issuedAt.Unix()), TTL: s.ttl}, []batch.Device{dev, r.filler})
 	if err != nil {
 		return issued{}, err
@@ -232,6 +241,40 @@ func (r *deviceRun) issue(s ticketSpec) (issued, error) {
 		}
 	}
 	return issued{}, errors.New("conformance: ticket not issued")
+}
+
+// issueChunked issues a streamed epoch of the device and three fillers in
+// chunks of 2 leaves (two chunks), as a streaming issuer does: each
+// chunk's tickets, then the root that lists the chunk roots.
+func (r *deviceRun) issueChunked(s ticketSpec, dev batch.Device) (issued, error) {
+	devs := []batch.Device{dev}
+	for n := range 3 {
+		f := r.filler
+		f.ID = fmt.Sprintf("%s-%d", r.filler.ID, n)
+		devs = append(devs, f)
+	}
+	slices.SortFunc(devs, func(a, b batch.Device) int { return strings.Compare(a.ID, b.ID) })
+	p := batch.Params{Epoch: s.epoch, IssuedAt: uint64(s.issuedAt.Unix()), TTL: s.ttl}
+	const height, size = 1, 4
+	var roots [][]byte
+	var mine batch.Issued
+	for c := uint64(0); c < 2; c++ {
+		ch, err := batch.IssueChunk(p, size, height, c, devs[2*c:2*c+2])
+		if err != nil {
+			return issued{}, err
+		}
+		roots = append(roots, ch.Root)
+		for _, t := range ch.Tickets {
+			if t.DeviceID == s.aud {
+				mine = t
+			}
+		}
+	}
+	signed, _, err := batch.SignRoot(s.signer, p, size, height, roots)
+	if err != nil {
+		return issued{}, err
+	}
+	return issued{ticket: mine.Ticket, root: signed, it: mine}, nil
 }
 
 // publish sends root then ticket (or ticket first), retained.
@@ -449,8 +492,10 @@ func (r *deviceRun) rules(rep *Report) {
 		probe = 1
 		return r.expectAccepted(1, x, false)
 	})
-	rep.add(RuleTicketBeforeRoot, "§8.2 (a ticket before its root)", func() error {
-		x, err := r.issue(ticketSpec{epoch: 2, key: r.next, prev: r.hash})
+	rep.add(RuleTicketBeforeRoot, "§8.2 (a ticket before its root), §5.5 (a streamed epoch)", func() error {
+		// A streamed epoch: the ticket's path is in its chunk, and the
+		// root comes last, as a streaming issuer publishes them.
+		x, err := r.issue(ticketSpec{epoch: 2, key: r.next, prev: r.hash, chunked: true})
 		if err != nil {
 			return err
 		}
@@ -499,6 +544,28 @@ func (r *deviceRun) rules(rep *Report) {
 			t.Path[0][0] ^= 1
 			if b, err := t.Marshal(); err == nil {
 				x.ticket = b
+			}
+		}, wire.StateRejected, accept.ReasonBadProof)
+	})
+	rep.add(RuleBadChunkRoots, "§5.5 §8.2 rule 2, reason 3", func() error {
+		// The kit's own signature over chunk roots that do not hash to
+		// the root: only the chunk check refuses it.
+		return r.reject(ticketSpec{epoch: nextProbe(), chunked: true}, func(x *issued) {
+			p, err := signature.ParseSign1(x.root)
+			if err != nil {
+				return
+			}
+			er, err := wire.ParseEpochRoot(p.Payload)
+			if err != nil || !er.Chunked() {
+				return
+			}
+			er.ChunkRoots[1] = bytes.Clone(er.ChunkRoots[0])
+			b, err := er.Marshal()
+			if err != nil {
+				return
+			}
+			if signed, err := signature.Sign1(r.o.IssuerKey, b); err == nil {
+				x.root = signed
 			}
 		}, wire.StateRejected, accept.ReasonBadProof)
 	})

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/entropykem/entropykem/pkg/merkle"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -58,7 +59,9 @@ func (c *RootCache) evictOldest() {
 
 // VerifyRoot checks a COSE_Sign1 EpochRoot against the pinned keys and
 // returns its payload: structure, pinned kid, signature, then the payload's
-// strict decoding. Monitors use it to check what the issuer published.
+// strict decoding, then, for a streamed epoch, that its chunk roots hash to
+// its root (an error wrapping ErrBadProof otherwise). Monitors use it to
+// check what the issuer published.
 func VerifyRoot(msg []byte, pins *signature.KeySet) (*wire.EpochRoot, *signature.PublicKey, error) {
 	parsed, err := signature.ParseSign1(msg)
 	if err != nil {
@@ -74,6 +77,11 @@ func VerifyRoot(msg []byte, pins *signature.KeySet) (*wire.EpochRoot, *signature
 	root, err := wire.ParseEpochRoot(parsed.Payload)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	if root.Chunked() {
+		if err := merkle.CheckChunkRoots(root.ChunkRoots, root.Root); err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", ErrBadProof, err)
+		}
 	}
 	return root, key, nil
 }

@@ -18,13 +18,15 @@ func seeds(t testing.TB) [][]byte {
 	body, _ := testBody().Marshal()
 	tk, _ := (&Ticket{Version: 1, Body: body, LeafIndex: 1, TreeSize: 3, Path: [][]byte{seq(32, 1), seq(32, 2)}}).Marshal()
 	root, _ := (&EpochRoot{Version: 1, Epoch: 3, IssuedAt: 5, TreeSize: 3, Root: seq(32, 9)}).Marshal()
+	chunked, _ := (&EpochRoot{Version: 1, Epoch: 3, IssuedAt: 5, TreeSize: 3, Root: seq(32, 9), ChunkHeight: 1,
+		ChunkRoots: [][]byte{seq(32, 1), seq(32, 2)}}).Marshal()
 	st, _ := (&Status{Version: 1, DeviceID: "d", Epoch: 3, State: StateOK, Time: 1, Seq: 1, TicketHash: seq(32, 0),
 		Confirm: seq(32, 1), NextAlg: kem.MLKEM1024, NextPK: devicePK(t), NextTag: seq(32, 2)}).Marshal()
 	rej, _ := (&Status{Version: 1, DeviceID: "d", State: StateRejected, Reason: 3, Time: 1}).Marshal()
 	info, _ := (&EpochInfo{Version: 1, Epoch: 3, IssuedAt: 5, PeriodS: 60, NextAt: 65}).Marshal()
 	on, _ := (&Online{Version: 1, Online: true, Since: 5}).Marshal()
 	kr, _ := testKeyRotation(t).Marshal()
-	return [][]byte{reg, reenroll, body, tk, root, st, rej, info, on, kr}
+	return [][]byte{reg, reenroll, body, tk, root, chunked, st, rej, info, on, kr}
 }
 
 // roundTrip is the property every decoder must have: never panic, and an

@@ -17,8 +17,17 @@ const (
 	// MaxTicket bounds a Ticket message: a body plus a proof of MaxProofLen
 	// hashes.
 	MaxTicket = MaxTicketBody + 64 + MaxProofLen*(HashSize+2)
-	// MaxEpochRoot bounds an encoded EpochRoot payload.
-	MaxEpochRoot = 128
+	// MaxEpochRoot bounds an encoded EpochRoot payload: 128 bytes of
+	// fixed fields plus a chunk height and MaxChunks chunk roots (2,310
+	// bytes at most), so that the signed root stays within
+	// signature.MaxSign1Size with an ML-DSA-87 signature.
+	MaxEpochRoot = 2560
+	// MaxChunks bounds the chunk roots of a streamed epoch's EpochRoot
+	// (PROTOCOL.md §5.5): an issuer picks chunks of 2^h leaves with
+	// ceil(tree_size / 2^h) <= MaxChunks.
+	MaxChunks = 64
+	// MaxChunkHeight bounds chunk_height: chunks of at most 2^63 leaves.
+	MaxChunkHeight = 63
 	// MaxStatus bounds an encoded Status: a next public key of up to 1568
 	// bytes, four 32-byte hashes and tags, a device id and integers.
 	MaxStatus = 2048

@@ -589,6 +589,34 @@ func TestEpochRootAndAnnouncements(t *testing.T) {
 	if _, err := r.Marshal(); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("tree size 0: %v", err)
 	}
+	// A streamed epoch: 2^h-leaf chunks, as many roots as chunks, 2..64.
+	full := make([][]byte, MaxChunks+1)
+	for i := range full {
+		full[i] = seq(32, byte(i))
+	}
+	for _, c := range []struct {
+		size, h uint64
+		roots   int
+		ok      bool
+	}{
+		{3, 1, 2, true}, {4, 1, 2, true}, {5, 1, 3, true}, {64 * 8, 3, 64, true},
+		{3, 1, 3, false}, {3, 2, 1, false}, {3, 0, 2, false}, {3, 64, 2, false},
+		{65 * 8, 3, 65, false}, {3, 1, 0, false},
+	} {
+		r := &EpochRoot{Version: 1, Epoch: 9, IssuedAt: 5, TreeSize: c.size, Root: seq(32, 7), ChunkHeight: c.h, ChunkRoots: full[:c.roots]}
+		b, err := r.Marshal()
+		if (err == nil) != c.ok {
+			t.Fatalf("size %d height %d roots %d: %v", c.size, c.h, c.roots, err)
+		}
+		if c.ok {
+			if len(b) > MaxEpochRoot {
+				t.Fatalf("%d bytes", len(b))
+			}
+			if got, err := ParseEpochRoot(b); err != nil || !got.Chunked() {
+				t.Fatalf("parse: %v", err)
+			}
+		}
+	}
 	e := &EpochInfo{Version: 1, Epoch: 9, IssuedAt: 5, PeriodS: 60, NextAt: 65}
 	if b, err = e.Marshal(); err != nil {
 		t.Fatal(err)
