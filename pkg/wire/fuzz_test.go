@@ -71,3 +71,40 @@ func FuzzTicket(f *testing.F) {
 		return t, err
 	})
 }
+
+// FuzzTopicParse: Parse never panics, and a topic it accepts is exactly
+// what the builder of its kind makes of the parsed level.
+func FuzzTopicParse(f *testing.F) {
+	tp, _ := NewTopics(DefaultPrefix)
+	for _, s := range []string{tp.Registration("dev-1"), tp.Root(3), tp.IssuerKey(make([]byte, 8)), tp.Epoch(), tp.Online(), "ekem/v1/root/01"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, topic string) {
+		p, err := tp.Parse(topic)
+		if err != nil {
+			return
+		}
+		var again string
+		switch p.Kind {
+		case TopicRegistration:
+			again = tp.Registration(p.DeviceID)
+		case TopicTicket:
+			again = tp.Ticket(p.DeviceID)
+		case TopicStatus:
+			again = tp.Status(p.DeviceID)
+		case TopicRoot:
+			again = tp.Root(p.Epoch)
+		case TopicEpoch:
+			again = tp.Epoch()
+		case TopicOnline:
+			again = tp.Online()
+		case TopicIssuerKey:
+			again = tp.IssuerKey(p.KID)
+		default:
+			t.Fatalf("Parse(%q) accepted kind %v", topic, p.Kind)
+		}
+		if again != topic {
+			t.Fatalf("Parse(%q) = %+v, which builds %q", topic, p, again)
+		}
+	})
+}

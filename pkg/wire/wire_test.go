@@ -663,3 +663,50 @@ func TestTopics(t *testing.T) {
 		}
 	}
 }
+
+// TestTopicParse: every builder's topic parses back to its kind and level,
+// and topics outside the table, or with a level the builder would not
+// make, do not.
+func TestTopicParse(t *testing.T) {
+	tp, _ := NewTopics("site/a")
+	kid := []byte{1, 2, 3, 4, 5, 6, 7, 0xab}
+	for topic, want := range map[string]Topic{
+		tp.Registration("dev-1"): {Kind: TopicRegistration, DeviceID: "dev-1"},
+		tp.Ticket("dev-1"):       {Kind: TopicTicket, DeviceID: "dev-1"},
+		tp.Status("d.2_x"):       {Kind: TopicStatus, DeviceID: "d.2_x"},
+		tp.Root(7):               {Kind: TopicRoot, Epoch: 7},
+		tp.Root(MaxEpoch):        {Kind: TopicRoot, Epoch: MaxEpoch},
+		tp.Epoch():               {Kind: TopicEpoch},
+		tp.Online():              {Kind: TopicOnline},
+		tp.IssuerKey(kid):        {Kind: TopicIssuerKey, KID: kid},
+	} {
+		got, err := tp.Parse(topic)
+		if err != nil || got.Kind != want.Kind || got.DeviceID != want.DeviceID || got.Epoch != want.Epoch || !bytes.Equal(got.KID, want.KID) {
+			t.Errorf("Parse(%q) = %+v, %v; want %+v", topic, got, err, want)
+		}
+	}
+	for topic, kind := range map[string]TopicKind{
+		"site/a/reg/":      TopicRegistration,
+		"site/a/reg/a/b":   TopicRegistration,
+		"site/a/ticket/-x": TopicTicket,
+		"site/a/status/" + strings.Repeat("a", 65): TopicStatus,
+		"site/a/root/0":                          TopicRoot,
+		"site/a/root/07":                         TopicRoot,
+		"site/a/root/x":                          TopicRoot,
+		"site/a/root/9007199254740992":           TopicRoot,
+		"site/a/issuer/key/0102030405060708090a": TopicIssuerKey,
+		"site/a/issuer/key/01020304050607AB":     TopicIssuerKey,
+		"site/a/issuer/key/":                     TopicIssuerKey,
+		"site/a/epoch/x":                         TopicUnknown,
+		"site/a/issuer/online/x":                 TopicUnknown,
+		"site/a/other":                           TopicUnknown,
+		"site/b/reg/dev-1":                       TopicUnknown,
+		"site/a":                                 TopicUnknown,
+		"$SYS/broker/uptime":                     TopicUnknown,
+	} {
+		got, err := tp.Parse(topic)
+		if !errors.Is(err, ErrTopic) || got.Kind != kind {
+			t.Errorf("Parse(%q) = %+v, %v; want kind %v and ErrTopic", topic, got, err, kind)
+		}
+	}
+}
