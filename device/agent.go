@@ -10,10 +10,13 @@
 //	if err != nil { ... }
 //	defer agent.Close()
 //	go agent.Run(ctx)                       // connects, registers, follows tickets
+//	                                        // (or agent.Serve(ctx, t) over the embedder's Transport)
 //	if err := agent.WaitEpoch(ctx, 1); err != nil { ... }
 //	env, err := agent.Seal([]byte("reading")) // envelope under a fresh key
 //
-// Run processes everything on one goroutine. On an accepted ticket the new
+// Run (or Serve) processes everything on one goroutine (run.go); each
+// ticket is decided under the agent's lock and reported after it
+// (decide.go). On an accepted ticket the new
 // state and its Status are persisted crash-safely before the Status is
 // published (retained, QoS 1); on a rejection the state is unchanged and a
 // Status with the rejection's reason is published; a harmless duplicate
@@ -40,17 +43,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/envelope"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/keyschedule"
 	"github.com/entropykem/entropykem/pkg/ratchet"
-	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/trust"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -108,11 +108,6 @@ func Fingerprint(b []byte) string {
 	return hex.EncodeToString(h[:8])
 }
 
-// publisher is what the agent goroutine needs of its MQTT client.
-type publisher interface {
-	Publish(topic string, payload []byte, retained bool) error
-}
-
 // Agent is one device. Its methods are safe for concurrent use.
 type Agent struct {
 	cfg    Config
@@ -143,7 +138,7 @@ type Agent struct {
 	// since the agent started (rejectReported).
 	rejectEpoch    uint64
 	rejectReported bool
-	strangerLogged bool // the identity_mismatch hint was logged
+	strangerLogged bool // the identity_mismatch hint was logged (Run goroutine)
 
 	runMu   sync.Mutex
 	running bool
@@ -154,6 +149,7 @@ type Agent struct {
 	trust       *trust.Trust      // issuer keys trusted per epoch
 	heldKeys    map[string][]byte // key announcements not verified yet, by topic
 	roots       map[uint64][]byte
+	rootCache   *accept.RootCache // roots whose signature was verified
 	ticket      []byte
 	ticketEpoch uint64
 	pending     bool // the latest ticket waits for its epoch's root
@@ -168,6 +164,11 @@ type Agent struct {
 // keys learned from rotation announcements (issuer-keys.cbor) are verified
 // again from the pins; a file that does not verify is ErrStateCorrupt.
 func New(cfg Config) (*Agent, error) {
+	return newAgent(cfg, accept.NewRootCache(DefaultRootEpochs))
+}
+
+// newAgent is New with the cache of verified roots to use.
+func newAgent(cfg Config, rootCache *accept.RootCache) (*Agent, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -191,7 +192,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg: cfg, topics: topics, lock: lock,
 		log:      cfg.Logger.With("device", cfg.ID),
 		counters: make(map[string]uint64), changed: make(chan struct{}),
-		roots: make(map[uint64][]byte), heldKeys: make(map[string][]byte),
+		roots: make(map[uint64][]byte), heldKeys: make(map[string][]byte), rootCache: rootCache,
 	}
 	if err := a.open(); err != nil {
 		clear(a.key)
@@ -378,18 +379,12 @@ func (a *Agent) registerKey(key kem.PrivateKey, reenroll bool) error {
 	return nil
 }
 
-// onTicketCleared handles an empty publish on the device's ticket topic:
-// the issuer cleared it, because an operator reset the device (its pinned
-// key is forgotten and its next registration is pinned as the first) or
-// revoked it. The retained registration may name a key the device no
-// longer holds (keys rotate every epoch), and an issuer that pinned it
-// would strand the device; so the device registers its newest live key
-// (the announced next key, else the current one), keeping the
-// re-enrollment mark of its registration, and publishes it. It never
-// touches state.bin. A revoked device's registration is refused by the
-// issuer and changes nothing there.
-func (a *Agent) onTicketCleared(pub publisher) {
+// registerLiveKey makes sure the stored Registration names the device's
+// newest live key (the announced next key, else the current one), keeping
+// the re-enrollment mark, and returns it with that key.
+func (a *Agent) registerLiveKey() ([]byte, kem.PublicKey, error) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	live := a.st.Current
 	if a.st.Next != nil {
 		live = a.st.Next
@@ -398,18 +393,7 @@ func (a *Agent) onTicketCleared(pub publisher) {
 	if err == nil && !bytes.Equal(old.PublicKey, live.PublicKey().Bytes()) {
 		err = a.registerKey(live, old.Reenroll)
 	}
-	reg := a.reg
-	a.mu.Unlock()
-	if err != nil {
-		a.count("failed")
-		a.log.Error("cannot register the live key after the issuer cleared the ticket", "err", err)
-		return
-	}
-	a.log.Warn("the issuer cleared this device's ticket (reset or revoke): registration of the live key republished",
-		"pk_hash", hex.EncodeToString(live.PublicKey().Hash()[:8]))
-	if err := pub.Publish(a.topics.Registration(a.cfg.ID), reg, true); err != nil {
-		a.log.Warn("registration publish failed; retried on reconnect", "err", err)
-	}
+	return a.reg, live.PublicKey(), err
 }
 
 // loadRegistration reads the stored registration and checks it against
@@ -443,484 +427,6 @@ func (a *Agent) loadRegistration() error {
 		a.seqFloor = r.CreatedAt
 	}
 	return nil
-}
-
-// Run connects to the broker, publishes the Registration (retained, the
-// same stored bytes every time), subscribes to {prefix}/ticket/{id},
-// {prefix}/root/+ and {prefix}/issuer/key/+ (issuer key rotations, which it
-// learns once verified), and processes tickets until ctx ends or Close is
-// called; then it disconnects and returns nil. After every (re)connection
-// it republishes the Registration and the last Status unchanged. It
-// returns an error only for a missing Broker or IssuerKeys, a closed
-// agent, or a concurrent Run.
-func (a *Agent) Run(ctx context.Context) error {
-	if err := a.cfg.checkRun(); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if err := a.startRun(cancel); err != nil {
-		return err
-	}
-	defer a.endRun()
-	connected := make(chan struct{}, 1)
-	cl, err := mqttc.Dial(ctx, mqttc.Options{
-		Broker: a.cfg.Broker, ClientID: a.cfg.ClientID, Username: a.cfg.Username,
-		Password: a.cfg.Password, TLS: a.cfg.TLS, Timeout: a.cfg.Timeout, Logger: a.log,
-		OnConnect: func() {
-			select {
-			case connected <- struct{}{}:
-			default:
-			}
-		},
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("device: %w", err)
-	}
-	defer cl.Close()
-	// Issuer key rotations first, so that their retained announcements
-	// arrive before the roots the new keys signed (a root whose key is not
-	// known yet would be reported as a rejection, then accepted once the
-	// key is learned). Then the ticket: its one retained message is
-	// acknowledged before the roots' subscription. (mochi, the embedded
-	// broker, refuses a SUBSCRIBE whose packet id equals that of a QoS 1
-	// message it is still delivering, with a SUBACK that paho reports as
-	// success; subscribing to root/+ first made that race likely.) A ticket
-	// that arrives before its root waits for it.
-	for _, f := range []string{a.topics.AllIssuerKeys(), a.topics.Ticket(a.cfg.ID), a.topics.AllRoots()} {
-		if err := cl.Subscribe(f); err != nil {
-			a.log.Warn("subscribe failed; retried on reconnect", "filter", f, "err", err)
-		}
-	}
-	a.loop(ctx, cl, connected)
-	return nil
-}
-
-func (a *Agent) startRun(cancel context.CancelFunc) error {
-	a.runMu.Lock()
-	defer a.runMu.Unlock()
-	a.mu.Lock()
-	closed := a.closed
-	a.mu.Unlock()
-	switch {
-	case closed:
-		return ErrClosed
-	case a.running:
-		return ErrRunning
-	}
-	a.running, a.cancel, a.done = true, cancel, make(chan struct{})
-	return nil
-}
-
-func (a *Agent) endRun() {
-	a.runMu.Lock()
-	defer a.runMu.Unlock()
-	a.running = false
-	close(a.done)
-}
-
-// loop is the agent goroutine: every message, reconnection and stale
-// check is handled here, one at a time.
-func (a *Agent) loop(ctx context.Context, cl *mqttc.Client, connected <-chan struct{}) {
-	var pub publisher = cl
-	msgs := make(chan mqttc.Message)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(msgs)
-		for {
-			m, ok := cl.Inbox().Next(ctx)
-			if !ok {
-				return
-			}
-			select {
-			case msgs <- m:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	defer wg.Wait()
-	tick := time.NewTicker(a.cfg.StaleInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-connected:
-			a.onConnect(pub)
-		case m, ok := <-msgs:
-			if !ok {
-				return
-			}
-			a.handle(pub, m)
-		case <-tick.C:
-			a.checkStale(pub)
-		}
-	}
-}
-
-// onConnect republishes what the broker must hold for this device.
-func (a *Agent) onConnect(pub publisher) {
-	a.mu.Lock()
-	reg := a.reg
-	a.mu.Unlock()
-	if err := pub.Publish(a.topics.Registration(a.cfg.ID), reg, true); err != nil {
-		a.log.Warn("registration publish failed; retried on reconnect", "err", err)
-	}
-	a.mu.Lock()
-	status, accepted := a.status, a.acceptedStatus
-	a.mu.Unlock()
-	if status != nil {
-		a.publishStatus(pub, status)
-	}
-	// Then the last acceptance, so that it is what the retained topic
-	// holds: if the connection dropped before it was sent and a rejection
-	// followed (say, of an old ticket a restored broker re-delivered), the
-	// issuer still needs its confirm tag and next key. The issuer verifies
-	// it though its seq is lower; the rejection was reported just before.
-	if accepted != nil && !bytes.Equal(accepted, status) {
-		a.publishStatus(pub, accepted)
-	}
-	a.checkStale(pub)
-}
-
-// handle dispatches one received message.
-func (a *Agent) handle(pub publisher, m mqttc.Message) {
-	if m.Topic == a.topics.Ticket(a.cfg.ID) {
-		if len(m.Payload) == 0 {
-			a.ticket = nil // retained ticket cleared
-			a.onTicketCleared(pub)
-			return
-		}
-		a.ticket = bounded(m.Payload, wire.MaxTicket)
-		a.processTicket(pub)
-		return
-	}
-	if strings.HasPrefix(m.Topic, a.topics.Prefix+"/issuer/key/") {
-		a.onIssuerKey(pub, m.Topic, m.Payload)
-		return
-	}
-	e, err := a.topics.EpochOf(m.Topic)
-	if err != nil {
-		a.log.Warn("ignoring message on unexpected topic", "topic", m.Topic, "err", err)
-		return
-	}
-	if len(m.Payload) == 0 {
-		delete(a.roots, e)
-		return
-	}
-	a.roots[e] = bounded(m.Payload, signature.MaxSign1Size)
-	for len(a.roots) > DefaultRootEpochs {
-		delete(a.roots, minKey(a.roots))
-	}
-	// Retry the latest ticket if it waited for this root, or if it is not
-	// accepted yet and the issuer replaced its epoch's root.
-	if a.ticket != nil && a.ticketEpoch == e && (a.pending || e > a.Epoch()) {
-		a.processTicket(pub)
-	}
-}
-
-// bounded keeps at most max+1 bytes of b: enough for the decoder to see
-// that it is too large, without holding an unbounded payload.
-func bounded(b []byte, max int) []byte {
-	if len(b) > max+1 {
-		return b[:max+1]
-	}
-	return b
-}
-
-func minKey(m map[uint64][]byte) uint64 {
-	first, min := true, uint64(0)
-	for k := range m {
-		if first || k < min {
-			first, min = false, k
-		}
-	}
-	return min
-}
-
-// processTicket runs the acceptance rules on the latest ticket if its
-// epoch's root is here; otherwise the ticket waits for its root.
-func (a *Agent) processTicket(pub publisher) {
-	var root []byte
-	tk, body, perr := wire.ParseTicket(a.ticket)
-	a.ticketEpoch, a.pending = 0, false
-	if perr == nil {
-		a.ticketEpoch = body.Epoch
-		epoch, hash := a.last()
-		if body.Epoch == epoch && bytes.Equal(keyschedule.TicketHash(tk.Body), hash) {
-			a.count("duplicate")
-			a.emit(Event{Kind: EventDuplicate, Epoch: epoch, TicketEpoch: epoch})
-			return
-		}
-		var ok bool
-		if root, ok = a.roots[body.Epoch]; !ok {
-			a.log.Debug("ticket waits for its epoch root", "ticket_epoch", body.Epoch)
-			a.pending = true
-			return
-		}
-	}
-	a.decide(pub, a.ticket, root)
-	a.checkStale(pub)
-}
-
-// decide applies accept.Accept and commits and reports the outcome.
-func (a *Agent) decide(pub publisher, ticket, root []byte) {
-	in := accept.Input{
-		Ticket: ticket, Root: root, Pins: a.trust.KeysAt(a.ticketEpoch), Now: a.cfg.Now(),
-		Policy: accept.Policy{Skew: a.cfg.Skew, MaxJump: a.cfg.MaxJump},
-		Cohort: a.cfg.Cohort, Roots: a.cfg.Roots,
-	}
-	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
-		return
-	}
-	res, err := accept.Accept(a.st, in)
-	switch {
-	case err == nil:
-		a.accepted(pub, res) // unlocks
-	case errors.Is(err, accept.ErrDuplicate):
-		epoch := a.st.Epoch
-		a.mu.Unlock()
-		a.count("duplicate")
-		a.emit(Event{Kind: EventDuplicate, Epoch: epoch, TicketEpoch: epoch})
-	case accept.IsRejection(err):
-		a.rejected(pub, err) // unlocks
-	default:
-		epoch := a.st.Epoch
-		a.mu.Unlock()
-		a.failed(epoch, err)
-	}
-}
-
-// accepted persists res with its Status, then publishes the Status.
-// It is called with a.mu held and releases it.
-func (a *Agent) accepted(pub publisher, res *accept.Result) {
-	fp := Fingerprint(res.EpochKey)
-	clear(res.EpochKey)
-	// §8.1: a ticket not to the announced next key means the issuer did
-	// not take it (a Status it refused, e.g. next_alg, or never got); the
-	// new state already announces a fresh one. Said, never silent.
-	notTaken := a.st.Next != nil && !bytes.Equal(res.Body.PKHash, a.st.Next.PublicKey().Hash())
-	next := res.State.Next
-	s := a.newStatus(res.State, wire.StateOK, accept.ReasonNone)
-	s.Confirm, s.NextTag = res.Secrets.Confirm(), res.NextTag
-	s.NextAlg, s.NextPK = next.Scheme().ID(), next.PublicKey().Bytes()
-	if res.Gap {
-		s.State, s.PrevEpoch = wire.StateGap, &res.PrevEpoch
-	}
-	sb, err := a.commitState(res.State, s)
-	if err != nil {
-		epoch := a.st.Epoch
-		a.mu.Unlock()
-		a.failed(epoch, err)
-		return
-	}
-	a.staleReported = false
-	close(a.changed)
-	a.changed = make(chan struct{})
-	a.mu.Unlock()
-
-	a.count("accepted")
-	if notTaken {
-		a.count("next_key_not_taken")
-		a.log.Warn("the issuer did not use the announced next key; announcing a fresh one", "epoch", s.Epoch,
-			"reason", "next_key_not_taken")
-	}
-	a.log.Info("ticket accepted", "epoch", s.Epoch, "state", s.State.String(), "prev_epoch", res.PrevEpoch, "key", fp)
-	a.publishStatus(pub, sb)
-	a.emit(Event{Kind: EventAccepted, Epoch: s.Epoch, TicketEpoch: s.Epoch, Gap: res.Gap,
-		PrevEpoch: res.PrevEpoch, Fingerprint: fp, State: s.State})
-}
-
-// commitState writes st and its Status s into state.bin and, only once
-// that is durable, makes them the agent's. Called with a.mu held.
-func (a *Agent) commitState(st *accept.State, s *wire.Status) ([]byte, error) {
-	var sb []byte
-	seq, status := a.seq, a.status
-	if s != nil {
-		var err error
-		if sb, err = s.Marshal(); err != nil {
-			return nil, fmt.Errorf("device: status: %w", err)
-		}
-		seq, status = s.Seq, sb
-	}
-	enc, err := sealState(a.key, a.cfg.ID, st, seq, status)
-	if err != nil {
-		return nil, err
-	}
-	if err := writeAtomic(a.cfg.StateDir, stateFileName, enc); err != nil {
-		return nil, err
-	}
-	if old := a.st; old != st && old.Ratchet != nil && old.Ratchet != st.Ratchet {
-		old.Ratchet.Wipe()
-	}
-	a.st, a.seq, a.status, a.acceptedStatus = st, seq, status, status
-	return sb, nil
-}
-
-// rejected reports a rejection: the state is unchanged, the Status is
-// written to status.cbor (state.bin is not rewritten) and then published.
-// A rejection whose Status would repeat the last one (same state, reason,
-// epoch and ticket_hash) is reported again only for a ticket of another
-// epoch than the last reported one: a rejection that persists is reported
-// once per epoch (so observers see it is still there, and when), while a
-// retained bad ticket re-delivered after a reconnect or restart is counted
-// and logged but not published again. Called with a.mu held; releases it.
-func (a *Agent) rejected(pub publisher, rerr error) {
-	reason := accept.ReasonOf(rerr)
-	epoch, te, accepted := a.st.Epoch, a.ticketEpoch, a.acceptedStatus
-	s := a.newStatus(a.st, accept.StateOf(rerr), reason)
-	var sb []byte
-	repeat := a.repeats(s) && (!a.rejectReported || a.rejectEpoch == te)
-	if !repeat {
-		var err error
-		if sb, err = a.commitStatus(s); err != nil {
-			a.mu.Unlock()
-			a.failed(epoch, err)
-			return
-		}
-	}
-	// After a restart, the first repeat stands for the Status already
-	// published (and republished on connect) for this ticket epoch.
-	a.rejectReported, a.rejectEpoch = true, te
-	a.mu.Unlock()
-
-	a.count("rejected:" + reason.String())
-	a.log.Warn("ticket rejected", "reason", reason.String(), "ticket_epoch", te, "epoch", epoch, "reported", !repeat, "err", rerr)
-	switch {
-	case reason != accept.ReasonWrongDeviceKey || epoch != 0 || a.strangerLogged:
-	case a.reenrolled || a.seqFloor > 0:
-		// Re-enrolled: the issuer still serves the earlier key until an
-		// operator approves the new one.
-		a.strangerLogged = true
-		a.log.Warn("ticket for this device's earlier key: the re-enrollment awaits approval at the issuer (ekem-issuer approve "+a.cfg.ID+")",
-			"reason", "awaiting_approval")
-	default:
-		// A device that never accepted a ticket gets one for a key it
-		// never had: the issuer knows an earlier identity of this id.
-		a.strangerLogged = true
-		a.log.Error("the issuer holds another key for this device id: this device's earlier state is lost, or another device uses this id; "+
-			"re-enroll it (ekem-device reenroll) and have the operator approve it, or have the operator approve its registration (ekem-issuer approve)",
-			"reason", "identity_mismatch")
-	}
-	if !repeat {
-		a.publishStatus(pub, sb)
-		if te > 0 && te < epoch && accepted != nil {
-			// An old ticket (a broker restored from an older save): the
-			// retained topic goes back to the acceptance the issuer needs.
-			a.publishStatus(pub, accepted)
-		}
-	}
-	a.emit(Event{Kind: EventRejected, Epoch: epoch, TicketEpoch: te, State: s.State, Reason: reason, Err: rerr})
-}
-
-// repeats reports whether s says what the last Status said. Called with
-// a.mu held.
-func (a *Agent) repeats(s *wire.Status) bool {
-	if a.status == nil {
-		return false
-	}
-	last, err := wire.ParseStatus(a.status)
-	return err == nil && last.State == s.State && last.Reason == s.Reason &&
-		last.Epoch == s.Epoch && bytes.Equal(last.TicketHash, s.TicketHash)
-}
-
-// commitStatus persists a Status that changes no state (status.cbor).
-// Called with a.mu held.
-func (a *Agent) commitStatus(s *wire.Status) ([]byte, error) {
-	sb, err := s.Marshal()
-	if err != nil {
-		return nil, fmt.Errorf("device: status: %w", err)
-	}
-	if err := writeAtomic(a.cfg.StateDir, statusFileName, sb); err != nil {
-		return nil, err
-	}
-	a.seq, a.status = s.Seq, sb
-	return sb, nil
-}
-
-// failed logs a local failure. Nothing is published: the ticket was not
-// found wanting, the device was.
-func (a *Agent) failed(epoch uint64, err error) {
-	a.count("failed")
-	a.log.Error("local failure while processing a ticket; state unchanged", "reason", accept.ReasonInternal.String(), "err", err)
-	a.emit(Event{Kind: EventFailed, Epoch: epoch, TicketEpoch: a.ticketEpoch, Reason: accept.ReasonInternal, Err: err})
-}
-
-// checkStale publishes a stale Status once per expired epoch.
-func (a *Agent) checkStale(pub publisher) {
-	now := a.cfg.Now()
-	a.mu.Lock()
-	if a.closed || !a.st.Stale(unix(now), uint64(a.cfg.Skew/time.Second)) ||
-		(a.staleReported && a.staleEpoch == a.st.Epoch) {
-		a.mu.Unlock()
-		return
-	}
-	s := a.newStatus(a.st, wire.StateStale, accept.ReasonStale)
-	sb, err := a.commitStatus(s)
-	epoch := a.st.Epoch
-	if err == nil {
-		a.staleEpoch, a.staleReported = epoch, true
-	}
-	a.mu.Unlock()
-	if err != nil {
-		a.count("failed")
-		a.log.Error("cannot persist stale status", "err", err)
-		return
-	}
-	a.count("stale")
-	a.log.Warn("latest ticket expired; reporting stale", "epoch", epoch, "reason", accept.ReasonStale.String())
-	a.publishStatus(pub, sb)
-	a.emit(Event{Kind: EventStale, Epoch: epoch, State: wire.StateStale, Reason: accept.ReasonStale})
-}
-
-// newStatus starts the next Status for state st. Called with a.mu held.
-// Its seq is the last one plus one; a re-enrolled device starts above its
-// re-enrollment's created_at (schema/PROTOCOL.md §7.6), so that it never
-// repeats a seq its earlier identity used: the issuer and the monitor would
-// take that for a clone.
-func (a *Agent) newStatus(st *accept.State, state wire.State, reason accept.Reason) *wire.Status {
-	return &wire.Status{
-		Version: wire.Version, DeviceID: a.cfg.ID, Epoch: st.Epoch, State: state,
-		Reason: uint64(reason), Time: unix(a.cfg.Now()), Seq: max(a.seq, a.seqFloor) + 1,
-		TicketHash: bytes.Clone(st.TicketHash),
-	}
-}
-
-// publishStatus publishes a Status retained at QoS 1. A failure is only
-// logged: the Status is persisted and republished after reconnecting.
-func (a *Agent) publishStatus(pub publisher, sb []byte) {
-	if err := pub.Publish(a.topics.Status(a.cfg.ID), sb, true); err != nil {
-		a.count("publish_failed")
-		a.log.Warn("status publish failed; republished on reconnect", "err", err)
-	}
-}
-
-func (a *Agent) emit(e Event) {
-	if a.cfg.OnEvent != nil {
-		e.DeviceID = a.cfg.ID
-		a.cfg.OnEvent(e)
-	}
-}
-
-func (a *Agent) count(name string) {
-	a.mu.Lock()
-	a.counters[name]++
-	a.mu.Unlock()
-}
-
-// last returns the last accepted epoch and ticket hash.
-func (a *Agent) last() (uint64, []byte) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.st.Epoch, a.st.TicketHash
 }
 
 func unix(t time.Time) uint64 {

@@ -27,7 +27,9 @@ const (
 var ErrConfig = errors.New("device: invalid configuration")
 
 // Config configures an Agent. ID, StateDir and Cohort are required by New;
-// Broker and IssuerKeys by Run.
+// IssuerKeys by Run and Serve, Broker by Run (Broker, Username, Password,
+// ClientID, TLS and Timeout configure the connection Run dials; Serve uses
+// the Transport it is given instead).
 type Config struct {
 	// ID is the device id (schema/PROTOCOL.md §3), also its broker
 	// username and MQTT client id unless Username/ClientID say otherwise.
@@ -57,9 +59,6 @@ type Config struct {
 	// MaxJump bounds how many epochs ahead a ticket may be (default
 	// accept.DefaultMaxJump).
 	MaxJump uint64
-	// Roots caches verified epoch roots; share one across the agents of a
-	// fleet simulation. Default: a cache of DefaultRootEpochs roots.
-	Roots *accept.RootCache
 	// StaleInterval is how often Run checks whether the last ticket
 	// expired (default 5 s).
 	StaleInterval time.Duration
@@ -132,9 +131,6 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ClientID == "" {
 		c.ClientID = c.ID
 	}
-	if c.Roots == nil {
-		c.Roots = accept.NewRootCache(DefaultRootEpochs)
-	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -149,10 +145,18 @@ func (c Config) checkRun() error {
 	if c.Broker == "" {
 		return fmt.Errorf("%w: Broker is required", ErrConfig)
 	}
+	if err := c.checkServe(); err != nil {
+		return err
+	}
+	return c.checkCertIdentity()
+}
+
+// checkServe validates what Serve needs beyond New.
+func (c Config) checkServe() error {
 	if c.IssuerKeys.Len() == 0 {
 		return fmt.Errorf("%w: IssuerKeys must pin at least one issuer key", ErrConfig)
 	}
-	return c.checkCertIdentity()
+	return nil
 }
 
 // checkCertIdentity refuses a TLS client certificate whose subject CN is

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/pkg/batch"
 	"github.com/entropykem/entropykem/pkg/cohort"
 	"github.com/entropykem/entropykem/pkg/kem"
@@ -279,11 +278,11 @@ func (e *env) reopen() {
 }
 
 func (e *env) root(epoch uint64, root []byte) {
-	e.a.handle(e.pub, mqttc.Message{Topic: topics.Root(epoch), Payload: root, Retained: true})
+	e.a.handle(e.pub, Message{Topic: topics.Root(epoch), Payload: root})
 }
 
 func (e *env) ticket(tk []byte) {
-	e.a.handle(e.pub, mqttc.Message{Topic: topics.Ticket(devID), Payload: tk, Retained: true})
+	e.a.handle(e.pub, Message{Topic: topics.Ticket(devID), Payload: tk})
 }
 
 // deliver publishes root then ticket of iss's epoch.

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/trust"
@@ -15,7 +14,7 @@ import (
 )
 
 func (e *env) issuerKey(kid []byte, signed []byte) {
-	e.a.handle(e.pub, mqttc.Message{Topic: topics.IssuerKey(kid), Payload: signed, Retained: true})
+	e.a.handle(e.pub, Message{Topic: topics.IssuerKey(kid), Payload: signed})
 }
 
 func mustKey(t *testing.T) *signature.PrivateKey {

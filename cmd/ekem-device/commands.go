@@ -10,7 +10,6 @@ import (
 
 	"github.com/entropykem/entropykem/device"
 	"github.com/entropykem/entropykem/internal/cliflag"
-	"github.com/entropykem/entropykem/pkg/accept"
 )
 
 var commonFlags = []string{"broker", "password", "password-file", "issuer-pub", "cohort-file", "tpm", "kem",
@@ -81,7 +80,7 @@ func cmdFleet(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	c.Roots = accept.NewRootCache(2 * device.DefaultRootEpochs)
+	fleet := device.NewFleet(c.IssuerKeys)
 	agents := make([]*device.Agent, 0, len(ids))
 	defer func() {
 		for _, a := range agents {
@@ -92,7 +91,7 @@ func cmdFleet(ctx context.Context, args []string, getenv func(string) string, st
 		dc := c
 		dc.ID, dc.StateDir, dc.Password = id, deviceDir(base, id), pws[i]
 		dc.Logger = c.Logger.With("fleet_index", i+1)
-		a, err := device.New(dc)
+		a, err := fleet.New(dc)
 		if err != nil {
 			return explainState(err, id, dc.StateDir)
 		}
