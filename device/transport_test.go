@@ -21,6 +21,7 @@ type memTransport struct {
 	mu        sync.Mutex
 	filters   []string
 	published []Message
+	read      int // how many of published next returned
 	sent      chan struct{}
 }
 
@@ -57,7 +58,7 @@ func (m *memTransport) Receive(ctx context.Context) (Message, bool) {
 
 func (m *memTransport) Connected() <-chan struct{} { return m.connected }
 
-// next waits for the next publish.
+// next waits for the next publish and returns it.
 func (m *memTransport) next(t *testing.T) Message {
 	t.Helper()
 	select {
@@ -67,7 +68,8 @@ func (m *memTransport) next(t *testing.T) Message {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.published[len(m.published)-1]
+	m.read++
+	return m.published[m.read-1]
 }
 
 // TestServeOverEmbedderTransport: an agent served over a Transport the
