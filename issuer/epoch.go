@@ -210,11 +210,14 @@ func (i *Issuer) plan() (*plan, error) {
 			continue
 		}
 		p.devices = append(p.devices, batch.Device{ID: r.ID, Key: parsed[n], Prev: r.TicketHash,
-			Purpose: i.cfg.Purpose, Group: i.cfg.Group})
+			Purpose: i.cfg.Purpose, Group: i.cfg.Group, Cohort: r.Cohort})
 		p.records[r.ID] = r
 	}
 	if len(p.devices) == 0 {
 		return nil, ErrNoDevices
+	}
+	if err := withGroupSeeds(p.devices); err != nil {
+		return nil, err
 	}
 	return p, nil
 }

@@ -74,6 +74,9 @@ type record struct {
 	// the KEM public key, from manufacturing) that may be pinned for it.
 	Enrolled        bool   `cbor:"23,keyasint,omitempty"`
 	EnrolledKeyHash []byte `cbor:"24,keyasint,omitempty"`
+	// Cohort is the cohort the device is a member of (cohort.go), empty
+	// for none: its tickets carry the cohort's group seed.
+	Cohort string `cbor:"25,keyasint,omitempty"`
 
 	// rev is the record's revision in an engine that several writers
 	// share (the PostgreSQL engine), 0 elsewhere: set when read, it lets
@@ -149,6 +152,9 @@ func decodeRecord(b []byte) (*record, error) {
 	if err := wire.ValidateDeviceID(r.ID); err != nil || r.State > stateRevoked {
 		return nil, fmt.Errorf("%w: device record %q", ErrStoreCorrupt, r.ID)
 	}
+	if r.Cohort != "" && wire.ValidateLabel(r.Cohort) != nil {
+		return nil, fmt.Errorf("%w: device record %q: cohort", ErrStoreCorrupt, r.ID)
+	}
 	return &r, nil
 }
 
@@ -187,6 +193,9 @@ type DeviceInfo struct {
 	// the registration key hash it was imported with, if any.
 	Enrolled        bool
 	EnrolledKeyHash []byte
+	// Cohort is the cohort the device is a member of, empty for none
+	// (schema/PROTOCOL.md §7.7).
+	Cohort string
 }
 
 // Confirmed reports whether the device confirmed its latest ticket.
@@ -198,7 +207,7 @@ func (r *record) info() DeviceInfo {
 		TicketHash: bytes.Clone(r.TicketHash), ConfirmedEpoch: r.ConfirmedEpoch,
 		NextKeyReady: r.NextKey != nil, HasStatus: r.HasStatus, StatusState: wire.State(r.StatusState),
 		StatusReason: r.StatusReason, StatusEpoch: r.StatusEpoch, StatusSeq: r.StatusSeq,
-		Enrolled: r.Enrolled, EnrolledKeyHash: bytes.Clone(r.EnrolledKeyHash),
+		Enrolled: r.Enrolled, EnrolledKeyHash: bytes.Clone(r.EnrolledKeyHash), Cohort: r.Cohort,
 	}
 	if r.RegKey != nil {
 		d.PinnedKeyHash = kem.PublicKeyHash(r.RegKey)

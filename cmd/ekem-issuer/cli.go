@@ -43,6 +43,9 @@ const usageText = `Usage:
   ekem-issuer enroll  -store FILE [-reason TEXT] LIST.csv
                                                  import device ids (optionally with key hashes) for the
                                                  enrollment policy (running issuer, or stopped store)
+  ekem-issuer cohort  -store FILE [-reason TEXT] ID COHORT | -leave ID
+                                                 make ID a member of COHORT (or of none): its tickets
+                                                 carry the cohort's group seed from the next epoch
   ekem-issuer audit   -store FILE [-json]       print the audit log of operator actions
   ekem-issuer backup  -store FILE -out COPY     write a consistent copy of the store
   ekem-issuer recover [run flags] [-reason TEXT]
@@ -168,6 +171,8 @@ func dispatch(cmd string, rest []string, stdout, stderr io.Writer) error {
 		err = cmdOperator(cmd, rest, stdout)
 	case "enroll":
 		err = cmdEnroll(rest, stdout)
+	case "cohort":
+		err = cmdCohort(rest, stdout)
 	case "audit":
 		err = cmdAudit(rest, stdout)
 	case "backup":

@@ -23,7 +23,7 @@ var runAliases = map[string]string{
 }
 
 // commands are the commands named by an unknown-command error.
-var commands = []string{"run", "keygen", "devices", "device", "reset", "revoke", "release", "approve", "audit", "backup", "recover",
+var commands = []string{"run", "keygen", "devices", "device", "reset", "revoke", "release", "approve", "cohort", "audit", "backup", "recover",
 	"rotate-key", "migrate", "copy-store", "version", "help"}
 
 // parseEnv parses args, then fills every flag not given on the command

@@ -19,6 +19,7 @@
 //	GET  /v1/backup                a consistent copy of the store file
 //	POST /v1/devices/{id}/{action} action: reset, revoke, release, approve;
 //	                               body {"reason": "…"}
+//	POST /v1/devices/{id}/cohort   body {"cohort": "…", "reason": "…"} (cohort.go)
 //
 // Errors are {"error": "…", "code": "…"}, with code one of unknown_device,
 // nothing_to_approve, bad_request, failed.
@@ -39,8 +40,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/entropykem/entropykem/internal/peercred"
 	"github.com/entropykem/entropykem/issuer"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -109,6 +109,7 @@ func Listen(path string, admin issuer.Admin, log *slog.Logger) (*Server, error) 
 	mux.HandleFunc("GET /v1/backup", s.backup)
 	mux.HandleFunc("POST /v1/devices/{id}/{action}", s.act)
 	mux.HandleFunc("POST /v1/enroll", s.enroll)
+	mux.HandleFunc("POST /v1/devices/{id}/cohort", s.cohort)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(*peerConn); ok {
@@ -174,27 +175,13 @@ func refuse(c net.Conn, p peer) {
 	fmt.Fprintf(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(b), b)
 }
 
-// peerOf reads a Unix connection's SO_PEERCRED.
+// peerOf reads a Unix connection's SO_PEERCRED (internal/peercred).
 func peerOf(c net.Conn) (peer, error) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return peer{}, errors.New("not a unix connection")
-	}
-	raw, err := uc.SyscallConn()
+	cr, err := peercred.Of(c)
 	if err != nil {
 		return peer{}, err
 	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return peer{}, err
-	}
-	if cerr != nil {
-		return peer{}, cerr
-	}
-	return peer{uid: int(cred.Uid), pid: int(cred.Pid)}, nil
+	return peer{uid: cr.UID, pid: cr.PID}, nil
 }
 
 // operator is the audited actor of a request, with its reason.
