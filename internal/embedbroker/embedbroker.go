@@ -185,7 +185,9 @@ func Allowed(prefix, user, topic string, write bool) bool {
 		}
 		return matchAny(topic, p+"reg/+", p+"status/+", p+"root/+", p+"epoch")
 	case MonitorUser:
-		return !write && (within(topic, prefix) || within(topic, "$SYS"))
+		// Cohorts' application topics are for their members (acl: the
+		// monitor's deny of {prefix}/app/#); no account here has them.
+		return !write && !within(topic, p+"app") && (within(topic, prefix) || within(topic, "$SYS"))
 	}
 	if write {
 		return topic == p+"reg/"+user || topic == p+"status/"+user

@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,6 +61,9 @@ type Options struct {
 	// account take each other over: a test that needs two concurrent
 	// issuer or monitor connections uses two instances.
 	Issuers, Monitors int
+	// Cohorts are rendered into the ACL after the shipped rules
+	// (brokerconfig.CohortSection): cohort id → its member accounts.
+	Cohorts map[string][]string
 }
 
 // DefaultInstances of each service role that Start makes accounts for.
@@ -109,12 +113,42 @@ func Start(t testing.TB, opts Options) *Broker {
 	if err := set.WriteBroker(b.configDir()); err != nil {
 		t.Fatalf("mosquittotest: %v", err)
 	}
+	if err := appendCohorts(b.configDir(), opts.Cohorts); err != nil {
+		t.Fatalf("mosquittotest: %v", err)
+	}
 	if err := b.writeStatic(); err != nil {
 		t.Fatalf("mosquittotest: %v", err)
 	}
 	t.Cleanup(b.cleanup)
 	b.startFresh()
 	return b
+}
+
+// appendCohorts appends a section per cohort to the rendered ACL.
+func appendCohorts(dir string, cohorts map[string][]string) error {
+	if len(cohorts) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(cohorts))
+	for c := range cohorts {
+		names = append(names, c)
+	}
+	sort.Strings(names)
+	f, err := os.OpenFile(creds.ACLFile(dir), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for _, c := range names {
+		sec, err := brokerconfig.CohortSection(c, cohorts[c])
+		if err != nil {
+			return err
+		}
+		if _, err := f.WriteString("\n" + sec); err != nil {
+			return err
+		}
+	}
+	return f.Close()
 }
 
 // writeStatic makes the persistence directory. (WriteBroker wrote the

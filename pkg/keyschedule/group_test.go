@@ -20,7 +20,9 @@ func TestGroupSeedSealOpen(t *testing.T) {
 	}
 	// Bound to ss, epoch, cohort and audience.
 	for name, open := range map[string]func() ([]byte, error){
-		"ss":     func() ([]byte, error) { return OpenGroupSeed(bytes.Repeat([]byte{3}, 32), 5, "fleet-a", "dev-a", sealed) },
+		"ss": func() ([]byte, error) {
+			return OpenGroupSeed(bytes.Repeat([]byte{3}, 32), 5, "fleet-a", "dev-a", sealed)
+		},
 		"epoch":  func() ([]byte, error) { return OpenGroupSeed(ss, 6, "fleet-a", "dev-a", sealed) },
 		"cohort": func() ([]byte, error) { return OpenGroupSeed(ss, 5, "fleet-b", "dev-a", sealed) },
 		"aud":    func() ([]byte, error) { return OpenGroupSeed(ss, 5, "fleet-a", "dev-b", sealed) },
