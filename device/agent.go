@@ -138,7 +138,8 @@ type Agent struct {
 	// since the agent started (rejectReported).
 	rejectEpoch    uint64
 	rejectReported bool
-	strangerLogged bool // the identity_mismatch hint was logged (Run goroutine)
+	strangerLogged bool      // the identity_mismatch hint was logged (Run goroutine)
+	keys           keysState // the key operations' own state (keys.go)
 
 	runMu   sync.Mutex
 	running bool

@@ -17,8 +17,12 @@ var commonFlags = []string{"broker", "password", "password-file", "issuer-pub", 
 
 // cmdRun runs one agent until ctx ends.
 func cmdRun(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	o := newOpts("run", "Run one device agent until interrupted.", stderr, append([]string{"id", "state"}, commonFlags...)...)
+	o := newOpts("run", "Run one device agent until interrupted; with -api, serve its keys to local applications.", stderr,
+		append([]string{"id", "state", "api", "api-mode", "api-group"}, commonFlags...)...)
 	if err := o.parse(args, getenv); err != nil {
+		return err
+	}
+	if _, _, err := o.api.options(); err != nil {
 		return err
 	}
 	defer o.closeAll()
@@ -45,6 +49,11 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stdo
 		return explainState(err, id, dir)
 	}
 	defer a.Close()
+	stop, err := o.api.serve(a, c.Logger)
+	if err != nil {
+		return err
+	}
+	defer stop()
 	c.Logger.Info("device agent started", "device", id, "epoch", a.Epoch(), "state_dir", dir, "broker", c.Broker)
 	return a.Run(ctx)
 }

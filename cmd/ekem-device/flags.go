@@ -52,6 +52,8 @@ type opts struct {
 	n         int
 	idPrefix  string
 	passwords string
+	// run: the local key API (api.go)
+	api api
 }
 
 // newOpts defines the flags named in which (a subset of the known ones)
@@ -128,6 +130,7 @@ func newOpts(cmd, synopsis string, stderr io.Writer, which ...string) *opts {
 			o.fs.StringVar(&o.passwords, "passwords", "", "directory of password files, one per device id: DIR/ID, DIR/ID.env or DIR/accounts/ID.env (a mkcreds directory)")
 		},
 	}
+	o.apiFlags(defs)
 	for _, w := range which {
 		defs[w]()
 	}

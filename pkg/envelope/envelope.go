@@ -211,3 +211,24 @@ func checkDeviceID(id string) error {
 	}
 	return nil
 }
+
+// OpenWithKey opens env with the message key k, which must be the key its
+// header names (device deviceID, k.Epoch, k.Ctr): for a holder of that
+// one key, such as the device that sealed it. It keeps no replay state.
+func OpenWithKey(deviceID string, k ratchet.Key, env []byte) (Header, []byte, error) {
+	h, ct, err := parse(env)
+	if err != nil {
+		return Header{}, nil, err
+	}
+	if h.DeviceID != deviceID {
+		return Header{}, nil, fmt.Errorf("%w: %q", ErrWrongDevice, h.DeviceID)
+	}
+	if h.Epoch != k.Epoch || h.Ctr != k.Ctr || len(k.Bytes) != ratchet.KeySize {
+		return Header{}, nil, fmt.Errorf("%w: the envelope names (epoch %d, ctr %d), the key (%d, %d)", ErrBadInput, h.Epoch, h.Ctr, k.Epoch, k.Ctr)
+	}
+	pt, err := open(h, k.Bytes, ct)
+	if err != nil {
+		return Header{}, nil, err
+	}
+	return h, pt, nil
+}

@@ -716,3 +716,26 @@ func BenchmarkOpen(b *testing.B) {
 		})
 	}
 }
+
+func TestOpenWithKey(t *testing.T) {
+	k := ratchet.Key{Epoch: 3, Ctr: 9, Bytes: bytes.Repeat([]byte{5}, ratchet.KeySize)}
+	env, err := Seal("dev-a", k, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, pt, err := OpenWithKey("dev-a", k, env); err != nil || string(pt) != "x" {
+		t.Fatalf("open: %v", err)
+	}
+	if _, _, err := OpenWithKey("dev-b", k, env); !errors.Is(err, ErrWrongDevice) {
+		t.Fatalf("other device: %v", err)
+	}
+	other := k
+	other.Ctr = 10
+	if _, _, err := OpenWithKey("dev-a", other, env); !errors.Is(err, ErrBadInput) {
+		t.Fatalf("key of another ctr: %v", err)
+	}
+	other = ratchet.Key{Epoch: 3, Ctr: 9, Bytes: bytes.Repeat([]byte{6}, ratchet.KeySize)}
+	if _, _, err := OpenWithKey("dev-a", other, env); !errors.Is(err, ErrAuth) {
+		t.Fatalf("wrong key: %v", err)
+	}
+}
