@@ -87,7 +87,7 @@ func binaries(t testing.TB) string {
 			goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
 		}
 		cmd := exec.Command(goBin, "build", "-o", dir+string(os.PathSeparator),
-			"./cmd/ekem-issuer", "./cmd/ekem-device", "./cmd/ekemctl", "./integration/crashdevice")
+			"./cmd/ekem-issuer", "./cmd/ekem-device", "./cmd/ekemctl", "./integration/crashdevice", "./examples/cohort-telemetry")
 		cmd.Dir = ".." // the module root
 		out, err := cmd.CombinedOutput()
 		faultBins.out, faultBins.err = string(out), err
