@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"time"
 
+	brokerconfig "github.com/entropykem/entropykem/broker-config"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
@@ -15,7 +16,7 @@ import (
 
 // Defaults of Config fields left zero.
 const (
-	DefaultClientID  = "ekem-issuer"
+	DefaultClientID  = brokerconfig.IssuerAccount
 	DefaultLabel     = "default"
 	DefaultKeepRoots = 4
 	// MinKeepRoots is the fewest root topics kept: the current epoch's and

@@ -3,7 +3,6 @@ package issuer
 import (
 	"bytes"
 	"log/slog"
-	"strings"
 
 	brokerconfig "github.com/entropykem/entropykem/broker-config"
 	"github.com/entropykem/entropykem/internal/mqttc"
@@ -95,10 +94,11 @@ func (i *Issuer) handleInTx(msgs []mqttc.Message, pending map[string][]byte) (ch
 		for _, m := range msgs {
 			var o outcome
 			var err error
-			switch {
-			case strings.HasPrefix(m.Topic, i.topics.Prefix+"/reg/"):
+			// The handlers report an invalid {device_id} level for their kind.
+			switch tp, _ := i.topics.Parse(m.Topic); tp.Kind {
+			case wire.TopicRegistration:
 				o, err = i.onRegistration(tx, m.Topic, m.Payload, m.Retained)
-			case strings.HasPrefix(m.Topic, i.topics.Prefix+"/status/"):
+			case wire.TopicStatus:
 				o, err = i.onStatus(tx, m.Topic, m.Payload)
 			default:
 				i.reject("message", "unexpected_topic", m.Topic, "")

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	brokerconfig "github.com/entropykem/entropykem/broker-config"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/signature"
 )
@@ -60,7 +61,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	quiet := fs.Duration("quiet", 1500*time.Millisecond, "how long nothing must arrive where nothing is expected")
 	verbose := fs.Bool("v", false, "log the kit's own progress to stderr")
 	// device mode
-	username := fs.String("username", "ekem-issuer", "device mode: the kit's broker account (the issuer's)")
+	username := fs.String("username", brokerconfig.IssuerAccount, "device mode: the kit's broker account (the issuer's)")
 	passwordFile := fs.String("password-file", "", "device mode: file holding that account's password (or EKEM_PASSWORD)")
 	id := fs.String("id", "", "device mode: the device under test")
 	issuerKey := fs.String("issuer-key", "", "device mode: issuer secret key PEM the kit signs with (ekem-issuer keygen); the device pins its public key")

@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	brokerconfig "github.com/entropykem/entropykem/broker-config"
 	"github.com/entropykem/entropykem/broker-config/creds"
 	"github.com/entropykem/entropykem/internal/cliflag"
 	"github.com/entropykem/entropykem/internal/mqttc"
@@ -166,7 +167,7 @@ func ParseOptions(args []string, stderr io.Writer) (Options, error) {
 		o.Password = os.Getenv("EKEM_PASSWORD")
 	}
 	if o.Username == "" && o.Cert == "" {
-		o.Username = "ekem-monitor"
+		o.Username = brokerconfig.MonitorAccount
 	}
 	return o, nil
 }
@@ -256,7 +257,7 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) 
 	dialCtx, cancel := context.WithTimeout(ctx, connect)
 	defer cancel()
 	c, err := mqttc.Dial(dialCtx, mqttc.Options{
-		Broker: o.Broker, ClientID: "ekem-monitor-" + hex.EncodeToString(id), Username: o.Username, Password: password,
+		Broker: o.Broker, ClientID: brokerconfig.MonitorAccount + "-" + hex.EncodeToString(id), Username: o.Username, Password: password,
 		TLS: tlsConf, Logger: slog.New(slog.DiscardHandler), Timeout: connect, Backoff: mqttc.ServiceBackoff,
 	})
 	if err != nil {
@@ -270,7 +271,7 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) 
 	// before the retained roots that a rotated-to key signed.
 	filters := []string{topics.AllIssuerKeys(), topics.AllStatuses(), topics.AllRoots(), topics.Epoch(), "$SYS/#"}
 	if o.Tickets {
-		filters = append(filters, topics.Prefix+"/ticket/+")
+		filters = append(filters, topics.AllTickets())
 	}
 	for _, f := range filters {
 		if err := c.Subscribe(f); err != nil {

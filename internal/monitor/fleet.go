@@ -232,21 +232,23 @@ func (f *Fleet) Handle(topic string, payload []byte, now time.Time) *Alarm {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.counts[CountMessages]++
-	p := f.cfg.Topics.Prefix + "/"
-	switch {
-	case strings.HasPrefix(topic, "$SYS/"):
+	if strings.HasPrefix(topic, "$SYS/") {
 		f.onSys(topic, payload)
-	case strings.HasPrefix(topic, p+"status/"):
+		return nil
+	}
+	// The handlers report an invalid level for their kind.
+	switch tp, _ := f.cfg.Topics.Parse(topic); tp.Kind {
+	case wire.TopicStatus:
 		return f.onStatus(topic, payload, now)
-	case strings.HasPrefix(topic, p+"root/"):
+	case wire.TopicRoot:
 		return f.onRoot(topic, payload, now)
-	case strings.HasPrefix(topic, p+"ticket/"):
+	case wire.TopicTicket:
 		f.onTicket(topic, payload)
-	case strings.HasPrefix(topic, p+"reg/"):
+	case wire.TopicRegistration:
 		f.onRegistration(topic, payload)
-	case strings.HasPrefix(topic, p+"issuer/key/"):
+	case wire.TopicIssuerKey:
 		return f.onIssuerKey(topic, payload, now)
-	case topic == f.cfg.Topics.Epoch():
+	case wire.TopicEpoch:
 		if len(payload) == 0 {
 			return nil
 		}

@@ -43,6 +43,7 @@ func (t Topics) IssuerKey(kid []byte) string {
 // Subscription filters.
 func (t Topics) AllRegistrations() string { return t.Prefix + "/reg/+" }
 func (t Topics) AllStatuses() string      { return t.Prefix + "/status/+" }
+func (t Topics) AllTickets() string       { return t.Prefix + "/ticket/+" }
 func (t Topics) AllRoots() string         { return t.Prefix + "/root/+" }
 func (t Topics) AllIssuerKeys() string    { return t.Prefix + "/issuer/key/+" }
 
