@@ -14,13 +14,11 @@
 package embedbroker
 
 import (
-	"bytes"
 	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -32,10 +30,11 @@ import (
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
-// Reserved account names, as in broker-config.
+// The service accounts' names: brokerconfig's, under the names this
+// package's callers know.
 const (
-	IssuerUser  = "ekem-issuer"
-	MonitorUser = "ekem-monitor"
+	IssuerUser  = brokerconfig.IssuerAccount
+	MonitorUser = brokerconfig.MonitorAccount
 )
 
 // Broker is a running embedded broker.
@@ -175,56 +174,38 @@ func (h *aclHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 // Allowed reports whether user may write (publish) or read (subscribe to)
-// topic, a topic name or a subscription filter.
+// topic, a topic name or a subscription filter, under the shipped
+// broker-config/acl with every issuer and monitor instance rendered
+// (brokerconfig.RenderACL) and its ekem/v1 topics moved under prefix: the
+// rules Mosquitto enforces, read by brokerconfig.ACLRules.
 func Allowed(prefix, user, topic string, write bool) bool {
-	p := prefix + "/"
-	switch brokerconfig.ServiceRole(user) {
-	case IssuerUser:
-		if write {
-			return matchAny(topic, p+"ticket/+", p+"root/+", p+"epoch", p+"issuer/online", p+"issuer/key/+")
-		}
-		return matchAny(topic, p+"reg/+", p+"status/+", p+"root/+", p+"epoch")
-	case MonitorUser:
-		// Cohorts' application topics are for their members (acl: the
-		// monitor's deny of {prefix}/app/#); no account here has them.
-		return !write && !within(topic, p+"app") && (within(topic, prefix) || within(topic, "$SYS"))
-	}
+	access := brokerconfig.Read
 	if write {
-		return topic == p+"reg/"+user || topic == p+"status/"+user
+		access = brokerconfig.Write
 	}
-	return topic == p+"ticket/"+user || matchAny(topic, p+"root/+", p+"epoch", p+"issuer/online", p+"issuer/key/+")
+	return rulesFor(prefix).Allows(user, topic, access)
 }
 
-// matchAny reports whether topic (a name, or a filter no wider than the
-// rule) falls under one of the rule filters.
-func matchAny(topic string, rules ...string) bool {
-	for _, r := range rules {
-		if narrower(topic, r) {
-			return true
+var (
+	rulesMu sync.Mutex
+	rules   = map[string]*brokerconfig.ACLRules{}
+)
+
+// rulesFor returns the shipped ACL's rules for prefix, made once.
+func rulesFor(prefix string) *brokerconfig.ACLRules {
+	rulesMu.Lock()
+	defer rulesMu.Unlock()
+	if r, ok := rules[prefix]; ok {
+		return r
+	}
+	text, err := brokerconfig.RenderACL(brokerconfig.ACLOptions{Issuers: brokerconfig.MaxInstances, Monitors: brokerconfig.MaxInstances})
+	if err == nil {
+		var r *brokerconfig.ACLRules
+		if r, err = brokerconfig.ParseACL(text); err == nil {
+			r = r.WithPrefix(wire.DefaultPrefix, prefix)
+			rules[prefix] = r
+			return r
 		}
 	}
-	return false
-}
-
-// narrower reports whether every topic matched by filter f is matched by
-// rule r ('+' in r matches one level; '#' in f is never narrower than '+').
-func narrower(f, r string) bool {
-	fl, rl := strings.Split(f, "/"), strings.Split(r, "/")
-	if len(fl) != len(rl) {
-		return false
-	}
-	for i := range fl {
-		switch {
-		case rl[i] == "+" && fl[i] != "#":
-		case fl[i] == rl[i] && fl[i] != "+" && fl[i] != "#":
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-// within reports whether topic is root itself or below it.
-func within(topic, root string) bool {
-	return topic == root || topic == root+"/#" || bytes.HasPrefix([]byte(topic), []byte(root+"/"))
+	panic("embedbroker: the shipped ACL does not render: " + err.Error()) // a test catches it
 }
