@@ -62,3 +62,38 @@ pattern read #
 		t.Fatalf("shipped acl: %v", err)
 	}
 }
+
+// TestCohortSectionRules: a cohort section lets each member read the
+// cohort's topics and write its own, on top of its device rights; nobody
+// else, the monitor included, reaches them.
+func TestCohortSectionRules(t *testing.T) {
+	sec, err := CohortSection("fleet-a", []string{"dev-1", "dev-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ParseACL(ACL() + sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := CohortTopicRoot + "/fleet-a/"
+	for _, c := range []struct {
+		user, topic string
+		access      Access
+		want        bool
+	}{
+		{"dev-1", app + "+", Read, true},
+		{"dev-1", app + "dev-2", Read, true},
+		{"dev-1", app + "dev-1", Write, true},
+		{"dev-1", app + "dev-2", Write, false},
+		{"dev-1", "ekem/v1/root/3", Read, true}, // its pattern rights stay
+		{"dev-3", app + "dev-1", Read, false},
+		{"dev-3", app + "dev-3", Write, false},
+		{MonitorAccount, app + "dev-1", Read, false},
+		{MonitorAccount, "ekem/v1/status/dev-1", Read, true},
+		{IssuerAccount, app + "dev-1", Read, false},
+	} {
+		if got := a.Allows(c.user, c.topic, c.access); got != c.want {
+			t.Errorf("Allows(%s, %s, %d) = %v, want %v", c.user, c.topic, c.access, got, c.want)
+		}
+	}
+}

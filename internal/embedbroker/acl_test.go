@@ -19,7 +19,8 @@ func aclMatrix(p string) (users, topics []string) {
 	}
 	topics = append(topics, tp.Root(1), tp.Root(77), tp.Epoch(), tp.Online(), tp.IssuerKey(make([]byte, 8)),
 		tp.AllRegistrations(), tp.AllTickets(), tp.AllStatuses(), tp.AllRoots(), tp.AllIssuerKeys(),
-		p+"/#", p+"/root/#", p+"/+/dev-1", "#", "$SYS/#", "$SYS/broker/clients/connected", "other/topic")
+		p+"/#", p+"/root/#", p+"/+/dev-1", "#", "$SYS/#", "$SYS/broker/clients/connected", "other/topic",
+		p+"/app/fleet-a/dev-1", p+"/app/fleet-a/+", p+"/app/#")
 	return users, topics
 }
 
@@ -102,6 +103,11 @@ func TestACLGrantsTheTopicTable(t *testing.T) {
 				}
 				if got := Allowed(p, u, topic, false); !mustRead && got && role == "" {
 					t.Errorf("prefix %s: device %s may read %s", p, u, topic)
+				}
+				// Cohorts' application topics: no cohort section here, so
+				// nobody, the monitor included.
+				if strings.HasPrefix(topic, p+"/app/") && (Allowed(p, u, topic, false) || Allowed(p, u, topic, true)) {
+					t.Errorf("prefix %s: %s has access to %s", p, u, topic)
 				}
 			}
 		}
