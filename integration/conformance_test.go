@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -71,12 +72,37 @@ func TestConformanceIssuerBinary(t *testing.T) {
 	if err := os.WriteFile(devices, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The played ids are made members of one cohort online, through the
+	// running issuer's admin socket, with the CLI an operator uses
+	// (enrolled first: membership needs the issuer's record of the id).
+	store := filepath.Join(dir, "issuer.db")
+	sysWaitFor(t, "the issuer's admin socket", func() bool { _, err := os.Stat(store + ".sock"); return err == nil })
+	enroll := filepath.Join(dir, "enroll.csv")
+	if err := os.WriteFile(enroll, []byte(strings.Join(ids, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := runBin(t, nil, binary(t, "ekem-issuer"), "enroll", "-store", store, enroll); code != 0 {
+		t.Fatalf("enroll: exit %d %s %s", code, out, errOut)
+	}
+	for _, id := range ids {
+		code, out, errOut := runBin(t, nil, binary(t, "ekem-issuer"), "cohort", "-store", store, "-reason", "conformance", id, "conf-cohort")
+		if code != 0 || !strings.Contains(out, "member of cohort conf-cohort") {
+			t.Fatalf("cohort %s: exit %d %s %s", id, code, out, errOut)
+		}
+	}
+	code, out, _ := runBin(t, nil, binary(t, "ekem-issuer"), "audit", "-store", store)
+	if strings.Count(out, "cohort (none) -> conf-cohort") != len(ids) || !strings.Contains(out, "via admin socket") {
+		t.Fatalf("audit (exit %d) does not show the online cohort changes:\n%s", code, out)
+	}
 	kit := startProc(t, "ekemctl conformance issuer", nil, binary(t, "ekemctl"), "conformance", "issuer",
-		"-broker", b.URL(), "-issuer-pub", pubFile, "-devices-file", devices)
-	code := exitCode(t, kit, 3*time.Minute)
-	out := strings.Join(kit.stdout.all(), "\n")
+		"-broker", b.URL(), "-issuer-pub", pubFile, "-devices-file", devices, "-cohort", "conf-cohort")
+	code = exitCode(t, kit, 3*time.Minute)
+	out = strings.Join(kit.stdout.all(), "\n")
 	t.Logf("kit:\n%s", out)
 	if code != 0 || !strings.Contains(out, " 0 failed") {
 		t.Fatalf("exit %d; kit stderr:\n%s\nissuer stderr:\n%s", code, kit.stderr.tail(20), iss.stderr.tail(40))
+	}
+	if !regexp.MustCompile(`cohort group seed +§7\.7.* PASS`).MatchString(out) {
+		t.Fatal("the kit did not check the cohort group seed")
 	}
 }

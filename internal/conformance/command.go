@@ -72,6 +72,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	issuerPub := fs.String("issuer-pub", "", "issuer mode: the issuer's public key PEM file(s), comma separated")
 	devicesFile := fs.String("devices-file", "", `issuer mode: file of "device-id password" lines (at least 3)`)
 	kemName := fs.String("kem", "ML-KEM-768", "issuer mode: KEM of the played devices")
+	cohortID := fs.String("cohort", "", "issuer mode: the cohort the played ids were made members of before the run (enroll them, then ekem-issuer cohort ID COHORT); checks the group seed (PROTOCOL.md §7.7)")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -163,7 +164,8 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if id == 0 {
 			return fail("-kem: unknown %q", *kemName)
 		}
-		rep, err = RunIssuer(ctx, IssuerOptions{Broker: b, Devices: accts, IssuerKeys: pins, KEM: id, Timing: timing, Logger: log})
+		rep, err = RunIssuer(ctx, IssuerOptions{Broker: b, Devices: accts, IssuerKeys: pins, KEM: id, Timing: timing, Logger: log,
+			Cohort: *cohortID})
 		if err != nil {
 			return fail("%v", err)
 		}

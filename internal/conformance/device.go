@@ -15,6 +15,8 @@ import (
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/batch"
 	"github.com/entropykem/entropykem/pkg/kem"
+	"github.com/entropykem/entropykem/pkg/keyschedule"
+	"github.com/entropykem/entropykem/pkg/merkle"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -60,6 +62,8 @@ const (
 	RuleGap              = "gap"
 	RuleChain            = "chain"
 	RuleNextNotTaken     = "next key not taken"
+	RuleGroupSeed        = "cohort group seed"
+	RuleBadGroupSeed     = "group seed that does not open"
 	RuleRetiredKey       = "retired key"
 	RuleRekey            = "re-key"
 	RuleStale            = "stale"
@@ -210,6 +214,12 @@ type ticketSpec struct {
 	// chunked issues a streamed epoch (PROTOCOL.md §5.5): the device's
 	// ticket and three fillers in chunks of 2 leaves, chunk by chunk.
 	chunked bool
+	// cohort, if set, makes the device a member of that cohort: the body
+	// carries a fresh group seed (fields 11, 12; PROTOCOL.md §7.7).
+	// badSeal seals it under another audience's seed key, so the device
+	// cannot open it (a tree of the device's ticket alone).
+	cohort  string
+	badSeal bool
 }
 
 // issue builds a ticket and its root per s (defaults: to the device, now,
@@ -228,6 +238,13 @@ func (r *deviceRun) issue(s ticketSpec) (issued, error) {
 		s.signer = r.o.IssuerKey
 	}
 	dev := batch.Device{ID: s.aud, Key: s.key, Prev: s.prev, Purpose: "conformance", Group: "kit"}
+	if s.cohort != "" {
+		dev.Cohort, dev.GroupSeed = s.cohort, make([]byte, keyschedule.GroupSeedSize)
+		rand.Read(dev.GroupSeed)
+	}
+	if s.badSeal {
+		return r.issueBadSeal(s, dev)
+	}
 	if s.chunked {
 		return r.issueChunked(s, dev)
 	}
@@ -241,6 +258,41 @@ func (r *deviceRun) issue(s ticketSpec) (issued, error) {
 		}
 	}
 	return issued{}, errors.New("conformance: ticket not issued")
+}
+
+// issueBadSeal issues dev alone in its epoch with a well-formed, validly
+// signed body whose group seed is sealed for another audience: only the
+// device's opening of the seed can refuse it.
+func (r *deviceRun) issueBadSeal(s ticketSpec, dev batch.Device) (issued, error) {
+	prev := dev.Prev
+	if prev == nil {
+		prev = make([]byte, 32)
+	}
+	sch := dev.Key.Scheme()
+	body := &wire.TicketBody{Version: wire.Version, Aud: dev.ID, Epoch: s.epoch, IssuedAt: uint64(s.issuedAt.Unix()), TTL: s.ttl,
+		KEMAlg: sch.ID(), Ciphertext: make([]byte, sch.CiphertextSize()), Prev: prev, PKHash: dev.Key.Hash(),
+		Purpose: dev.Purpose, Group: dev.Group, Cohort: dev.Cohort, SealedGroupSeed: make([]byte, wire.SealedGroupSeedSize)}
+	d, err := wire.DraftTicket(body, 0)
+	if err != nil {
+		return issued{}, err
+	}
+	ss := make([]byte, kem.SharedKeySize)
+	if err := dev.Key.EncapsulateTo(d.Ciphertext(), ss); err != nil {
+		return issued{}, err
+	}
+	if err := keyschedule.SealGroupSeedTo(d.SealedGroupSeed(), ss, s.epoch, dev.Cohort, "x"+dev.ID, dev.GroupSeed); err != nil {
+		return issued{}, err
+	}
+	leaf := merkle.LeafHash(d.Body())
+	ticket, err := d.Finish(0, 1, [][]byte{})
+	if err != nil {
+		return issued{}, err
+	}
+	signed, _, err := batch.SignRoot(s.signer, batch.Params{Epoch: s.epoch, IssuedAt: body.IssuedAt, TTL: s.ttl}, 1, batch.OneChunk, [][]byte{leaf})
+	if err != nil {
+		return issued{}, err
+	}
+	return issued{ticket: ticket, root: signed}, nil
 }
 
 // issueChunked issues a streamed epoch of the device and three fillers in
@@ -657,6 +709,21 @@ func (r *deviceRun) rules(rep *Report) {
 			return err
 		}
 		return r.expectAccepted(e, x, false) // which checks next_pk is fresh
+	})
+	rep.add(RuleGroupSeed, "§5.2 §7.7 (a cohort member's ticket is accepted)", func() error {
+		e := r.epoch + 1
+		probe = e
+		x, err := r.issue(ticketSpec{epoch: e, key: r.next, prev: r.hash, cohort: "kit-cohort"})
+		if err != nil {
+			return err
+		}
+		if err := r.publish(e, x, false); err != nil {
+			return err
+		}
+		return r.expectAccepted(e, x, false)
+	})
+	rep.add(RuleBadGroupSeed, "§7.7 §8.2 rule 7, reason 1", func() error {
+		return r.reject(ticketSpec{epoch: nextProbe(), cohort: "kit-cohort", badSeal: true}, nil, wire.StateRejected, accept.ReasonMalformed)
 	})
 	rep.add(RuleRetiredKey, "§8.1 §8.2 rule 3 (a retired key is refused)", func() error {
 		if r.retired == nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/entropykem/entropykem/internal/mqttc"
@@ -41,6 +42,11 @@ type IssuerOptions struct {
 	// issuing periods (default 10 s; run the issuer with a short period).
 	Timing Timing
 	Logger *slog.Logger
+	// Cohort, if set, is the cohort the operator made every played device
+	// a member of before the run (the ids enrolled, then
+	// "ekem-issuer cohort ID COHORT"): RuleIssuerGroupKey then checks
+	// PROTOCOL.md §7.7 on every ticket. Empty skips that rule.
+	Cohort string
 }
 
 // Issuer rule names, in the order RunIssuer runs them.
@@ -56,6 +62,7 @@ const (
 	RuleIssuerUnprovenKey = "key change without proof"
 	RuleIssuerHostile     = "hostile input"
 	RuleIssuerChain       = "prev chains tickets"
+	RuleIssuerGroupKey    = "cohort group seed"
 	minIssuerModeDevices  = 3
 	defaultIssuerModeKEM  = kem.MLKEM768
 )
@@ -77,6 +84,10 @@ type kitDevice struct {
 	online  *wire.Online
 	chain   []string // violations of §5.2's prev
 	infoErr error
+	// groups are the group keys derived from the accepted tickets, by
+	// epoch; cohortErrs what §7.7 violations the tickets showed.
+	groups     map[uint64][]byte
+	cohortErrs []string
 }
 
 type issuerRun struct {
@@ -281,6 +292,18 @@ func (d *kitDevice) accept(g *got, extra kem.PrivateKey) (*accept.Result, error)
 		d.chain = append(d.chain, fmt.Sprintf("%s epoch %d: first ticket's prev is not zero", d.id, g.body.Epoch))
 	}
 	d.st, d.epoch, d.hash, d.res, d.used = res.State, g.body.Epoch, res.TicketHash, res, g.body.PKHash
+	if want := d.run.o.Cohort; want != "" {
+		switch {
+		case g.body.Cohort != want || res.State.Group == nil:
+			d.cohortErrs = append(d.cohortErrs, fmt.Sprintf("%s epoch %d: cohort %q, want %q with a group seed", d.id, g.body.Epoch, g.body.Cohort, want))
+		default:
+			k, _ := res.State.Group.KeyOf(g.body.Epoch)
+			if d.groups == nil {
+				d.groups = map[uint64][]byte{}
+			}
+			d.groups[g.body.Epoch] = bytes.Clone(k)
+		}
+	}
 	return res, nil
 }
 
@@ -537,6 +560,38 @@ func (r *issuerRun) rules(rep *Report) {
 		}
 		_, err = b.nextAccepted(nil)
 		return err
+	})
+	rep.add(RuleIssuerGroupKey, "§7.7 (one group seed per cohort and epoch, sealed for each member)", func() error {
+		if r.o.Cohort == "" {
+			return skip("no cohort given (-cohort): make the played ids members and name it")
+		}
+		var errs []string
+		byEpoch := map[uint64][]byte{}
+		byKey := map[string]uint64{}
+		shared := 0
+		for _, d := range r.devs {
+			errs = append(errs, d.cohortErrs...)
+			for e, k := range d.groups {
+				if prev, ok := byEpoch[e]; ok {
+					shared++
+					if !bytes.Equal(prev, k) {
+						errs = append(errs, fmt.Sprintf("epoch %d: members derived different group keys (the seeds differ)", e))
+					}
+					continue
+				}
+				if e2, ok := byKey[string(k)]; ok {
+					errs = append(errs, fmt.Sprintf("epochs %d and %d: the same group key (a seed reused)", e, e2))
+				}
+				byEpoch[e], byKey[string(k)] = k, e
+			}
+		}
+		if len(errs) > 0 {
+			return fmt.Errorf("%s", strings.Join(errs, "; "))
+		}
+		if shared == 0 {
+			return errors.New("no epoch in which two played devices got a ticket: nothing to compare")
+		}
+		return nil
 	})
 	rep.add(RuleIssuerChain, "§5.2 (prev)", func() error {
 		var all []string

@@ -31,6 +31,21 @@ func TestIssuerKitPassesIssuer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer iss.Close()
+	// The played ids are members of one cohort (PROTOCOL.md §7.7), as an
+	// operator sets it up before a run: enrolled, then made members.
+	op := issuer.Operator{Actor: "test", Reason: "conformance cohort"}
+	var enr []issuer.Enrollment
+	for _, id := range ids {
+		enr = append(enr, issuer.Enrollment{ID: id})
+	}
+	if _, err := iss.Admin().Enroll(enr, op); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if err := iss.Admin().(issuer.CohortAdmin).SetCohort(id, "kit-cohort", op); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	go func() {
@@ -42,7 +57,7 @@ func TestIssuerKitPassesIssuer(t *testing.T) {
 	for _, id := range ids {
 		accts = append(accts, Account{ID: id, Password: b.Account(id).Password})
 	}
-	rep, err := RunIssuer(ctx, IssuerOptions{Broker: Broker{URL: b.URL()}, Devices: accts, IssuerKeys: pins})
+	rep, err := RunIssuer(ctx, IssuerOptions{Broker: Broker{URL: b.URL()}, Devices: accts, IssuerKeys: pins, Cohort: "kit-cohort"})
 	if err != nil {
 		t.Fatal(err)
 	}
