@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/crypto/chacha20poly1305"
 
+	"github.com/entropykem/entropykem/internal/atomicfile"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/cbor"
 	"github.com/entropykem/entropykem/pkg/wire"
@@ -60,7 +61,7 @@ const (
 	regFileName    = "registration.cbor"
 	statusFileName = "status.cbor"
 	lockFileName   = "lock"
-	tmpInfix       = ".tmp-"
+	tmpInfix       = atomicfile.TempInfix
 
 	// StateFileVersion is the format version byte of state.bin.
 	StateFileVersion = 1
@@ -289,44 +290,15 @@ func readOptional(path string, max int) ([]byte, error) {
 // writeAtomic replaces dir/name with data crash-safely: a temporary file
 // in dir, fsync, rename over dir/name, fsync of dir. After a crash dir/name
 // is either the old or the new content, never a mix.
-func writeAtomic(dir, name string, data []byte) (err error) {
-	f, err := os.CreateTemp(dir, name+tmpInfix+"*")
-	if err != nil {
-		return fmt.Errorf("device: write %s: %w", name, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmp)
-		}
-	}()
-	if _, err = f.Write(data); err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("device: write %s: %w", name, err)
-	}
-	if err = os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return fmt.Errorf("device: write %s: %w", name, err)
-	}
-	if err = syncDir(dir); err != nil {
-		return fmt.Errorf("device: write %s: %w", name, err)
+func writeAtomic(dir, name string, data []byte) error {
+	if err := atomicfile.Write(filepath.Join(dir, name), data, atomicfile.Options{}); err != nil {
+		return fmt.Errorf("device: %w", err)
 	}
 	return nil
 }
 
 // syncDir fsyncs a directory so a rename in it is durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
+func syncDir(dir string) error { return atomicfile.SyncDir(dir) }
 
 // cleanTemps removes temporary files a crash left in dir. It runs only
 // under the directory lock, so no live writer owns them.

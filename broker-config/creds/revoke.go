@@ -12,6 +12,7 @@ import (
 	"time"
 
 	brokerconfig "github.com/entropykem/entropykem/broker-config"
+	"github.com/entropykem/entropykem/internal/atomicfile"
 )
 
 // ErrUnknownAccount: Revoke found the name neither in the password file nor
@@ -157,44 +158,19 @@ func revokeCert(dir, certFile string) (crl []byte, serial *big.Int, already bool
 	return crl, cert.SerialNumber, false, err
 }
 
-// replaceFile atomically replaces path with data, keeping its mode (and its
-// owner where it may): write a
-// temporary file in the same directory, fsync it, rename it over path and
-// fsync the directory.
-func replaceFile(path string, data []byte) (err error) {
+// replaceFile replaces path with data crash-safely (internal/atomicfile),
+// keeping its mode (and its owner where it may).
+func replaceFile(path string, data []byte) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return fmt.Errorf("creds: %w", err)
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("creds: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			os.Remove(tmp.Name())
-		}
-	}()
-	keepOwner(tmp, fi)
-	if err = tmp.Chmod(fi.Mode().Perm()); err == nil {
-		_, err = tmp.Write(data)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
+	err = atomicfile.Write(path, data, atomicfile.Options{Mode: fi.Mode().Perm(), Prepare: func(f *os.File) error {
+		keepOwner(f, fi)
+		return nil
+	}})
 	if err != nil {
 		return fmt.Errorf("creds: replace %s: %w", path, err)
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		_ = d.Sync() // best effort: the rename is done
-		d.Close()
 	}
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/entropykem/entropykem/internal/atomicfile"
 )
 
 // Errors of AddDevices and RemoveDevices.
@@ -250,29 +252,10 @@ func writePasswordLines(dir string, lines []string) error {
 	return ReplaceFile(PasswordFile(dir), []byte(b.String()), 0o600)
 }
 
-// ReplaceFile writes data to path through a temporary file in the same
-// directory that is synced and renamed over path, so a reader sees the old
-// or the new content, never a mix.
+// ReplaceFile writes data to path crash-safely (internal/atomicfile): a
+// reader sees the old or the new content, never a mix.
 func ReplaceFile(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return fmt.Errorf("creds: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // after a successful rename, there is nothing to remove
-	err = tmp.Chmod(mode)
-	if err == nil {
-		_, err = tmp.Write(data)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
+	if err := atomicfile.Write(path, data, atomicfile.Options{Mode: mode}); err != nil {
 		return fmt.Errorf("creds: %w", err)
 	}
 	return nil

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/entropykem/entropykem/internal/atomicfile"
 	"github.com/entropykem/entropykem/pkg/cohort"
 	"github.com/entropykem/entropykem/pkg/tpmcohort"
 )
@@ -185,65 +186,18 @@ func decodeSecret(b []byte, src string) ([]byte, error) {
 	return secret, nil
 }
 
-// writeBlob writes data to dir/cohort.blob crash-safely (PROTOCOL.md §8.5):
-// a temporary file in dir (mode 0600), fsync, then a rename over the old
-// blob with force, or a hard link that fails if a blob appeared meanwhile
-// without it, then fsync of dir. dir is created (0700) if missing. On
-// failure no blob is left half-written.
+// writeBlob writes data to dir/cohort.blob crash-safely (PROTOCOL.md §8.5,
+// internal/atomicfile): over the old blob with force, else only if there
+// is none. dir is created (0700) if missing. On failure no blob is left
+// half-written.
 func writeBlob(dir string, data []byte, force bool) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
 	path := filepath.Join(dir, blobFileName)
-	f, err := os.CreateTemp(dir, blobFileName+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a rename or a link, tmp is gone or a second name
-	if err := writeSync(f, data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if force {
-		err = os.Rename(tmp, path)
-	} else if err = os.Link(tmp, path); errors.Is(err, fs.ErrExist) {
+	err := atomicfile.Write(path, data, atomicfile.Options{NoReplace: !force})
+	if errors.Is(err, fs.ErrExist) {
 		return errBlobExists(path)
-	} else if err != nil { // a file system without hard links
-		if _, serr := os.Lstat(path); serr == nil {
-			return errBlobExists(path)
-		}
-		err = os.Rename(tmp, path)
 	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("write %s: sync directory: %w", path, err)
-	}
-	return nil
-}
-
-func writeSync(f *os.File, data []byte) error {
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return err
 }
