@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"time"
 
 	brokerconfig "github.com/entropykem/entropykem/broker-config"
+	"github.com/entropykem/entropykem/internal/brokerconn"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
@@ -185,27 +185,9 @@ func (c Config) Validate() error {
 		return bad("timeout must not be negative, got %v", c.Timeout)
 	}
 	if c.Broker != "" {
-		if err := ValidateBrokerURL(c.Broker); err != nil {
-			return bad("%v", err)
+		if err := brokerconn.CheckURL(c.Broker); err != nil {
+			return bad("broker: %v", err)
 		}
-	}
-	return nil
-}
-
-// ValidateBrokerURL checks that u is scheme://host:port with a scheme
-// paho understands (tcp, mqtt, ssl, tls, mqtts, ws, wss).
-func ValidateBrokerURL(u string) error {
-	p, err := url.Parse(u)
-	if err != nil {
-		return fmt.Errorf("broker %q: %w", u, err)
-	}
-	switch p.Scheme {
-	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
-	default:
-		return fmt.Errorf("broker %q: scheme must be tcp, mqtt, ssl, tls, mqtts, ws or wss", u)
-	}
-	if p.Hostname() == "" || p.Port() == "" {
-		return fmt.Errorf("broker %q: needs host:port", u)
 	}
 	return nil
 }

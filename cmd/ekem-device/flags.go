@@ -3,13 +3,11 @@ package main
 import (
 	"bytes"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/entropykem/entropykem/broker-config/creds"
 	"github.com/entropykem/entropykem/device"
+	"github.com/entropykem/entropykem/internal/brokerconn"
 	"github.com/entropykem/entropykem/internal/cliflag"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/cohort"
@@ -235,20 +234,10 @@ func (o *opts) brokerURL() (string, error) {
 	if o.broker == "" {
 		return "", usageErr("%s is required", o.src("broker"))
 	}
-	u, err := url.Parse(o.broker)
-	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") {
-		return "", usageErr("%s: %q is not a broker URL like tcp://host:1883", o.src("broker"), o.broker)
+	if err := brokerconn.CheckURL(o.broker); err != nil {
+		return "", usageErr("%s: %v", o.src("broker"), err)
 	}
-	switch u.Scheme {
-	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
-		return o.broker, nil
-	}
-	return "", usageErr("%s: unsupported scheme %q (tcp, ssl, tls, mqtt, mqtts, ws, wss)", o.src("broker"), u.Scheme)
-}
-
-func (o *opts) secure() bool {
-	u, _ := url.Parse(o.broker)
-	return u != nil && (u.Scheme == "ssl" || u.Scheme == "tls" || u.Scheme == "mqtts" || u.Scheme == "wss")
+	return o.broker, nil
 }
 
 // readSecret reads a small secret file named by flag name.
@@ -353,32 +342,13 @@ func (o *opts) cohortSecret(stderr io.Writer) (cohort.Secret, error) {
 	return s, nil
 }
 
-// tlsConfig builds the TLS configuration from -ca, -cert and -key, or nil
-// for a plain connection with no TLS flags.
+// tlsConfig builds the TLS configuration from -tls-ca, -tls-cert and
+// -tls-key, or nil for a plain connection with no TLS flags.
 func (o *opts) tlsConfig() (*tls.Config, error) {
-	if o.ca == "" && o.cert == "" && o.key == "" && !o.secure() {
-		return nil, nil
-	}
-	c := &tls.Config{MinVersion: tls.VersionTLS12}
-	if o.ca != "" {
-		pem, err := os.ReadFile(o.ca)
-		if err != nil {
-			return nil, usageErr("%s: %v", o.src(cliflag.TLSCA), err)
-		}
-		c.RootCAs = x509.NewCertPool()
-		if !c.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, usageErr("%s: %s holds no PEM certificate", o.src(cliflag.TLSCA), o.ca)
-		}
-	}
-	if (o.cert == "") != (o.key == "") {
-		return nil, usageErr("%s and %s go together", o.src(cliflag.TLSCert), o.src(cliflag.TLSKey))
-	}
-	if o.cert != "" {
-		pair, err := tls.LoadX509KeyPair(o.cert, o.key)
-		if err != nil {
-			return nil, usageErr("%s/%s: %v", o.src(cliflag.TLSCert), o.src(cliflag.TLSKey), err)
-		}
-		c.Certificates = []tls.Certificate{pair}
+	c, err := brokerconn.TLS(brokerconn.Files{CA: o.ca, Cert: o.cert, Key: o.key,
+		CAName: o.src(cliflag.TLSCA), CertName: o.src(cliflag.TLSCert), KeyName: o.src(cliflag.TLSKey)}, brokerconn.Secure(o.broker))
+	if err != nil {
+		return nil, usageErr("%v", err)
 	}
 	return c, nil
 }

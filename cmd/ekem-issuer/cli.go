@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/entropykem/entropykem/internal/brokerconn"
 	"github.com/entropykem/entropykem/internal/cliflag"
 	"github.com/entropykem/entropykem/issuer"
 	"github.com/entropykem/entropykem/issuer/adminsock"
@@ -339,14 +338,14 @@ func (f *runFlags) check() error {
 	case f.leaseTTL < 0:
 		return bad("-lease-ttl must not be negative, got %v", f.leaseTTL)
 	}
-	if err := issuer.ValidateBrokerURL(f.broker); err != nil {
+	if err := brokerconn.CheckURL(f.broker); err != nil {
 		return bad("-broker: %v", err)
 	}
 	if _, err := parseLevel(f.logLevel); err != nil {
 		return bad("-log-level: %v", err)
 	}
 	if f.ca != "" || f.cert != "" {
-		if s := strings.SplitN(f.broker, "://", 2)[0]; s != "ssl" && s != "tls" && s != "mqtts" && s != "wss" {
+		if !brokerconn.Secure(f.broker) {
 			return bad("-tls-ca, -tls-cert and -tls-key need an ssl://, tls://, mqtts:// or wss:// broker, got %q", f.broker)
 		}
 	}
@@ -443,7 +442,8 @@ func (f *runFlags) config(log *slog.Logger) (issuer.Config, error) {
 	if err := makeStoreDir(f.store); err != nil {
 		return issuer.Config{}, err
 	}
-	tlsCfg, err := loadTLS(f.ca, f.cert, f.keyfile)
+	tlsCfg, err := brokerconn.TLS(brokerconn.Files{CA: f.ca, Cert: f.cert, Key: f.keyfile,
+		CAName: "-" + cliflag.TLSCA, CertName: "-" + cliflag.TLSCert, KeyName: "-" + cliflag.TLSKey}, false)
 	if err != nil {
 		return issuer.Config{}, err
 	}
@@ -486,32 +486,6 @@ func readKey(name, path string, log *slog.Logger) (*signature.PrivateKey, error)
 		log.Warn("issuer secret key file is readable by others; chmod 600 it", "file", path, "mode", st.Mode().Perm().String())
 	}
 	return k, nil
-}
-
-func loadTLS(ca, cert, key string) (*tls.Config, error) {
-	if ca == "" && cert == "" {
-		return nil, nil
-	}
-	c := &tls.Config{MinVersion: tls.VersionTLS12}
-	if ca != "" {
-		b, err := readLimited(ca, 1<<20)
-		if err != nil {
-			return nil, fmt.Errorf("-tls-ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("-tls-ca %s: no PEM certificates", ca)
-		}
-		c.RootCAs = pool
-	}
-	if cert != "" {
-		kp, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, fmt.Errorf("-tls-cert/-tls-key: %w", err)
-		}
-		c.Certificates = []tls.Certificate{kp}
-	}
-	return c, nil
 }
 
 func serveMetrics(addr string, iss *issuer.Issuer, log *slog.Logger) (*http.Server, error) {

@@ -63,7 +63,7 @@ func TestRunFlagErrors(t *testing.T) {
 		{append(base, "-ca", "ca.pem"), nil, "need an ssl://", 2},
 		{append(base, "-log-level", "loud"), nil, "-log-level", 2},
 		{append(base, "extra"), nil, `unexpected argument "extra"`, 2},
-		{[]string{"run", "-broker", "http://x:1", "-key", "k", "-store", "s"}, nil, "scheme must be", 2},
+		{[]string{"run", "-broker", "http://x:1", "-key", "k", "-store", "s"}, nil, "unsupported scheme", 2},
 		{base, nil, "-signing-key: open k.pem", 1},
 		{[]string{"frobnicate"}, nil, `unknown command "frobnicate"`, 2},
 		{append(base, "-lease-ttl", "1s"), nil, "-lease-ttl needs a postgres:// store", 2},

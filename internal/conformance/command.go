@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +14,7 @@ import (
 	"time"
 
 	brokerconfig "github.com/entropykem/entropykem/broker-config"
+	"github.com/entropykem/entropykem/internal/brokerconn"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/signature"
 )
@@ -88,15 +87,10 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	b := Broker{URL: *broker, Prefix: *prefix}
 	if *ca != "" {
-		pemBytes, err := os.ReadFile(*ca)
-		if err != nil {
+		var err error
+		if b.TLS, err = brokerconn.TLS(brokerconn.Files{CA: *ca, CAName: "-tls-ca"}, false); err != nil {
 			return fail("%v", err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pemBytes) {
-			return fail("-tls-ca %s holds no certificate", *ca)
-		}
-		b.TLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	var log *slog.Logger
 	if *verbose {

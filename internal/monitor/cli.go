@@ -3,8 +3,6 @@ package monitor
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -21,6 +19,7 @@ import (
 
 	brokerconfig "github.com/entropykem/entropykem/broker-config"
 	"github.com/entropykem/entropykem/broker-config/creds"
+	"github.com/entropykem/entropykem/internal/brokerconn"
 	"github.com/entropykem/entropykem/internal/cliflag"
 	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/pkg/signature"
@@ -231,7 +230,8 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (int, error) 
 	if err != nil {
 		return ExitUsage, err
 	}
-	tlsConf, err := loadTLS(o)
+	tlsConf, err := brokerconn.TLS(brokerconn.Files{CA: o.CA, Cert: o.Cert, Key: o.Key,
+		CAName: "-" + cliflag.TLSCA, CertName: "-" + cliflag.TLSCert, KeyName: "-" + cliflag.TLSKey}, false)
 	if err != nil {
 		return ExitUsage, err
 	}
@@ -400,32 +400,6 @@ func loadPins(list string) (*signature.KeySet, error) {
 		return nil, errors.New("-issuer-pub: no key")
 	}
 	return signature.NewKeySet(keys...)
-}
-
-func loadTLS(o Options) (*tls.Config, error) {
-	if o.CA == "" && o.Cert == "" {
-		return nil, nil
-	}
-	c := &tls.Config{MinVersion: tls.VersionTLS12}
-	if o.CA != "" {
-		b, err := readSmall(o.CA)
-		if err != nil {
-			return nil, fmt.Errorf("-tls-ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("-tls-ca %s: no PEM certificates", o.CA)
-		}
-		c.RootCAs = pool
-	}
-	if o.Cert != "" {
-		kp, err := tls.LoadX509KeyPair(o.Cert, o.Key)
-		if err != nil {
-			return nil, fmt.Errorf("-tls-cert/-tls-key: %w", err)
-		}
-		c.Certificates = []tls.Certificate{kp}
-	}
-	return c, nil
 }
 
 // readSmall reads a key, certificate or password file of at most 1 MiB.
