@@ -7,7 +7,6 @@ package integration
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/entropykem/entropykem/device"
+	"github.com/entropykem/entropykem/internal/logbuf"
 	"github.com/entropykem/entropykem/internal/mosquittotest"
 	"github.com/entropykem/entropykem/internal/natstest"
 	ekissuer "github.com/entropykem/entropykem/issuer"
@@ -38,24 +38,9 @@ const sysTimeout = 10 * time.Second
 // (IssueEpoch), so it only sets the default ticket ttl (2 periods).
 const sysPeriod = time.Minute
 
-// logBuffer is an io.Writer safe for concurrent use that keeps everything
-// written to it: the issuer's and devices' JSON logs.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+// logBuffer keeps the issuer's and devices' JSON logs (logbuf.Buffer)
+// and decodes them.
+type logBuffer struct{ logbuf.Buffer }
 
 // records decodes every JSON log line (slog.JSONHandler output).
 func (l *logBuffer) records(t testing.TB) []map[string]any {

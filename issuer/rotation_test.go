@@ -9,12 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/entropykem/entropykem/internal/logbuf"
 	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/pkg/keyschedule"
 	"github.com/entropykem/entropykem/pkg/signature"
@@ -153,24 +153,6 @@ func TestKeyRotationSwitch(t *testing.T) {
 	signedOnlyBy(t, root, 8, k1, k0)
 }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestKeyRotationRefusedWithoutNextKey: an issuer started without the
 // announced next key signs the overlap with the old key, then refuses the
 // first epoch of the new key (no fallback to the old one): ErrSigningKey
@@ -178,7 +160,7 @@ func (s *syncBuffer) String() string {
 // store file not changed by one byte. A restart then fails fast, and one
 // with the next key issues that epoch with it.
 func TestKeyRotationRefusedWithoutNextKey(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	e := newEnv(t, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
 	k0, k1 := e.cfg.Key, testKey(t, 0x11)
 	e.register(newDevice(t, "dev-1"))

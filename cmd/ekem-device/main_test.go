@@ -1,39 +1,20 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/entropykem/entropykem/internal/logbuf"
 	"github.com/entropykem/entropykem/pkg/batch"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/signature"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // files holds the provisioning files of a test fleet.
 type files struct {
@@ -125,7 +106,7 @@ func TestUsageErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			var out, errb syncBuffer
+			var out, errb logbuf.Buffer
 			code := execute(t.Context(), c.args, env(c.env), &out, &errb)
 			if code != 2 {
 				t.Fatalf("exit %d, want 2; stderr: %s", code, errb.String())
@@ -148,7 +129,7 @@ func TestUsageErrors(t *testing.T) {
 
 func TestHelp(t *testing.T) {
 	for _, args := range [][]string{{"-h"}, {"help"}, {"run", "-h"}, {"fleet", "-h"}, {"next-key", "-h"}} {
-		var out, errb syncBuffer
+		var out, errb logbuf.Buffer
 		if code := execute(t.Context(), args, env(nil), &out, &errb); code != 0 {
 			t.Fatalf("%v: exit %d", args, code)
 		}
@@ -184,7 +165,7 @@ func regDevice(t *testing.T, b []byte) batch.Device {
 
 // waitFor waits (guarding against a hang, not timing anything) until
 // buf matches re.
-func waitFor(t *testing.T, buf *syncBuffer, re string) string {
+func waitFor(t *testing.T, buf *logbuf.Buffer, re string) string {
 	t.Helper()
 	rx := regexp.MustCompile(re)
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
@@ -203,7 +184,7 @@ func TestFleetAndNextKey(t *testing.T) {
 	iss := dialRecorder(t, url, "ekem-issuer", topics.AllRegistrations(), topics.AllStatuses())
 	base := filepath.Join(f.dir, "fleet")
 	ctx, cancel := context.WithCancel(t.Context())
-	var out, errb syncBuffer
+	var out, errb logbuf.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- execute(ctx, []string{"fleet", "-n", "2", "-broker", url, "-passwords", f.passwords, "-state", base,
@@ -232,7 +213,7 @@ func TestFleetAndNextKey(t *testing.T) {
 	}
 	// The state directory is locked while the fleet runs.
 	nk := []string{"next-key", "-id", "dev-0001", "-state", filepath.Join(base, "dev-0001"), "-cohort-file", f.cohort}
-	var o2, e2 syncBuffer
+	var o2, e2 logbuf.Buffer
 	if code := execute(t.Context(), nk, env(nil), &o2, &e2); code != 1 || !strings.Contains(e2.String(), "in use by another agent") {
 		t.Fatalf("next-key on a running device: exit %d, %s", code, e2.String())
 	}
@@ -251,7 +232,7 @@ func TestFleetAndNextKey(t *testing.T) {
 	// from each other and from the epoch key's.
 	var fps []string
 	for ctr := range 2 {
-		var o, e syncBuffer
+		var o, e logbuf.Buffer
 		if code := execute(t.Context(), nk, env(nil), &o, &e); code != 0 {
 			t.Fatalf("next-key exit %d: %s", code, e.String())
 		}
@@ -266,7 +247,7 @@ func TestFleetAndNextKey(t *testing.T) {
 		t.Fatalf("fingerprints %v, epoch key %s", fps, fp1)
 	}
 	// next-key on a directory without a device creates nothing.
-	var o, e syncBuffer
+	var o, e logbuf.Buffer
 	empty := filepath.Join(f.dir, "empty")
 	if code := execute(t.Context(), []string{"next-key", "-id", "dev-0009", "-state", empty, "-cohort-file", f.cohort}, env(nil), &o, &e); code != 1 ||
 		!strings.Contains(e.String(), "no device state") {
@@ -288,7 +269,7 @@ func TestRunFromEnvironment(t *testing.T) {
 		"EKEM_COHORT_FILE": f.cohort, "EKEM_PREFIX": "site/ekem", "EKEM_KEM": "ML-KEM-768",
 	}
 	ctx, cancel := context.WithCancel(t.Context())
-	var out, errb syncBuffer
+	var out, errb logbuf.Buffer
 	done := make(chan int, 1)
 	go func() { done <- execute(ctx, []string{"run"}, env(e), &out, &errb) }()
 	d := regDevice(t, iss.Wait(topics.Registration("sensor-7"), 1))

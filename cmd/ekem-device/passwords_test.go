@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/entropykem/entropykem/broker-config/creds"
+	"github.com/entropykem/entropykem/internal/logbuf"
 )
 
 // TestFleetPasswordsFromMkcreds: fleet -passwords takes a mkcreds
@@ -30,7 +31,7 @@ func TestFleetPasswordsFromMkcreds(t *testing.T) {
 		os.WriteFile(filepath.Join(bare, id), []byte(a.Password+"\n"), 0o600)
 	}
 	for _, dir := range []string{mk, envDir, bare} {
-		o := newOpts("fleet", "", &syncBuffer{}, "passwords", "password", "password-file")
+		o := newOpts("fleet", "", &logbuf.Buffer{}, "passwords", "password", "password-file")
 		if err := o.parse([]string{"-passwords", dir}, env(nil)); err != nil {
 			t.Fatal(err)
 		}
@@ -47,7 +48,7 @@ func TestFleetPasswordsFromMkcreds(t *testing.T) {
 	// dev-0002's file holds dev-0001's account: refused, naming both.
 	b, _ := os.ReadFile(creds.AccountFile(mk, "dev-0001"))
 	os.WriteFile(creds.AccountFile(mk, "dev-0002"), b, 0o600)
-	o := newOpts("fleet", "", &syncBuffer{}, "passwords", "password", "password-file")
+	o := newOpts("fleet", "", &logbuf.Buffer{}, "passwords", "password", "password-file")
 	o.parse([]string{"-passwords", mk}, env(nil))
 	if _, err := fleetPasswords(o, ids); err == nil || !strings.Contains(err.Error(), `account file of "dev-0001", but the username is "dev-0002"`) {
 		t.Fatalf("another device's account file: %v", err)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/entropykem/entropykem/internal/logbuf"
 	"github.com/entropykem/entropykem/internal/swtpmtest"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -20,7 +21,7 @@ func TestRunRefusesLostStateThenReenroll(t *testing.T) {
 	dir := filepath.Join(f.dir, "s")
 	ids := []string{"-id", "dev-0001", "-state", dir, "-cohort-file", f.cohort}
 	exec := func(args ...string) (int, string, string) {
-		var o, e syncBuffer
+		var o, e logbuf.Buffer
 		code := execute(t.Context(), args, env(nil), &o, &e)
 		return code, o.String(), e.String()
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/entropykem/entropykem/device"
+	"github.com/entropykem/entropykem/internal/logbuf"
 	"github.com/entropykem/entropykem/internal/swtpmtest"
 	"github.com/entropykem/entropykem/pkg/batch"
 	"github.com/entropykem/entropykem/pkg/cohort"
@@ -50,7 +51,7 @@ func tpmSecretFile(t *testing.T, secret []byte) string {
 // fails the test if either output contains the secret in hex.
 func tpmCLI(t *testing.T, secret []byte, args ...string) (int, string, string) {
 	t.Helper()
-	var out, errb syncBuffer
+	var out, errb logbuf.Buffer
 	code := execute(t.Context(), args, env(nil), &out, &errb)
 	if secret != nil {
 		for _, s := range []string{out.String(), errb.String()} {
@@ -164,7 +165,7 @@ func tpmRunEpoch(t *testing.T, f files, dir, sock, id string) {
 	iss := dialRecorder(t, url, "ekem-issuer", topics.AllRegistrations(), topics.AllStatuses())
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	var out, errb syncBuffer
+	var out, errb logbuf.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- execute(ctx, []string{"run", "-id", id, "-broker", url, "-password-file", f.password, "-state", dir,
@@ -548,7 +549,7 @@ func TestProvisionCohortUsageErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			var out, errb syncBuffer
+			var out, errb logbuf.Buffer
 			code := execute(t.Context(), c.args, env(c.env), &out, &errb)
 			if code != 2 || !strings.HasPrefix(errb.String(), "ekem-device: ") || !strings.Contains(errb.String(), c.want) {
 				t.Fatalf("exit %d, stderr %q, want 2 and %q", code, errb.String(), c.want)
@@ -588,7 +589,7 @@ func TestProvisionCohortUsageErrors(t *testing.T) {
 }
 
 func TestProvisionCohortHelp(t *testing.T) {
-	var out, errb syncBuffer
+	var out, errb logbuf.Buffer
 	if code := execute(t.Context(), []string{"provision-cohort", "-h"}, env(nil), &out, &errb); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
@@ -597,7 +598,7 @@ func TestProvisionCohortHelp(t *testing.T) {
 			t.Fatalf("help lacks %q:\n%s", w, errb.String())
 		}
 	}
-	out.b.Reset()
+	out.Reset()
 	execute(t.Context(), []string{"-h"}, env(nil), &out, &errb)
 	if !strings.Contains(out.String(), "provision-cohort") || !strings.Contains(out.String(), "-tpm") {
 		t.Fatal("top-level usage does not mention provision-cohort and -tpm")
@@ -617,7 +618,7 @@ func TestProvisionCohortFleet(t *testing.T) {
 	iss := dialRecorder(t, url, "ekem-issuer", topics.AllRegistrations(), topics.AllStatuses())
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	var out, errb syncBuffer
+	var out, errb logbuf.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- execute(ctx, []string{"fleet", "-n", "2", "-broker", url, "-passwords", f.passwords, "-state", base,

@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/entropykem/entropykem/device"
 	"github.com/entropykem/entropykem/device/keyapi"
+	"github.com/entropykem/entropykem/internal/logbuf"
 	"github.com/entropykem/entropykem/pkg/batch"
 	"github.com/entropykem/entropykem/pkg/cohort"
 	"github.com/entropykem/entropykem/pkg/groupenv"
@@ -68,25 +68,13 @@ type world struct {
 	stop   func()
 	srv    *keyapi.Server
 	sock   string
-	logs   *syncBuffer
+	logs   *logbuf.Buffer
 	prev   []byte
 	// deliverTo is the running agent's transport; idle an agent for
 	// Listen calls that serve nothing.
 	deliverTo *chanTransport
 	idle      *device.Agent
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func newWorld(t *testing.T) *world {
 	iss, err := signature.GenerateKey(signature.MLDSA65)
@@ -95,7 +83,7 @@ func newWorld(t *testing.T) *world {
 	}
 	pins, _ := signature.NewKeySet(iss.Public())
 	c, _ := cohort.NewSoftware(bytes.Repeat([]byte{0xc0}, 32))
-	w := &world{t: t, dir: t.TempDir(), iss: iss, pins: pins, cohort: c, logs: &syncBuffer{}}
+	w := &world{t: t, dir: t.TempDir(), iss: iss, pins: pins, cohort: c, logs: &logbuf.Buffer{}}
 	w.now.Store(1767225600)
 	w.sock = filepath.Join(w.dir, "keys.sock")
 	w.start()
