@@ -573,6 +573,7 @@ func (a *Agent) Close() error {
 	if a.st.Ratchet != nil {
 		a.st.Ratchet.Wipe()
 	}
+	a.st.Group.Wipe()
 	clear(a.key)
 	return a.lock.Close()
 }

@@ -190,10 +190,12 @@ func (a *Agent) GroupSeal(plaintext []byte) ([]byte, error) {
 	latest := g.Latest()
 	h := groupenv.Header{Cohort: g.Cohort, Epoch: latest.Epoch, Sender: a.cfg.ID, Ctr: g.NextCtr}
 	g.NextCtr++
+	old := a.st.Group
 	if _, err := a.commitState(next, nil); err != nil {
 		next.Group.Wipe()
 		return nil, err
 	}
+	old.Wipe() // the state it belonged to is replaced
 	return groupenv.Seal(latest.Key, h, plaintext)
 }
 

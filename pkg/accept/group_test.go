@@ -38,9 +38,10 @@ type issuerView struct {
 func (v *issuerView) add(b ...[]byte) { v.blobs = append(v.blobs, b...) }
 
 // TestGroupKeyCohort: three devices and one backend of cohort "fleet-a"
-// (one cohort secret) and a device of another cohort. Every member derives
-// the same group key at every epoch; the outsider derives none. A member
-// revoked before epoch 3 derives no epoch-3 key and cannot open an epoch-3
+// (one cohort secret), a fifth member revoked before epoch 3, and a device
+// of another cohort. The three devices and the backend derive the same
+// group key at every epoch; the outsider derives none. The member revoked
+// before epoch 3 derives no epoch-3 key and cannot open an epoch-3
 // envelope. Nothing the issuer can compute from its own state and every
 // message it saw equals a group key.
 func TestGroupKeyCohort(t *testing.T) {
@@ -55,7 +56,7 @@ func TestGroupKeyCohort(t *testing.T) {
 	other := make([]byte, 32)
 	rand.Read(other)
 	var ms []*member
-	for _, id := range []string{"backend-1", "dev-a", "dev-b", "dev-c", "outsider"} {
+	for _, id := range []string{"backend-1", "dev-a", "dev-b", "dev-c", "dev-r", "outsider"} {
 		k, err := sch.GenerateKey()
 		if err != nil {
 			t.Fatal(err)
@@ -69,9 +70,10 @@ func TestGroupKeyCohort(t *testing.T) {
 	}
 	view := &issuerView{}
 	view.add(iss.Seed())
-	revoked := map[uint64]string{3: "dev-c"} // not issued from epoch 3 on
+	revoked := map[uint64]string{3: "dev-r"} // not issued from epoch 3 on
 	gone := map[string]bool{}
 	keys := map[uint64][]byte{}
+	derived := map[uint64]int{} // members that derived epoch e's key
 	var envelopes = map[uint64][]byte{}
 	for e := uint64(1); e <= 4; e++ {
 		if id, ok := revoked[e]; ok {
@@ -124,6 +126,7 @@ func TestGroupKeyCohort(t *testing.T) {
 				if !ok {
 					t.Fatalf("epoch %d: %s has no group key", e, m.id)
 				}
+				derived[e]++
 				if keys[e] == nil {
 					keys[e] = k
 				} else if !bytes.Equal(keys[e], k) {
@@ -131,8 +134,12 @@ func TestGroupKeyCohort(t *testing.T) {
 				}
 			}
 		}
-		if len(keys[e]) != 32 {
-			t.Fatalf("epoch %d: no key", e)
+		want := 4 // backend-1, dev-a, dev-b, dev-c
+		if e < 3 {
+			want = 5 // and dev-r, until revoked
+		}
+		if len(keys[e]) != 32 || derived[e] != want {
+			t.Fatalf("epoch %d: %d members derived the key, want %d", e, derived[e], want)
 		}
 		env, err := groupenv.Seal(keys[e], groupenv.Header{Cohort: "fleet-a", Epoch: e, Sender: "dev-a"}, []byte("t="+strconv.FormatUint(e, 10)))
 		if err != nil {
@@ -150,7 +157,7 @@ func TestGroupKeyCohort(t *testing.T) {
 	// not open with anything it holds.
 	var dc *member
 	for _, m := range ms {
-		if m.id == "dev-c" {
+		if m.id == "dev-r" {
 			dc = m
 		}
 	}
@@ -282,4 +289,45 @@ func TestGroupStateRoundTrip(t *testing.T) {
 	if !bytes.Equal(again, b) {
 		t.Fatal("re-encoding differs")
 	}
+}
+
+// FuzzUnmarshalState: the state decoder, group state included, never
+// panics, and a state it accepts re-encodes to the same bytes.
+func FuzzUnmarshalState(f *testing.F) {
+	sch, _ := kem.Lookup(kem.MLKEM768)
+	k, _ := sch.NewPrivateKey(bytes.Repeat([]byte{1}, 64))
+	st, _ := accept.NewState("dev-a", k)
+	plain, _ := st.MarshalBinary()
+	f.Add(plain)
+	iss, _ := signature.NewKeyFromSeed(signature.MLDSA65, bytes.Repeat([]byte{2}, 32))
+	pins, _ := signature.NewKeySet(iss.Public())
+	c, _ := cohort.NewSoftware(make([]byte, 32))
+	for e := uint64(1); e <= 2; e++ {
+		key := st.Current
+		if st.Next != nil {
+			key = st.Next
+		}
+		ep, err := batch.Issue(iss, batch.Params{Epoch: e, IssuedAt: 1767225600, TTL: 3600},
+			[]batch.Device{{ID: "dev-a", Key: key.PublicKey(), Prev: st.TicketHash, Purpose: "p", Group: "g", Cohort: "fleet-a", GroupSeed: make([]byte, 32)}})
+		if err != nil {
+			f.Fatal(err)
+		}
+		r, err := accept.Accept(st, accept.Input{Ticket: ep.Tickets[0].Ticket, Root: ep.Root, Pins: pins, Now: time.Unix(1767225601, 0), Cohort: c})
+		if err != nil {
+			f.Fatal(err)
+		}
+		st = r.State
+	}
+	grouped, _ := st.MarshalBinary()
+	f.Add(grouped)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := accept.UnmarshalState(b)
+		if err != nil {
+			return
+		}
+		again, err := s.MarshalBinary()
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("re-encoding differs: %v", err)
+		}
+	})
 }

@@ -16,6 +16,9 @@ func seeds(t testing.TB) [][]byte {
 	re.Reenroll = true
 	reenroll, _ := re.Marshal()
 	body, _ := testBody().Marshal()
+	gb := testBody()
+	gb.Cohort, gb.SealedGroupSeed = "fleet-a", seq(SealedGroupSeedSize, 4)
+	groupBody, _ := gb.Marshal()
 	tk, _ := (&Ticket{Version: 1, Body: body, LeafIndex: 1, TreeSize: 3, Path: [][]byte{seq(32, 1), seq(32, 2)}}).Marshal()
 	root, _ := (&EpochRoot{Version: 1, Epoch: 3, IssuedAt: 5, TreeSize: 3, Root: seq(32, 9)}).Marshal()
 	chunked, _ := (&EpochRoot{Version: 1, Epoch: 3, IssuedAt: 5, TreeSize: 3, Root: seq(32, 9), ChunkHeight: 1,
@@ -26,7 +29,7 @@ func seeds(t testing.TB) [][]byte {
 	info, _ := (&EpochInfo{Version: 1, Epoch: 3, IssuedAt: 5, PeriodS: 60, NextAt: 65}).Marshal()
 	on, _ := (&Online{Version: 1, Online: true, Since: 5}).Marshal()
 	kr, _ := testKeyRotation(t).Marshal()
-	return [][]byte{reg, reenroll, body, tk, root, chunked, st, rej, info, on, kr}
+	return [][]byte{reg, reenroll, body, groupBody, tk, root, chunked, st, rej, info, on, kr}
 }
 
 // roundTrip is the property every decoder must have: never panic, and an
