@@ -19,6 +19,12 @@ var hasAVX = cpu.X86.HasAVX
 // ~80 times slower on this project's AMD EPYC VMs (100 µs instead of 1.2 µs
 // for a 1.7 KB leaf). Call it after every circl call on the same goroutine
 // that goes on to hash.
+//
+// This is enforced, not remembered: discipline_test.go fails when a
+// package other than pkg/kem and pkg/signature imports circl, or when a
+// function of those two calls circl (a function, or a method of a circl
+// type or interface) without calling Clean after its last such call or
+// deferring it.
 func Clean() {
 	if hasAVX {
 		vzeroupper()

@@ -216,8 +216,8 @@ func (s *scheme) NewPrivateKey(seed []byte) (PrivateKey, error) {
 	}
 	seed = append([]byte(nil), seed...)
 	pk, sk := s.c.DeriveKeyPair(seed) // cannot panic: length checked above
-	avx.Clean()
 	b, err := pk.MarshalBinary()
+	avx.Clean() // before newPublicKey hashes b
 	if err != nil {
 		return nil, fmt.Errorf("kem: %v: encoding encapsulation key: %w", s.id, err)
 	}

@@ -45,12 +45,16 @@ func ParsePublicKey(alg Alg, b []byte) (*PublicKey, error) {
 	switch alg {
 	case MLDSA65:
 		k.pk65 = new(mldsa65.PublicKey)
-		if err := k.pk65.UnmarshalBinary(k.raw); err != nil {
+		err := k.pk65.UnmarshalBinary(k.raw)
+		avx.Clean() // before computeKID hashes: see internal/avx
+		if err != nil {
 			return nil, fmt.Errorf("%w: %v public key", ErrInvalidKey, alg)
 		}
 	case MLDSA87:
 		k.pk87 = new(mldsa87.PublicKey)
-		if err := k.pk87.UnmarshalBinary(k.raw); err != nil {
+		err := k.pk87.UnmarshalBinary(k.raw)
+		avx.Clean() // before computeKID hashes: see internal/avx
+		if err != nil {
 			return nil, fmt.Errorf("%w: %v public key", ErrInvalidKey, alg)
 		}
 	}
@@ -139,6 +143,7 @@ func NewKeyFromSeed(alg Alg, seed []byte) (*PrivateKey, error) {
 		pk, k.sk87 = mldsa87.NewKeyFromSeed(&k.seed)
 		pkBytes = pk.Bytes()
 	}
+	avx.Clean() // see internal/avx
 	pub, err := ParsePublicKey(alg, pkBytes)
 	if err != nil {
 		return nil, err
