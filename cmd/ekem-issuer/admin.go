@@ -208,6 +208,7 @@ func cmdDevice(args []string, stdout io.Writer) error {
 		{"encapsulated to (sha-256)", hexOr(d.KeyHash)},
 		{"confirmed epoch", fmt.Sprint(d.ConfirmedEpoch)},
 		{"next key verified", fmt.Sprint(d.NextKeyReady)},
+		{"cohort", cohortName(d.Cohort)},
 		{"last status", status},
 	} {
 		fmt.Fprintf(tw, "%s:\t%s\n", row[0], row[1])

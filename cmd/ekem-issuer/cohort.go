@@ -65,3 +65,11 @@ func cmdCohort(args []string, stdout io.Writer) error {
 	}
 	return nil
 }
+
+// cohortName shows a device's cohort, "-" for none.
+func cohortName(c string) string {
+	if c == "" {
+		return "-"
+	}
+	return c
+}
