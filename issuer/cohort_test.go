@@ -109,3 +109,14 @@ func TestCohortMembership(t *testing.T) {
 	}
 	e.open()
 }
+
+// Recovery rebuilds a record from the broker and keeps its cohort: the
+// broker never held membership.
+func TestRecoveredKeepsCohort(t *testing.T) {
+	e := newEnv(t)
+	d := newDevice(t, "dev-a")
+	r, from, why := e.iss.recovered("dev-a", &record{ID: "dev-a", Cohort: "fleet-a"}, d.registration(), nil)
+	if r == nil || from != "registration" || r.Cohort != "fleet-a" {
+		t.Fatalf("recovered %+v from %q (%s)", r, from, why)
+	}
+}

@@ -330,7 +330,8 @@ func (i *Issuer) repin(tx Tx, v *brokerView, rep *RecoverReport) error {
 }
 
 // recovered builds device id's record from its retained Registration and
-// Status, keeping old's standing (revoked, quarantined) and pin time. from
+// Status, keeping old's standing (revoked, quarantined), pin time,
+// enrollment and cohort membership. from
 // is "status", "registration", or "" with why when neither is usable.
 func (i *Issuer) recovered(id string, old *record, regMsg, stMsg []byte) (r *record, from, why string) {
 	if brokerconfig.IsReservedName(id) || wire.ValidateDeviceID(id) != nil {
@@ -340,6 +341,7 @@ func (i *Issuer) recovered(id string, old *record, regMsg, stMsg []byte) (r *rec
 	if old != nil {
 		r.State, r.PinnedAt = old.State, old.PinnedAt
 		r.Enrolled, r.EnrolledKeyHash = old.Enrolled, old.EnrolledKeyHash
+		r.Cohort = old.Cohort // membership is configuration, not state the broker holds
 	}
 	var reg *wire.Registration
 	if regMsg != nil {
