@@ -30,6 +30,7 @@ import (
 
 	brokerconfig "github.com/entropykem/entropykem/broker-config"
 	"github.com/entropykem/entropykem/broker-config/creds"
+	"github.com/entropykem/entropykem/internal/svctest"
 )
 
 // Environment variables read by Start.
@@ -263,20 +264,9 @@ func accepts(addr string) bool {
 
 // freePorts returns two distinct ports that were free on 127.0.0.1 a moment ago.
 func freePorts() (int, int, error) {
-	var ports [2]int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, 0, fmt.Errorf("mosquittotest: free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+	ports, err := svctest.FreePorts(2)
+	if err != nil {
+		return 0, 0, fmt.Errorf("mosquittotest: %w", err)
 	}
 	return ports[0], ports[1], nil
 }
@@ -458,30 +448,13 @@ func findBinary(t testing.TB) string {
 		}
 	}
 	if err != nil {
-		if os.Getenv(EnvRequire) == "1" {
-			t.Fatalf("mosquittotest: %v (%s=1)", err, EnvRequire)
-		}
-		t.Skipf("mosquittotest: %v; install mosquitto 2 (apt-get install mosquitto) or set %s=1 to make this a failure", err, EnvRequire)
+		svctest.Unavailable(t, EnvRequire, "mosquittotest: "+err.Error(), "install mosquitto 2 (apt-get install mosquitto)")
 	}
 	return bin
 }
 
 func lookBinary() (string, error) {
-	if p := os.Getenv(EnvBinary); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("%s=%s: %w", EnvBinary, p, err)
-		}
-		return p, nil
-	}
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		return p, nil
-	}
-	for _, p := range []string{"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", errors.New("no mosquitto binary in PATH, /usr/sbin or /usr/local/sbin")
+	return svctest.FindBinary(EnvBinary, "mosquitto", "/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin")
 }
 
 // Binary returns the path of a Mosquitto 2 binary for a test that runs its

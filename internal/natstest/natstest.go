@@ -38,6 +38,7 @@ import (
 
 	"github.com/entropykem/entropykem/broker-config/creds"
 	natsconf "github.com/entropykem/entropykem/broker-config/nats"
+	"github.com/entropykem/entropykem/internal/svctest"
 )
 
 // Environment variables read by Start and FindBinary.
@@ -97,10 +98,7 @@ type node struct {
 func Start(t testing.TB, o Options) *Cluster {
 	t.Helper()
 	if _, err := FindBinary(); err != nil {
-		if os.Getenv(EnvRequire) == "1" {
-			t.Fatalf("natstest: %v (%s=1)", err, EnvRequire)
-		}
-		t.Skipf("natstest: %v; set %s=1 to make this a failure", err, EnvRequire)
+		svctest.Unavailable(t, EnvRequire, "natstest: "+err.Error(), "")
 	}
 	if o.Dir == "" {
 		o.Dir = t.TempDir()
@@ -125,21 +123,11 @@ func Start(t testing.TB, o Options) *Cluster {
 // FindBinary returns $EKEM_NATS_SERVER, else nats-server in PATH or in the
 // usual sbin directories.
 func FindBinary() (string, error) {
-	if p := os.Getenv(EnvBinary); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("%s=%s: %w", EnvBinary, p, err)
-		}
-		return p, nil
+	p, err := svctest.FindBinary(EnvBinary, "nats-server", "/usr/sbin", "/usr/local/sbin", "/usr/local/bin")
+	if errors.Is(err, svctest.ErrNotFound) {
+		return "", ErrNoBinary
 	}
-	if p, err := exec.LookPath("nats-server"); err == nil {
-		return p, nil
-	}
-	for _, p := range []string{"/usr/sbin/nats-server", "/usr/local/sbin/nats-server", "/usr/local/bin/nats-server"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", ErrNoBinary
+	return p, err
 }
 
 // New renders the configuration, starts the three nodes and the balancer,
@@ -244,20 +232,9 @@ func loop(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p
 
 // freePorts returns n distinct ports that were free on 127.0.0.1 a moment ago.
 func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	ports := make([]int, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("natstest: free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+	ports, err := svctest.FreePorts(n)
+	if err != nil {
+		return nil, fmt.Errorf("natstest: %w", err)
 	}
 	return ports, nil
 }

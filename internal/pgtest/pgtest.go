@@ -31,6 +31,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/entropykem/entropykem/internal/svctest"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -109,10 +110,7 @@ func Start(t testing.TB) *Server {
 
 func skipOrFail(t testing.TB, msg string) {
 	t.Helper()
-	if os.Getenv(EnvRequire) == "1" {
-		t.Fatalf("pgtest: %s (%s=1)", msg, EnvRequire)
-	}
-	t.Skipf("pgtest: %s; set %s=1 to fail instead", msg, EnvRequire)
+	svctest.Unavailable(t, EnvRequire, "pgtest: "+msg, "")
 }
 
 // findBin finds the directory of initdb and postgres.
@@ -199,12 +197,11 @@ func (s *Server) ping() error {
 }
 
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := svctest.FreePorts(1)
 	if err != nil {
 		return 0, err
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return ports[0], nil
 }
 
 // DataDir is the cluster's data directory.

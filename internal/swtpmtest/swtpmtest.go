@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/entropykem/entropykem/internal/svctest"
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 )
@@ -48,11 +49,7 @@ func Start(t testing.TB) *SWTPM {
 	t.Helper()
 	bin, err := exec.LookPath("swtpm")
 	if err != nil {
-		msg := "swtpmtest: swtpm not found in PATH (Debian: apt-get install swtpm swtpm-tools)"
-		if os.Getenv(RequireEnv) == "1" {
-			t.Fatalf("%s, and %s=1 requires it", msg, RequireEnv)
-		}
-		t.Skipf("%s; set %s=1 to make this a failure", msg, RequireEnv)
+		svctest.Unavailable(t, RequireEnv, "swtpmtest: swtpm not found in PATH", "install it (Debian: apt-get install swtpm swtpm-tools)")
 	}
 	// A short directory: a unix socket path is limited to 108 bytes, and
 	// t.TempDir embeds the (possibly long) test name.
