@@ -95,7 +95,7 @@ func TestCohortTelemetryExample(t *testing.T) {
 	sockets := map[string]string{}
 	for _, id := range ids {
 		sockets[id] = filepath.Join(f.dir, id+".sock")
-		s, err := keyapi.Listen(sockets[id], f.devices[id].agent, keyapi.Options{Group: -1, Logger: slog.New(slog.DiscardHandler)})
+		s, err := keyapi.Listen(sockets[id], f.devices[id].agent, keyapi.Options{Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
 		}

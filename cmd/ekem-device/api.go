@@ -47,7 +47,7 @@ func (p api) options() (string, keyapi.Options, error) {
 	if err != nil || (mode != 0o600 && mode != 0o660 && mode != 0o640) {
 		return "", o, fmt.Errorf("%w: -api-mode %q: 0600, 0640 or 0660", errUsage, p.mode)
 	}
-	o.Mode, o.Group = os.FileMode(mode), -1
+	o.Mode = os.FileMode(mode)
 	if p.group != "" {
 		gid, err := strconv.Atoi(p.group)
 		if err != nil {
@@ -60,7 +60,7 @@ func (p api) options() (string, keyapi.Options, error) {
 		if gid < 0 {
 			return "", o, fmt.Errorf("%w: -api-group %q", errUsage, p.group)
 		}
-		o.Group = gid
+		o.SetGroup, o.GID = true, gid
 	}
 	return path, o, nil
 }

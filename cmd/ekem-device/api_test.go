@@ -19,7 +19,7 @@ import (
 
 func TestAPIFlags(t *testing.T) {
 	path, o, err := api{addr: "unix:/run/ekem/keys.sock", mode: "0660", group: "0"}.options()
-	if err != nil || path != "/run/ekem/keys.sock" || o.Mode != 0o660 || o.Group != 0 {
+	if err != nil || path != "/run/ekem/keys.sock" || o.Mode != 0o660 || !o.SetGroup || o.GID != 0 {
 		t.Fatalf("%q %+v %v", path, o, err)
 	}
 	if path, _, err := (api{mode: "0600"}).options(); err != nil || path != "" {

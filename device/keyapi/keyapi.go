@@ -85,9 +85,10 @@ type Options struct {
 	// Mode is the socket file's permission bits (default 0600: only the
 	// agent's user). 0660 with Group lets a group of applications in.
 	Mode os.FileMode
-	// Group, if ≥ 0, is the gid the socket file is given; -1 keeps the
-	// agent's (the zero value 0 means root's group).
-	Group int
+	// SetGroup gives the socket file the group GID; without it the file
+	// keeps the agent's group.
+	SetGroup bool
+	GID      int
 	// Logger logs every request (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -104,7 +105,7 @@ type Server struct {
 
 type peerKey struct{}
 
-// Listen creates the socket at path, with opts.Mode and opts.Group set
+// Listen creates the socket at path, with opts.Mode and its group set
 // before any client can reach it (it is made in a private directory beside
 // path and renamed into place), and serves keys on it until Close. It
 // refuses (ErrForeignPath) a path, or a directory of it, owned by another
@@ -140,8 +141,11 @@ func Listen(path string, keys Keys, opts Options) (*Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("keyapi: %w", err)
 	}
-	if opts.Group >= 0 {
-		if err := os.Chown(filepath.Join(tmp, "s"), -1, opts.Group); err != nil {
+	if opts.SetGroup {
+		if opts.GID < 0 {
+			return fail(fmt.Errorf("gid %d", opts.GID))
+		}
+		if err := os.Chown(filepath.Join(tmp, "s"), -1, opts.GID); err != nil {
 			return fail(err)
 		}
 	}
@@ -172,7 +176,11 @@ func Listen(path string, keys Keys, opts Options) (*Server, error) {
 			return ctx
 		}}
 	go s.srv.Serve(s.ln)
-	opts.Logger.Info("local key API listening", "socket", path, "mode", fmt.Sprintf("%#o", opts.Mode), "gid", opts.Group)
+	gid := -1
+	if opts.SetGroup {
+		gid = opts.GID
+	}
+	opts.Logger.Info("local key API listening", "socket", path, "mode", fmt.Sprintf("%#o", opts.Mode), "gid", gid)
 	return s, nil
 }
 

@@ -105,7 +105,7 @@ func (w *world) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { a.Serve(ctx, tr); close(done) }()
-	srv, err := keyapi.Listen(w.sock, a, keyapi.Options{Mode: 0o600, Group: -1,
+	srv, err := keyapi.Listen(w.sock, a, keyapi.Options{Mode: 0o600,
 		Logger: slog.New(slog.NewTextHandler(w.logs, nil))})
 	if err != nil {
 		w.t.Fatal(err)
@@ -386,7 +386,7 @@ func TestSocketPermissions(t *testing.T) {
 	}
 	// 0660 with root's group: nobody (gid 65534) is still out.
 	w.shutdown()
-	srv, err := keyapi.Listen(w.sock, w.agentForListen(t), keyapi.Options{Mode: 0o660, Group: 0})
+	srv, err := keyapi.Listen(w.sock, w.agentForListen(t), keyapi.Options{Mode: 0o660, SetGroup: true, GID: 0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,7 +398,7 @@ func TestSocketPermissions(t *testing.T) {
 	}
 	srv.Close()
 	// ... and with nobody's group it gets in: the mode and group decide.
-	srv, err = keyapi.Listen(w.sock, w.agentForListen(t), keyapi.Options{Mode: 0o660, Group: 65534})
+	srv, err = keyapi.Listen(w.sock, w.agentForListen(t), keyapi.Options{Mode: 0o660, SetGroup: true, GID: 65534})
 	if err != nil {
 		t.Fatal(err)
 	}
