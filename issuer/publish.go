@@ -3,9 +3,6 @@ package issuer
 import (
 	"context"
 	"fmt"
-	"time"
-
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/entropykem/entropykem/internal/mqttc"
 )
@@ -152,111 +149,49 @@ func (i *Issuer) republish() error {
 	return nil
 }
 
-// publishAll publishes msgs retained at QoS 1, at most publishWindow in
-// flight, retrying each failed message up to publishTries times in all. It
-// returns how many failed for good (each also counted in publish_failures).
-// Callers hold i.pubMu.
+// publishAll publishes msgs retained at QoS 1 through mqttc's Bulk: at
+// most publishWindow in flight, each failed message retried up to
+// publishTries times in all. It returns how many were not published (each
+// failure also counted in publish_failures). Callers hold i.pubMu.
 func (i *Issuer) publishAll(msgs []pubMsg) int {
-	c := i.client.Load()
-	if c == nil {
+	b := i.bulk()
+	if b == nil {
 		return 0
 	}
-	todo := msgs
-	for try := 1; try <= publishTries && len(todo) > 0; try++ {
-		if err := i.mayPublish(); err != nil {
-			// The leader lease is lost (cluster.go): what is left is
-			// not published, and not a failure to retry.
-			i.count("publish_fenced", uint64(len(todo)))
-			i.log.Warn("publishing stopped: the leader lease is lost", "reason", "lease_lost", "unsent", len(todo), "err", err)
-			return len(todo)
-		}
-		if try > 1 {
-			i.count("publish_retries", uint64(len(todo)))
-			select {
-			case <-time.After(time.Duration(try-1) * 250 * time.Millisecond):
-			case <-i.ctx.Done():
-			}
-		}
-		todo = i.publishRound(c, todo)
+	for _, m := range msgs {
+		b.Publish(m.topic, m.payload)
 	}
-	if len(todo) > 0 {
-		i.count("publish_failures", uint64(len(todo)))
-		i.log.Error("publish failed after retries", "reason", "publish_failed", "messages", len(todo),
-			"first_topic", todo[0].topic)
-	}
-	return len(todo)
+	return i.finishBulk(b)
 }
 
-// publishRound publishes msgs once, keeping at most publishWindow
-// publishes in flight (a sliding window: each PUBACK lets the next message
-// go, so the pipeline never drains between windows), and returns those that
-// failed. Each wait for the oldest publish is bounded by the configured
-// timeout since the last progress; once that expires the broker is taken to
-// be stalled: what is still in flight and everything not yet sent fail for
-// this round (publishAll retries them), so a stalled broker costs one
-// timeout per round, not one per message.
-func (i *Issuer) publishRound(c *mqttc.Client, msgs []pubMsg) []pubMsg {
-	var failed []pubMsg
-	type inflight struct {
-		tok mqtt.Token
-		k   int
+// bulk starts a bulk publish on the connection, nil before Start. The
+// leader lease (cluster.go) is checked before every message: a deposed
+// leader publishes nothing more.
+func (i *Issuer) bulk() *mqttc.Bulk {
+	c := i.client.Load()
+	if c == nil {
+		return nil
 	}
-	ring := make([]inflight, 0, min(publishWindow, len(msgs)))
-	head := 0 // ring[head:] are in flight, oldest first
-	deadline := time.NewTimer(i.cfg.Timeout)
-	defer deadline.Stop()
-	stalled := false
-	settle := func(f inflight, wait bool) {
-		done := false
-		if wait && !stalled {
-			select {
-			case <-f.tok.Done():
-				done = true
-				deadline.Reset(i.cfg.Timeout)
-			case <-deadline.C:
-				stalled = true
-			}
-		}
-		if !done {
-			select {
-			case <-f.tok.Done():
-				done = true
-			default:
-			}
-		}
-		if !done || f.tok.Error() != nil {
-			var err error
-			if done {
-				err = f.tok.Error()
-			}
-			i.log.Debug("publish failed", "topic", msgs[f.k].topic, "timed_out", !done, "err", err)
-			failed = append(failed, msgs[f.k])
-		}
+	return c.Bulk(mqttc.BulkOptions{Window: publishWindow, Tries: publishTries, Stop: i.mayPublish, Done: i.ctx.Done()})
+}
+
+// finishBulk waits for b, counts its retries, failures and fenced
+// messages, and returns how many were not published.
+func (i *Issuer) finishBulk(b *mqttc.Bulk) int {
+	r := b.Finish()
+	if r.Retried > 0 {
+		i.count("publish_retries", uint64(r.Retried))
 	}
-	for k := range msgs {
-		if stalled {
-			failed = append(failed, msgs[k:]...)
-			break
-		}
-		if i.mayPublish() != nil {
-			// The leader lease is lost: not one more message (publishAll
-			// counts them).
-			failed = append(failed, msgs[k:]...)
-			break
-		}
-		if len(ring)-head == publishWindow {
-			settle(ring[head], true)
-			ring[head] = inflight{}
-			head++
-			if head == len(ring) || head >= publishWindow {
-				ring = append(ring[:0], ring[head:]...)
-				head = 0
-			}
-		}
-		ring = append(ring, inflight{c.PublishAsync(msgs[k].topic, msgs[k].payload, true), k})
+	if r.Stopped > 0 {
+		// The leader lease is lost: what is left is not published, and
+		// not a failure to retry.
+		i.count("publish_fenced", uint64(r.Stopped))
+		i.log.Warn("publishing stopped: the leader lease is lost", "reason", "lease_lost", "unsent", r.Stopped, "err", r.StopErr)
 	}
-	for _, f := range ring[head:] {
-		settle(f, true)
+	if r.Failed > 0 {
+		i.count("publish_failures", uint64(r.Failed))
+		i.log.Error("publish failed after retries", "reason", "publish_failed", "messages", r.Failed,
+			"first_topic", r.FirstFailed)
 	}
-	return failed
+	return r.Failed + r.Stopped
 }

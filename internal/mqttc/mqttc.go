@@ -4,7 +4,8 @@
 // fast on permanent ones), subscriptions re-made in the on-connect handler,
 // message handlers that never block (messages go to an unbounded in-order
 // inbox that the owner drains on its own goroutine), and a timeout on every
-// wait. No paho type leaves this package except PublishAsync's token.
+// wait. No paho type leaves this package; bulk publishing (Bulk) keeps
+// its tokens inside.
 package mqttc
 
 import (
@@ -346,25 +347,6 @@ func (c *Client) handle(_ mqtt.Client, m mqtt.Message) {
 // durability: see PROTOCOL.md §6).
 func (c *Client) Publish(topic string, payload []byte, retained bool) error {
 	return c.wait(c.c.Publish(topic, 1, retained, payload))
-}
-
-// PublishAsync starts a QoS 1 publish; Wait on the result with WaitAll.
-func (c *Client) PublishAsync(topic string, payload []byte, retained bool) mqtt.Token {
-	return c.c.Publish(topic, 1, retained, payload)
-}
-
-// WaitAll waits for every token, each within the timeout, and returns how
-// many failed and the first error.
-func (c *Client) WaitAll(toks []mqtt.Token) (failed int, first error) {
-	for _, t := range toks {
-		if err := c.wait(t); err != nil {
-			failed++
-			if first == nil {
-				first = err
-			}
-		}
-	}
-	return failed, first
 }
 
 // Connected reports whether the connection is up.
