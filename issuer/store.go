@@ -63,12 +63,13 @@ type Store interface {
 	// committed if fn returns nil, nothing otherwise. A transaction that
 	// wrote nothing leaves the store unchanged (its file byte-identical).
 	Update(fn func(Tx) error) error
-	// CommitEpoch persists one issued epoch atomically: its device
-	// records, its root, the new last epoch and its EpochInfo. It is fenced:
-	// it commits only if the stored last epoch is still c.Prev, else it
-	// returns an error wrapping ErrEpochFence and changes nothing. It returns
-	// the epochs whose roots it dropped (outside the last c.KeepRoots), whose
-	// retained topics are to be cleared.
+	// CommitEpoch persists one issued epoch atomically (c.Stage
+	// StageWhole): its device records, its root, the new last epoch and its
+	// EpochInfo; or one stage of a streamed epoch (EpochStage). It is
+	// fenced: it commits only if the stored last epoch is still c.Prev,
+	// else it returns an error wrapping ErrEpochFence and changes nothing.
+	// It returns the epochs whose roots it dropped (outside the last
+	// c.KeepRoots), whose retained topics are to be cleared.
 	CommitEpoch(c *EpochCommit) (cleared []uint64, err error)
 	// Name names the store in messages: a file path, or a database
 	// address without its credentials.
@@ -123,11 +124,39 @@ type StoredRoot struct {
 	Root  []byte
 }
 
-// EpochCommit is one issued epoch, for Store.CommitEpoch.
+// EpochStage is what one Store.CommitEpoch of an epoch commits. A
+// streamed epoch (schema/PROTOCOL.md §6) is one StageBegin, then one
+// StageChunk per chunk of tickets, then one StageFinish: the epoch number
+// is durable before its first ticket is published, each chunk's records
+// before its tickets, the root before it is published. An epoch begun but
+// never finished is abandoned: its number stays used (the next epoch is
+// above it) and its root is never stored.
+type EpochStage uint8
+
+const (
+	// StageWhole commits a whole epoch at once: records, root, EpochInfo
+	// and the last epoch (Prev < Epoch).
+	StageWhole EpochStage = iota
+	// StageBegin takes the epoch number: the last epoch becomes Epoch
+	// (Prev < Epoch). No records, root or EpochInfo.
+	StageBegin
+	// StageChunk writes records of the begun epoch Epoch (Prev = Epoch).
+	StageChunk
+	// StageFinish writes the begun epoch's root and EpochInfo, and any
+	// records (Prev = Epoch).
+	StageFinish
+)
+
+// EpochCommit is one issued epoch, or a stage of one, for
+// Store.CommitEpoch.
 type EpochCommit struct {
-	// Prev is the last epoch the plan read: the commit is fenced on it.
+	// Stage is what this commit holds (StageWhole: a whole epoch).
+	Stage EpochStage
+	// Prev is the last epoch the plan read: the commit is fenced on it. For
+	// StageChunk and StageFinish it is Epoch, taken by StageBegin.
 	Prev uint64
-	// Epoch is the issued epoch, above Prev.
+	// Epoch is the issued epoch, above Prev (equal to it for StageChunk
+	// and StageFinish).
 	Epoch uint64
 	// Records are the device records of the epoch's tickets.
 	Records []*record
@@ -196,6 +225,32 @@ func OpenStore(name string, readOnly bool) (Store, error) {
 	}
 	return openBolt(name, readOnly)
 }
+
+// check refuses a commit whose Prev and Epoch do not fit its stage.
+func (c *EpochCommit) check() error {
+	switch c.Stage {
+	case StageWhole, StageBegin:
+		if c.Epoch <= c.Prev {
+			return fmt.Errorf("issuer: epoch %d does not follow %d", c.Epoch, c.Prev)
+		}
+		if c.Stage == StageBegin && (len(c.Records) > 0 || c.Root != nil || c.Info != nil) {
+			return fmt.Errorf("issuer: the beginning of epoch %d holds nothing but its number", c.Epoch)
+		}
+	case StageChunk, StageFinish:
+		if c.Epoch != c.Prev {
+			return fmt.Errorf("issuer: a chunk or the end of epoch %d fenced on epoch %d", c.Epoch, c.Prev)
+		}
+		if c.Stage == StageChunk && (c.Root != nil || c.Info != nil) {
+			return fmt.Errorf("issuer: a chunk of epoch %d with a root", c.Epoch)
+		}
+	default:
+		return fmt.Errorf("issuer: unknown epoch commit stage %d", c.Stage)
+	}
+	return nil
+}
+
+// storesRoot reports whether the commit stores a root and EpochInfo.
+func (c *EpochCommit) storesRoot() bool { return c.Stage == StageWhole || c.Stage == StageFinish }
 
 // lastEpochInfo reads the last epoch and its parsed EpochInfo (nil if none).
 func lastEpochInfo(tx ReadTx) (uint64, *wire.EpochInfo, error) {

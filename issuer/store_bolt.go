@@ -295,8 +295,8 @@ func (s *boltStore) Update(fn func(Tx) error) (err error) {
 }
 
 func (s *boltStore) CommitEpoch(c *EpochCommit) (cleared []uint64, err error) {
-	if c.Epoch <= c.Prev {
-		return nil, fmt.Errorf("issuer: epoch %d does not follow %d", c.Epoch, c.Prev)
+	if err := c.check(); err != nil {
+		return nil, err
 	}
 	encoded, err := encodeRecords(c.Records)
 	if err != nil {
@@ -317,14 +317,19 @@ func (s *boltStore) CommitEpoch(c *EpochCommit) (cleared []uint64, err error) {
 				return fmt.Errorf("issuer: store device record: %w", err)
 			}
 		}
-		if cleared, err = btx.putRoot(c.Epoch, c.Root, c.KeepRoots); err != nil {
-			return err
+		btx.w.any = true
+		if c.storesRoot() {
+			if cleared, err = btx.putRoot(c.Epoch, c.Root, c.KeepRoots); err != nil {
+				return err
+			}
 		}
 		m := btx.tx.Bucket(bucketMeta)
 		if err := m.Put(keyLastEpoch, keyschedule.U64(c.Epoch)); err != nil {
 			return err
 		}
-		btx.w.any = true
+		if !c.storesRoot() {
+			return nil
+		}
 		return m.Put(keyEpochInfo, c.Info)
 	})
 	if err != nil {

@@ -26,6 +26,7 @@ func runStoreConformance(t *testing.T, e storeEngine) {
 		"Rollback":       conformRollback,
 		"CommitEpoch":    conformCommitEpoch,
 		"EpochFence":     conformEpochFence,
+		"StreamedEpoch":  conformStreamedEpoch,
 		"Audit":          conformAudit,
 		"Rotations":      conformRotations,
 		"Recover":        conformRecover,
@@ -264,6 +265,102 @@ func conformEpochFence(t *testing.T, e storeEngine) {
 	if after := snapshot(t, st); after != before {
 		t.Fatalf("a fenced commit changed the store:\n%s", after)
 	}
+}
+
+// conformStreamedEpoch: the stages of a streamed epoch (EpochStage). The
+// beginning makes the number durable and nothing else; chunks write records
+// only while the begun epoch is still the last one; the end stores the
+// root and EpochInfo; an epoch begun and never finished is abandoned, and
+// the next one must be above it.
+func conformStreamedEpoch(t *testing.T, e storeEngine) {
+	st := e.open(t)
+	if _, err := st.CommitEpoch(&EpochCommit{Prev: 0, Epoch: 1, Records: []*record{testRecord("dev-a", 1)},
+		Root: []byte("r1"), Info: []byte("i1"), KeepRoots: 2}); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, st)
+	for _, c := range []*EpochCommit{
+		{Stage: StageBegin, Prev: 1, Epoch: 2, Records: []*record{testRecord("dev-a", 2)}},
+		{Stage: StageBegin, Prev: 1, Epoch: 2, Root: []byte("x")},
+		{Stage: StageBegin, Prev: 1, Epoch: 1},
+		{Stage: StageChunk, Prev: 1, Epoch: 2, Records: []*record{testRecord("dev-a", 2)}},
+		{Stage: StageChunk, Prev: 2, Epoch: 2, Root: []byte("x")},
+		{Stage: 9, Prev: 1, Epoch: 2},
+	} {
+		if _, err := st.CommitEpoch(c); err == nil {
+			t.Fatalf("commit %+v accepted", c)
+		}
+	}
+	// A chunk or an end of an epoch that was not begun: fenced.
+	for _, c := range []*EpochCommit{
+		{Stage: StageChunk, Prev: 2, Epoch: 2, Records: []*record{testRecord("dev-a", 2)}},
+		{Stage: StageFinish, Prev: 2, Epoch: 2, Root: []byte("r2"), Info: []byte("i2"), KeepRoots: 2},
+	} {
+		if _, err := st.CommitEpoch(c); !errors.Is(err, ErrEpochFence) {
+			t.Fatalf("stage %d of an epoch not begun: %v, want ErrEpochFence", c.Stage, err)
+		}
+	}
+	if after := snapshot(t, st); after != before {
+		t.Fatalf("a refused commit changed the store:\n%s", after)
+	}
+
+	// Epoch 2 begun, one chunk, then abandoned (a crash).
+	if _, err := st.CommitEpoch(&EpochCommit{Stage: StageBegin, Prev: 1, Epoch: 2}); err != nil {
+		t.Fatal(err)
+	}
+	mustView(t, st, func(tx ReadTx) error {
+		last, err := tx.LastEpoch()
+		info, _ := tx.EpochInfo()
+		root, _ := tx.Root(2)
+		if err != nil || last != 2 || string(info) != "i1" || root != nil {
+			t.Fatalf("after the beginning of epoch 2: last %d, info %q, root %q, %v", last, info, root, err)
+		}
+		return nil
+	})
+	if _, err := st.CommitEpoch(&EpochCommit{Stage: StageChunk, Prev: 2, Epoch: 2, Records: []*record{testRecord("dev-b", 2)}}); err != nil {
+		t.Fatal(err)
+	}
+	st = e.reopen(t, st)
+	// The restarted issuer plans above the abandoned epoch: a plan from
+	// epoch 1 is fenced, and epoch 2 can never be finished by a new
+	// beginning.
+	if _, err := st.CommitEpoch(&EpochCommit{Stage: StageBegin, Prev: 1, Epoch: 2}); !errors.Is(err, ErrEpochFence) {
+		t.Fatalf("epoch 2 begun again: %v", err)
+	}
+	if _, err := st.CommitEpoch(&EpochCommit{Stage: StageBegin, Prev: 2, Epoch: 3}); err != nil {
+		t.Fatal(err)
+	}
+	// A late chunk of the abandoned epoch 2 is fenced.
+	if _, err := st.CommitEpoch(&EpochCommit{Stage: StageChunk, Prev: 2, Epoch: 2, Records: []*record{testRecord("dev-a", 2)}}); !errors.Is(err, ErrEpochFence) {
+		t.Fatalf("a chunk of the abandoned epoch: %v", err)
+	}
+	for _, id := range []string{"dev-a", "dev-b"} {
+		if _, err := st.CommitEpoch(&EpochCommit{Stage: StageChunk, Prev: 3, Epoch: 3, Records: []*record{testRecord(id, 3)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cleared, err := st.CommitEpoch(&EpochCommit{Stage: StageFinish, Prev: 3, Epoch: 3, Root: []byte("r3"), Info: []byte("i3"), KeepRoots: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cleared) != 1 || cleared[0] != 1 {
+		t.Fatalf("cleared %v, want [1]", cleared)
+	}
+	st = e.reopen(t, st)
+	mustView(t, st, func(tx ReadTx) error {
+		last, _ := tx.LastEpoch()
+		info, _ := tx.EpochInfo()
+		roots, err := tx.Roots()
+		if err != nil || last != 3 || string(info) != "i3" || len(roots) != 1 || roots[0].Epoch != 3 || string(roots[0].Root) != "r3" {
+			t.Fatalf("after epoch 3: last %d info %q roots %+v %v", last, info, roots, err)
+		}
+		for _, id := range []string{"dev-a", "dev-b"} {
+			if r, err := tx.Device(id); err != nil || r == nil || r.Epoch != 3 {
+				t.Fatalf("%s after epoch 3: %+v %v", id, r, err)
+			}
+		}
+		return nil
+	})
 }
 
 func conformAudit(t *testing.T, e storeEngine) {

@@ -592,8 +592,8 @@ func (t *pgTx) Recover(floor uint64, roots []StoredRoot, info []byte) error {
 // that row) waits until this commit ends, so the token compared is still
 // current when the records are committed.
 func (s *pgStore) CommitEpoch(c *EpochCommit) (cleared []uint64, err error) {
-	if c.Epoch <= c.Prev {
-		return nil, fmt.Errorf("issuer: epoch %d does not follow %d", c.Epoch, c.Prev)
+	if err := c.check(); err != nil {
+		return nil, err
 	}
 	if c.Epoch > math.MaxInt64 {
 		return nil, fmt.Errorf("issuer: epoch %d out of range", c.Epoch)
@@ -619,9 +619,42 @@ func (s *pgStore) CommitEpoch(c *EpochCommit) (cleared []uint64, err error) {
 	if uint64(last) != c.Prev {
 		return nil, fmt.Errorf("%w: epoch %d was planned after %d, but the store's last epoch is now %d", ErrEpochFence, c.Epoch, c.Prev, last)
 	}
-	if err := s.copyRecords(ctx, tx, c.Records, encoded, c.Epoch); err != nil {
-		return nil, err
+	if len(c.Records) > 0 {
+		if err := s.copyRecords(ctx, tx, c.Records, encoded, c.Epoch); err != nil {
+			return nil, err
+		}
 	}
+	if c.storesRoot() {
+		if cleared, err = s.commitRoot(ctx, tx, c); err != nil {
+			return nil, err
+		}
+	} else if _, err := tx.Exec(ctx, `UPDATE ekem_meta SET last_epoch = $1 WHERE id = 1`, int64(c.Epoch)); err != nil {
+		return nil, s.fail("commit epoch", err)
+	}
+	// The lease last, share-locked until the commit: the token compared is
+	// current when the records become visible, and a renewal (which
+	// updates this row) waits only for the commit itself.
+	var token int64
+	var holder string
+	var live bool
+	if err := tx.QueryRow(ctx, `SELECT token, holder, expires > clock_timestamp() FROM ekem_lease WHERE id = 1 FOR SHARE`).Scan(&token, &holder, &live); err != nil {
+		return nil, s.fail("commit epoch", err)
+	}
+	switch {
+	case c.Token == 0 && live:
+		return nil, fmt.Errorf("%w: epoch %d: instance %q holds the lease (token %d), and this commit has none", ErrNotLeader, c.Epoch, holder, token)
+	case c.Token != 0 && (uint64(token) != c.Token || !live):
+		return nil, fmt.Errorf("%w: epoch %d: the commit's token is %d, the lease's %d (held by %q, live %v)", ErrNotLeader, c.Epoch, c.Token, token, holder, live)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, s.fail("commit epoch: commit", err)
+	}
+	return cleared, nil
+}
+
+// commitRoot stores c's root, drops the roots outside the last KeepRoots
+// (returned, oldest first) and sets the last epoch and EpochInfo, in tx.
+func (s *pgStore) commitRoot(ctx context.Context, tx pgx.Tx, c *EpochCommit) (cleared []uint64, err error) {
 	if _, err := tx.Exec(ctx, `INSERT INTO ekem_roots (epoch, root) VALUES ($1, $2)
 		ON CONFLICT (epoch) DO UPDATE SET root = excluded.root`, int64(c.Epoch), c.Root); err != nil {
 		return nil, s.fail("commit epoch: root", err)
@@ -645,24 +678,6 @@ func (s *pgStore) CommitEpoch(c *EpochCommit) (cleared []uint64, err error) {
 	sort.Slice(cleared, func(a, b int) bool { return cleared[a] < cleared[b] })
 	if _, err := tx.Exec(ctx, `UPDATE ekem_meta SET last_epoch = $1, epoch_info = $2 WHERE id = 1`, int64(c.Epoch), c.Info); err != nil {
 		return nil, s.fail("commit epoch", err)
-	}
-	// The lease last, share-locked until the commit: the token compared is
-	// current when the records become visible, and a renewal (which
-	// updates this row) waits only for the commit itself.
-	var token int64
-	var holder string
-	var live bool
-	if err := tx.QueryRow(ctx, `SELECT token, holder, expires > clock_timestamp() FROM ekem_lease WHERE id = 1 FOR SHARE`).Scan(&token, &holder, &live); err != nil {
-		return nil, s.fail("commit epoch", err)
-	}
-	switch {
-	case c.Token == 0 && live:
-		return nil, fmt.Errorf("%w: epoch %d: instance %q holds the lease (token %d), and this commit has none", ErrNotLeader, c.Epoch, holder, token)
-	case c.Token != 0 && (uint64(token) != c.Token || !live):
-		return nil, fmt.Errorf("%w: epoch %d: the commit's token is %d, the lease's %d (held by %q, live %v)", ErrNotLeader, c.Epoch, c.Token, token, holder, live)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, s.fail("commit epoch: commit", err)
 	}
 	return cleared, nil
 }
