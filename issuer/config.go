@@ -19,6 +19,9 @@ const (
 	DefaultClientID  = brokerconfig.IssuerAccount
 	DefaultLabel     = "default"
 	DefaultKeepRoots = 4
+	// DefaultChunkLeaves is the smallest chunk of a streamed epoch: 512
+	// tickets (an epoch of up to 512 devices is one chunk).
+	DefaultChunkLeaves = 512
 	// MinKeepRoots is the fewest root topics kept: the current epoch's and
 	// the previous one's (schema/PROTOCOL.md §3).
 	MinKeepRoots = 2
@@ -70,6 +73,13 @@ type Config struct {
 	// KeepRoots is how many root/{epoch} topics stay retained (default 4,
 	// at least 2); older ones are cleared with an empty retained publish.
 	KeepRoots int
+	// ChunkLeaves is the smallest chunk of a streamed epoch
+	// (schema/PROTOCOL.md §5.5), a power of two (default
+	// DefaultChunkLeaves): an epoch of more devices is issued, persisted
+	// and published chunk by chunk, in chunks of at least ChunkLeaves
+	// tickets and at most wire.MaxChunks chunks; a smaller epoch is one
+	// chunk.
+	ChunkLeaves int
 	// KEMs restricts the KEM algorithms accepted in registrations and next
 	// keys (default: the whole allow-list of pkg/kem).
 	KEMs []kem.ID
@@ -114,6 +124,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.KeepRoots == 0 {
 		c.KeepRoots = DefaultKeepRoots
+	}
+	if c.ChunkLeaves == 0 {
+		c.ChunkLeaves = DefaultChunkLeaves
 	}
 	if len(c.KEMs) == 0 {
 		c.KEMs = kem.IDs()
@@ -172,6 +185,9 @@ func (c Config) Validate() error {
 	}
 	if c.KeepRoots < MinKeepRoots {
 		return bad("keep roots must be at least %d, got %d", MinKeepRoots, c.KeepRoots)
+	}
+	if c.ChunkLeaves < 2 || c.ChunkLeaves&(c.ChunkLeaves-1) != 0 {
+		return bad("chunk leaves must be a power of two of at least 2, got %d", c.ChunkLeaves)
 	}
 	for _, id := range c.KEMs {
 		if _, err := kem.Lookup(id); err != nil {

@@ -65,6 +65,10 @@ type Issuer struct {
 	// pending holds, per device, the last registration refused because
 	// its key changed, so that an operator Reset can pin it at once.
 	pending map[string][]byte
+	// badKeys are devices whose stored key did not parse while an epoch
+	// was streamed: that epoch was abandoned, and later plans skip them
+	// until the issuer restarts (each counted in store_bad_key). Under mu.
+	badKeys map[string]bool
 
 	// pubMu serialises publishing rounds (an epoch, a republish), so an
 	// older ticket never overwrites a newer one on the broker.

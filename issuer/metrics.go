@@ -236,6 +236,8 @@ var (
 		"store_failures":   prometheus.NewDesc("ekem_store_failures_total", "Store transactions that failed.", nil, nil),
 		"store_bad_key":    prometheus.NewDesc("ekem_store_bad_keys_total", "Stored device keys found invalid while planning an epoch.", nil, nil),
 		"issue_failures":   prometheus.NewDesc("ekem_issue_failures_total", "Epochs that could not be issued.", nil, nil),
+		"epochs_abandoned": prometheus.NewDesc("ekem_epochs_abandoned_total",
+			"Streamed epochs begun but abandoned before their root was persisted (a store or key failure mid-stream); their numbers are never reused.", nil, nil),
 		"status_conflict_unauthenticated": prometheus.NewDesc("ekem_status_conflicts_unauthenticated_total",
 			"Status messages that conflict with the recorded one (same seq, other bytes) where one of the two carries no verifying tag: counted, never a quarantine (issuer/conflict.go).", nil, nil),
 		"log_lines_suppressed": prometheus.NewDesc("ekem_log_lines_suppressed_total",

@@ -89,6 +89,7 @@ a flag on the command line wins):
   -purpose LABEL           EKEM_PURPOSE           ticket purpose label (default "default")
   -group LABEL             EKEM_GROUP             ticket group label (default "default")
   -keep-roots N            EKEM_KEEP_ROOTS        root topics kept retained, at least 2 (default 4)
+  -chunk-leaves N          EKEM_CHUNK_LEAVES      smallest chunk of a streamed epoch, a power of two (default 512)
   -reenroll POLICY        EKEM_REENROLL          a device's re-enrollment: hold (for approve,
                                                   default) or auto (pinned at once)
   -client-id ID            EKEM_CLIENT_ID         MQTT client id (default ekem-issuer; the reference
@@ -236,6 +237,7 @@ type runFlags struct {
 	period, ttl                                time.Duration
 	prefix, purpose, group, clientID           string
 	keepRoots                                  int
+	chunkLeaves                                int
 	reenroll                                   string
 	ca, cert, keyfile, metrics                 string
 	logLevel, logFormat                        string
@@ -251,7 +253,7 @@ var runEnv = map[string]cliflag.Env{
 	cliflag.NextSigningKey: {Var: cliflag.EnvNextSigningKey, Old: []string{"EKEM_NEXT_KEY"}},
 	"store":                {Var: "EKEM_STORE"}, "period": {Var: "EKEM_PERIOD"}, "ttl": {Var: "EKEM_TTL"},
 	"prefix": {Var: "EKEM_PREFIX"}, "purpose": {Var: "EKEM_PURPOSE"}, "group": {Var: "EKEM_GROUP"},
-	"keep-roots": {Var: "EKEM_KEEP_ROOTS"}, "reenroll": {Var: "EKEM_REENROLL"}, "client-id": {Var: "EKEM_CLIENT_ID"},
+	"keep-roots": {Var: "EKEM_KEEP_ROOTS"}, "chunk-leaves": {Var: "EKEM_CHUNK_LEAVES"}, "reenroll": {Var: "EKEM_REENROLL"}, "client-id": {Var: "EKEM_CLIENT_ID"},
 	cliflag.TLSCA:   {Var: cliflag.EnvTLSCA, Old: []string{"EKEM_CA"}},
 	cliflag.TLSCert: {Var: cliflag.EnvTLSCert, Old: []string{"EKEM_CERT"}},
 	cliflag.TLSKey:  {Var: cliflag.EnvTLSKey, Old: []string{"EKEM_KEYFILE"}},
@@ -283,6 +285,7 @@ func parseRunFlags(name string, args []string) (*runFlags, error) {
 	fs.StringVar(&f.purpose, "purpose", issuer.DefaultLabel, "")
 	fs.StringVar(&f.group, "group", issuer.DefaultLabel, "")
 	fs.IntVar(&f.keepRoots, "keep-roots", issuer.DefaultKeepRoots, "")
+	fs.IntVar(&f.chunkLeaves, "chunk-leaves", issuer.DefaultChunkLeaves, "")
 	fs.StringVar(&f.reenroll, "reenroll", string(issuer.ReenrollHold), "")
 	fs.StringVar(&f.clientID, "client-id", issuer.DefaultClientID, "")
 	fs.StringVar(&f.enrollment, "enrollment", issuer.EnrollmentOpen, "")
@@ -329,6 +332,8 @@ func (f *runFlags) check() error {
 		return bad("-ttl must be a whole number of seconds, got %v", f.ttl)
 	case f.keepRoots < issuer.MinKeepRoots:
 		return bad("-keep-roots must be at least %d, got %d", issuer.MinKeepRoots, f.keepRoots)
+	case f.chunkLeaves < 2 || f.chunkLeaves&(f.chunkLeaves-1) != 0:
+		return bad("-chunk-leaves must be a power of two of at least 2, got %d", f.chunkLeaves)
 	case (f.cert == "") != (f.keyfile == ""):
 		return bad("-tls-cert and -tls-key go together")
 	case f.logFormat != "text" && f.logFormat != "json":
@@ -450,7 +455,7 @@ func (f *runFlags) config(log *slog.Logger) (issuer.Config, error) {
 	cfg := issuer.Config{
 		Broker: f.broker, Username: username, Password: password, TLS: tlsCfg, ClientID: f.clientID, Enrollment: f.enrollment,
 		Prefix: f.prefix, Key: key, NextKey: nextKey, StorePath: f.store, Period: f.period, TTL: f.ttl,
-		Purpose: f.purpose, Group: f.group, KeepRoots: f.keepRoots, Logger: log,
+		Purpose: f.purpose, Group: f.group, KeepRoots: f.keepRoots, ChunkLeaves: f.chunkLeaves, Logger: log,
 		Reenroll: issuer.ReenrollPolicy(f.reenroll),
 	}
 	return cfg, cfg.Validate()
