@@ -18,12 +18,13 @@ import (
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
-// persistedMsg is the issuer's log message between persisting an epoch and
-// publishing it (issuer/epoch.go); its time splits an epoch into phases.
-const persistedMsg = "epoch issued and persisted"
+// begunMsg is the issuer's log message once an epoch's number is
+// persisted and its stream starts (issuer/epoch.go): plan before it,
+// crypto, persistence and publishing overlapped after it.
+const begunMsg = "epoch begun"
 
 // phaseHandler is a slog.Handler that remembers when the issuer logged
-// persistedMsg, and drops everything else.
+// begunMsg, and drops everything else.
 type phaseHandler struct {
 	mu sync.Mutex
 	at time.Time
@@ -31,7 +32,7 @@ type phaseHandler struct {
 
 func (h *phaseHandler) Enabled(context.Context, slog.Level) bool { return true }
 func (h *phaseHandler) Handle(_ context.Context, r slog.Record) error {
-	if r.Message == persistedMsg {
+	if r.Message == begunMsg {
 		h.mu.Lock()
 		h.at = time.Now()
 		h.mu.Unlock()
@@ -49,6 +50,39 @@ func (h *phaseHandler) take() time.Time {
 	return t
 }
 
+// rssSampler records the peak VmRSS of this process (where the issuer
+// runs) every 50 ms until stopped.
+type rssSampler struct {
+	stop chan struct{}
+	done chan struct{}
+	peak float64
+}
+
+func sampleRSS() *rssSampler {
+	s := &rssSampler{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			s.peak = max(s.peak, rssOf(os.Getpid()))
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+// end stops the sampler and returns the peak RSS in bytes.
+func (s *rssSampler) end() float64 {
+	close(s.stop)
+	<-s.done
+	return s.peak
+}
+
 // benchIssuer measures IssueEpoch for Devices devices through the broker.
 // Registrations are preloaded with HandleMessage (each is verified and
 // pinned exactly as from the broker) into a store on /dev/shm, which is
@@ -64,22 +98,39 @@ func benchIssuer(ctx context.Context, c Config, b *broker, keys *keyPool, dir st
 		return err
 	}
 	logf("issuer: preloaded %d registrations in %v", c.Devices, time.Since(t).Round(time.Millisecond))
+	base := rssOf(os.Getpid())
+	sampler := sampleRSS()
 	rates, pubRates, builds, totals, err := issuerEpochs(ctx, c, b, key, store, "ekem-bench-issuer", logf)
+	peak := sampler.end()
 	if err != nil {
 		return err
 	}
 	raw := rep.value("publish.raw_rate")
 	rate := median(rates)
-	rep.add(Row{Key: "issuer.epoch_rate", Label: "issuer IssueEpoch end to end (plan+crypto+persist+publish)", Value: rate, Unit: "tickets/s",
+	rep.add(Row{Key: "issuer.epoch_rate", Label: "issuer IssueEpoch end to end (plan, then crypto+persist+publish streamed)", Value: rate, Unit: "tickets/s",
 		Ratio: rate / raw, RatioTo: "publish.raw_rate", Samples: rates, Note: fmt.Sprintf("N=%d; epoch 1 inserts, later epochs replace", c.Devices)})
+	ins := rep.value("publish.raw_rate_insert")
+	rep.add(Row{Key: "issuer.epoch_rate_insert", Label: "issuer epoch 1 (inserts), against the floor's rep 1", Value: rates[0], Unit: "tickets/s",
+		Ratio: rates[0] / ins, RatioTo: "publish.raw_rate_insert"})
+	if repl := rep.value("publish.raw_rate_replace"); len(rates) > 1 && repl > 0 {
+		r := median(rates[1:])
+		rep.add(Row{Key: "issuer.epoch_rate_replace", Label: "issuer later epochs (replace), against the floor's later reps", Value: r, Unit: "tickets/s",
+			Ratio: r / repl, RatioTo: "publish.raw_rate_replace", Samples: rates[1:]})
+	}
 	if len(pubRates) > 0 {
-		rep.add(Row{Key: "issuer.publish_rate", Label: "issuer publish phase only (after persist)", Value: median(pubRates), Unit: "msg/s",
+		rep.add(Row{Key: "issuer.publish_rate", Label: "issuer streamed phase (crypto+persist+publish, after the plan)", Value: median(pubRates), Unit: "msg/s",
 			Ratio: median(pubRates) / raw, RatioTo: "publish.raw_rate", Samples: pubRates})
-		rep.add(Row{Key: "issuer.build_persist", Label: "issuer plan + crypto + persist phase", Value: median(builds), Unit: "s",
+		rep.add(Row{Key: "issuer.build_persist", Label: "issuer plan (before the first chunk)", Value: median(builds), Unit: "s",
 			Ratio: median(builds) / median(totals), RatioTo: "share of the epoch", Samples: builds})
 	}
+	rep.add(Row{Key: "issuer.rss_peak", Label: "issuer: peak RSS of the bench process during the epochs", Value: peak / 1e6, Unit: "MB",
+		Note: fmt.Sprintf("the issuer runs in-process; %.0f MB before its first epoch (the bench's %d raw keys among it)", base/1e6, c.Devices)})
+	rep.add(Row{Key: "issuer.rss_growth", Label: "issuer: peak RSS growth during the epochs", Value: (peak - base) / 1e6, Unit: "MB"})
+	rep.add(Row{Key: "broker.rss_after_epochs", Label: "Mosquitto RSS after the epochs", Value: rssOf(b.pid()) / 1e6, Unit: "MB",
+		Note: fmt.Sprintf("%d retained tickets of the issuer and %d of the floor", c.Devices, c.Devices)})
 	ep := median(totals)
 	rep.add(Row{Key: "issuer.epoch_time", Label: fmt.Sprintf("issuer epoch time, N=%d", c.Devices), Value: ep, Unit: "s", Samples: totals})
+	rep.add(Row{Key: "issuer.epoch_time_first", Label: fmt.Sprintf("issuer epoch 1 time (inserts), N=%d", c.Devices), Value: totals[0], Unit: "s"})
 	proj := ep * 1e6 / float64(c.Devices)
 	rep.add(Row{Key: "issuer.projection_1m", Label: "projected 1M-device epoch (linear in N)", Value: proj, Unit: "s",
 		Note: fmt.Sprintf("from N=%d; tree depth adds <2%%", c.Devices)})
@@ -132,13 +183,13 @@ func issuerEpochs(ctx context.Context, c Config, b *broker, key *signature.Priva
 		if err != nil {
 			return nil, nil, nil, nil, fmt.Errorf("bench: issuer epoch: %w", err)
 		}
-		persisted := ph.take()
+		begun := ph.take()
 		logf("issuer: epoch %d of %d tickets in %v (%s)", e, c.Devices, d.Round(time.Millisecond), redacted(store))
 		rates = append(rates, float64(c.Devices)/d.Seconds())
 		totals = append(totals, d.Seconds())
-		if !persisted.IsZero() {
-			builds = append(builds, persisted.Sub(t0).Seconds())
-			pubRates = append(pubRates, float64(c.Devices)/t0.Add(d).Sub(persisted).Seconds())
+		if !begun.IsZero() {
+			builds = append(builds, begun.Sub(t0).Seconds())
+			pubRates = append(pubRates, float64(c.Devices)/t0.Add(d).Sub(begun).Seconds())
 		}
 	}
 	return rates, pubRates, builds, totals, nil

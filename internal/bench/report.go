@@ -32,14 +32,26 @@ func goals(r *Report) []Goal {
 		Pass:     rp <= GoalCryptoRatio,
 		Note:     fmt.Sprintf("with keys parsed beforehand %.1f µs = %.2f× of encaps+leaf hash: the key schedule (3 HKDF + HMAC), pk and ticket hashes, CBOR and proofs are not in that floor", is, rs)})
 	raw, rate, pub := r.value("publish.raw_rate"), r.value("issuer.epoch_rate"), r.value("issuer.publish_rate")
-	out = append(out, Goal{Name: "issuer epoch throughput through Mosquitto", Target: fmt.Sprintf("≥ %.1f× raw publish rate", GoalPublishRatio),
-		Measured: fmt.Sprintf("%.0f tickets/s end to end = %.2f× of %.0f msg/s", rate, rate/raw, raw),
-		Pass:     rate/raw >= GoalPublishRatio,
-		Note:     fmt.Sprintf("publish phase alone %.0f msg/s = %.2f×; the rest is plan+crypto+persist, which must finish before the first publish", pub, pub/raw)})
+	ins, repl := r.value("issuer.epoch_rate_insert"), r.value("issuer.epoch_rate_replace")
+	insRaw, replRaw := r.value("publish.raw_rate_insert"), r.value("publish.raw_rate_replace")
+	g := Goal{Name: "issuer epoch throughput through Mosquitto", Target: fmt.Sprintf("≥ %.1f× raw publish rate, inserting and replacing", GoalPublishRatio),
+		Measured: fmt.Sprintf("%.0f tickets/s end to end = %.2f× of %.0f msg/s; inserting %.2f×", rate, rate/raw, raw, ins/insRaw),
+		Pass:     rate/raw >= GoalPublishRatio && ins/insRaw >= GoalPublishRatio,
+		Note:     fmt.Sprintf("streamed phase alone %.0f msg/s = %.2f×; before it only the plan", pub, pub/raw)}
+	if repl > 0 && replRaw > 0 {
+		g.Measured += fmt.Sprintf(", replacing %.2f×", repl/replRaw)
+		g.Pass = g.Pass && repl/replRaw >= GoalPublishRatio
+	}
+	out = append(out, g)
 	proj := r.value("issuer.projection_1m")
-	g := Goal{Name: "1M-device epoch", Target: fmt.Sprintf("≤ %.0f s", GoalEpoch1MSecs),
+	g = Goal{Name: "1M-device epoch", Target: fmt.Sprintf("≤ %.0f s", GoalEpoch1MSecs),
 		Measured: fmt.Sprintf("%.1f s projected from N=%d", proj, r.Config.Devices), Pass: proj <= GoalEpoch1MSecs}
-	if r.Config.Devices < goalProjectFromAt {
+	if r.Config.Devices >= 1_000_000 {
+		e := r.value("issuer.epoch_time_first")
+		g.Measured = fmt.Sprintf("%.1f s measured (epoch 1, N=%d); issuer process peak RSS %.0f MB, Mosquitto %.0f MB",
+			e, r.Config.Devices, r.value("issuer.rss_peak"), r.value("broker.rss_after_epochs"))
+		g.Pass = e <= GoalEpoch1MSecs
+	} else if r.Config.Devices < goalProjectFromAt {
 		g.Note = fmt.Sprintf("projected from fewer than %d devices; run -devices %d for the stated check", goalProjectFromAt, goalProjectFromAt)
 	}
 	out = append(out, g)
