@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"fmt"
 
-	"github.com/entropykem/entropykem/pkg/batch"
 	"github.com/entropykem/entropykem/pkg/keyschedule"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -100,25 +99,4 @@ func groupSeeds(cohorts map[string]bool) (map[string][]byte, error) {
 		seeds[c] = g
 	}
 	return seeds, nil
-}
-
-// withGroupSeeds gives every member in devs its cohort's seed of this
-// epoch, one fresh seed per cohort.
-func withGroupSeeds(devs []batch.Device) error {
-	cohorts := map[string]bool{}
-	for _, d := range devs {
-		if d.Cohort != "" {
-			cohorts[d.Cohort] = true
-		}
-	}
-	seeds, err := groupSeeds(cohorts)
-	if err != nil {
-		return err
-	}
-	for n := range devs {
-		if devs[n].Cohort != "" {
-			devs[n].GroupSeed = seeds[devs[n].Cohort]
-		}
-	}
-	return nil
 }
