@@ -10,9 +10,10 @@ import (
 // TestCohortMembership: membership set online is audited, takes effect at
 // the next epoch, gives every member one group key per epoch (a fresh one
 // each epoch), and a member taken out derives none from then on; the same
-// action works on a stopped store.
+// action works on a stopped store. Epochs are streamed in chunks of two
+// tickets, so the members span chunks (backend-1, dev-a | dev-b, dev-c).
 func TestCohortMembership(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, func(c *Config) { c.ChunkLeaves = 2 })
 	devs := map[string]*device{}
 	for _, id := range []string{"backend-1", "dev-a", "dev-b", "dev-c"} {
 		devs[id] = newDevice(t, id)
