@@ -23,14 +23,14 @@ var schemes = map[string]bool{"tcp": false, "mqtt": false, "ws": false, "ssl": t
 func CheckURL(u string) error {
 	p, err := url.Parse(u)
 	if err != nil || p.Hostname() == "" || p.Port() == "" || p.User != nil || p.RawQuery != "" || p.Fragment != "" {
-		return fmt.Errorf("%q is not a broker URL like tcp://host:1883", u)
+		return fmt.Errorf("%q is not a broker URL scheme://host:port, like tcp://host:1883", u)
 	}
 	_, ok := schemes[p.Scheme]
 	if !ok {
 		return fmt.Errorf("unsupported scheme %q (tcp, mqtt, ssl, tls, mqtts, ws, wss)", p.Scheme)
 	}
 	if p.Path != "" && p.Path != "/" && p.Scheme != "ws" && p.Scheme != "wss" {
-		return fmt.Errorf("%q is not a broker URL like tcp://host:1883 (a path is for ws:// and wss:// only)", u)
+		return fmt.Errorf("%q is not a broker URL scheme://host:port, like tcp://host:1883 (a path is for ws:// and wss:// only)", u)
 	}
 	return nil
 }
