@@ -77,7 +77,7 @@ func waitStandings(t testing.TB, iss *ekissuer.Issuer, want map[string]int) {
 	var got map[string]float64
 	sysWaitFor(t, "issuer standings "+strconv.Quote(strings.ReplaceAll(strings.TrimSpace(stringMap(want)), "\n", " ")), func() bool {
 		got = issuerSamples(t, iss)
-		for _, s := range ekissuer.Standings {
+		for _, s := range ekissuer.JudgedStandings() {
 			if got[`ekem_devices{standing="`+s+`"}`] != float64(want[s]) {
 				return false
 			}
@@ -88,7 +88,7 @@ func waitStandings(t testing.TB, iss *ekissuer.Issuer, want map[string]int) {
 
 func stringMap(m map[string]int) string {
 	var b strings.Builder
-	for _, s := range ekissuer.Standings {
+	for _, s := range ekissuer.JudgedStandings() {
 		if m[s] != 0 {
 			b.WriteString(s + "=" + strconv.Itoa(m[s]) + " ")
 		}

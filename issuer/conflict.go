@@ -34,12 +34,12 @@ func (i *Issuer) onConflict(rec *record, topic string, st *wire.Status, h []byte
 	switch {
 	case newAuth && recordedAuth:
 		rec.State = stateQuarantined
-		i.count("clone_detected", 1)
+		i.count(cCloneDetected, 1)
 		i.log.Error("two different authenticated Status messages with one seq for one device: possible clone; device quarantined",
 			"reason", "clone_detected", "device", id, "seq", st.Seq)
 		return outcome{changed: true, rec: rec}
 	case newAuth:
-		i.count("status_conflict_unauthenticated", 1)
+		i.count(cStatusConflictUnauthenticated, 1)
 		i.logLimited(slog.LevelWarn, id, "status_conflict_unauthenticated",
 			"an unauthenticated Status recorded with this seq is replaced by an authenticated one",
 			"reason", "status_conflict_unauthenticated", "device", id, "seq", st.Seq,
@@ -51,7 +51,7 @@ func (i *Issuer) onConflict(rec *record, topic string, st *wire.Status, h []byte
 		rec.StatusState, rec.StatusReason, rec.StatusEpoch = uint64(st.State), st.Reason, st.Epoch
 		return outcome{changed: true, rec: rec}
 	}
-	i.count("status_conflict_unauthenticated", 1)
+	i.count(cStatusConflictUnauthenticated, 1)
 	i.logLimited(slog.LevelWarn, id, "status_conflict_unauthenticated",
 		"a Status the issuer cannot authenticate conflicts with the recorded one (same seq): ignored, the device's standing is unchanged",
 		"reason", "status_conflict_unauthenticated", "device", id, "seq", st.Seq,

@@ -301,7 +301,7 @@ func (i *Issuer) Deny(id string, op Operator) error {
 // (rec is nil or has no pinned key): pin it, or refuse it and hold it for
 // an operator's approve or deny.
 func (i *Issuer) firstUse(rec *record, topic, id string, reg *wire.Registration, payload []byte) outcome {
-	const kind = "registration"
+	const kind = rejectRegistration
 	if rec != nil && rec.State == stateRevoked {
 		i.reject(kind, "device_revoked", topic, id)
 		return outcome{}

@@ -101,8 +101,8 @@ func (i *Issuer) IssueEpoch(ctx context.Context) (uint64, error) {
 	if e == 0 {
 		return 0, err
 	}
-	i.count("epochs", 1)
-	i.count("tickets_issued", uint64(n))
+	i.count(cEpochs, 1)
+	i.count(cTicketsIssued, uint64(n))
 	i.setEpochDuration(time.Since(start))
 	i.notify()
 	if failed > 0 {
@@ -128,7 +128,7 @@ func (i *Issuer) streamEpoch(ctx context.Context) (e uint64, tickets, msgs, fail
 	now := i.cfg.Now()
 	params := batch.Params{Epoch: e, IssuedAt: unixSeconds(now), TTL: uint64(i.cfg.TTL / time.Second)}
 	if _, err := i.store.CommitEpoch(&EpochCommit{Stage: StageBegin, Prev: e - 1, Epoch: e, Token: i.leaseToken()}); err != nil {
-		i.count("store_failures", 1)
+		i.count(cStoreFailures, 1)
 		return 0, 0, 0, 0, fmt.Errorf("issuer: begin epoch %d (nothing was published): %w", e, err)
 	}
 	i.committed.Store(e)
@@ -170,7 +170,7 @@ func (i *Issuer) streamEpoch(ctx context.Context) (e uint64, tickets, msgs, fail
 			continue // drain: the builder stops at its next chunk
 		}
 		if _, err := i.store.CommitEpoch(&EpochCommit{Stage: StageChunk, Prev: e, Epoch: e, Records: b.recs, Token: i.leaseToken()}); err != nil {
-			i.count("store_failures", 1)
+			i.count(cStoreFailures, 1)
 			streamErr = fmt.Errorf("persist chunk %d: %w", b.chunk.Index, err)
 			stop()
 			continue
@@ -193,10 +193,10 @@ func (i *Issuer) streamEpoch(ctx context.Context) (e uint64, tickets, msgs, fail
 		// Tickets of the persisted chunks are published all the same:
 		// the broker shows what the store holds.
 		msgs, failed = pub.finish()
-		i.count("epochs_abandoned", 1)
+		i.count(cEpochsAbandoned, 1)
 		var bad *batch.BadKeyError
 		if errors.As(streamErr, &bad) {
-			i.count("store_bad_key", 1)
+			i.count(cStoreBadKey, 1)
 			i.log.Error("stored device key is invalid; device skipped from the next epoch", "reason", "store_bad_key", "device", bad.DeviceID, "err", bad.Err)
 			if i.badKeys == nil {
 				i.badKeys = map[string]bool{}
@@ -246,7 +246,7 @@ func (i *Issuer) finishEpoch(params batch.Params, size, height uint64, roots [][
 	cleared, err = i.store.CommitEpoch(&EpochCommit{Stage: StageFinish, Prev: e, Epoch: e, Root: root, Info: info,
 		KeepRoots: i.cfg.KeepRoots, Token: i.leaseToken()})
 	if err != nil {
-		i.count("store_failures", 1)
+		i.count(cStoreFailures, 1)
 		return nil, nil, nil, fmt.Errorf("persist root: %w", err)
 	}
 	return root, info, cleared, nil
@@ -380,7 +380,7 @@ func (i *Issuer) plan() (*plan, error) {
 		if hw := i.committed.Load(); last < hw {
 			// The store went back under the running issuer (a database
 			// restored in place): issuing would reuse an epoch number.
-			i.count("store_behind", 1)
+			i.count(cStoreBehind, 1)
 			return fmt.Errorf("%w: the store %s ends at epoch %d, but this issuer committed epoch %d: it was restored or replaced while the issuer ran "+
 				"(hint: stop every issuer, then run 'ekem-issuer recover'; README \"Backups and recovery\")", ErrStoreBehind, i.store.Name(), last, hw)
 		}
@@ -389,7 +389,7 @@ func (i *Issuer) plan() (*plan, error) {
 		if p.signer, kid, err = signerFor(i.cfg, i.chain, p.epoch); err != nil {
 			// Never a fallback to another key: devices trust exactly the
 			// key the announcements name for this epoch.
-			i.count("signing_key_missing", 1)
+			i.count(cSigningKeyMissing, 1)
 			i.log.Error("epoch refused: its signing key is not configured", "reason", "signing_key_missing",
 				"epoch", p.epoch, "kid", fmt.Sprintf("%x", kid))
 			return err
@@ -471,10 +471,10 @@ func (i *Issuer) Run(ctx context.Context) error {
 		case e > 0:
 			i.log.Warn("epoch issued but not fully published", "epoch", e, "err", err)
 		case errors.Is(err, ErrSigningKey):
-			i.count("issue_failures", 1) // logged with its reason by plan
+			i.count(cIssueFailures, 1) // logged with its reason by plan
 		default:
 			i.log.Error("epoch issuance failed", "reason", "issue_failed", "err", err)
-			i.count("issue_failures", 1)
+			i.count(cIssueFailures, 1)
 		}
 		t.Reset(next)
 	}

@@ -166,7 +166,7 @@ func (i *Issuer) fence(ctx context.Context) error {
 		if last == 0 && i.storeEmpty() {
 			what = "empty: it was lost or deleted"
 		}
-		i.count("fenced_starts", 1)
+		i.count(cFencedStarts, 1)
 		return fmt.Errorf("%w: the broker %s holds the root of epoch %d signed by this issuer, but the store %s ends at epoch %d "+
 			"(the store is %s); issuing from it would reuse epoch numbers and strand every device "+
 			"(hint: run 'ekem-issuer recover' with the same flags to re-pin the devices from the broker and continue above epoch %d; README \"Backups and recovery\")",
@@ -174,7 +174,7 @@ func (i *Issuer) fence(ctx context.Context) error {
 	}
 	for e, b := range v.roots {
 		if s, ok := stored[e]; ok && !bytes.Equal(s, b) {
-			i.count("fenced_starts", 1)
+			i.count(cFencedStarts, 1)
 			return fmt.Errorf("%w: the broker %s holds a root of epoch %d signed by this issuer that differs from the store's: "+
 				"two stores issued that epoch (hint: run only one issuer on this prefix, from the newest store; see README \"Backups and recovery\")",
 				ErrBrokerAhead, i.cfg.Broker, e)

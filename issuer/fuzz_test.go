@@ -72,9 +72,7 @@ func (e *env) restore(recs map[string][]byte) {
 	}); err != nil {
 		e.t.Fatal(err)
 	}
-	e.iss.cmu.Lock()
-	e.iss.counts = map[string]uint64{}
-	e.iss.cmu.Unlock()
+	e.iss.cnt.reset()
 }
 
 // FuzzRecord: decoding a stored record never panics, and what decodes

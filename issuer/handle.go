@@ -75,7 +75,7 @@ func (i *Issuer) handleLocked(msgs []mqttc.Message) {
 	pending := map[string][]byte{}
 	changed, err := i.handleInTx(msgs, pending)
 	if err != nil {
-		i.count("store_failures", 1)
+		i.count(cStoreFailures, 1)
 		i.log.Error("store update failed; messages of this batch are dropped", "reason", "store_failure", "err", err, "messages", len(msgs))
 		return
 	}
@@ -101,7 +101,7 @@ func (i *Issuer) handleInTx(msgs []mqttc.Message, pending map[string][]byte) (ch
 			case wire.TopicStatus:
 				o, err = i.onStatus(tx, m.Topic, m.Payload)
 			default:
-				i.reject("message", "unexpected_topic", m.Topic, "")
+				i.reject(rejectMessage, "unexpected_topic", m.Topic, "")
 				continue
 			}
 			if err != nil {
@@ -127,13 +127,9 @@ func (i *Issuer) handleInTx(msgs []mqttc.Message, pending map[string][]byte) (ch
 	return changed && err == nil, err
 }
 
-// reject counts and logs a refused message. kind is "registration" or
-// "status"; the counter is <kind-counter>:<reason>.
-func (i *Issuer) reject(kind, reason, topic, device string, attrs ...any) {
-	prefix := map[string]string{"registration": "registrations_rejected", "status": "status_rejected"}[kind]
-	if prefix == "" {
-		prefix = "messages_rejected"
-	}
+// reject counts and logs a refused message of kind for reason (one of the
+// issuer's own reason words).
+func (i *Issuer) reject(kind rejectKind, reason, topic, device string, attrs ...any) {
 	a := append([]any{"reason", reason, "topic", clip(topic)}, attrs...)
 	if device != "" {
 		a = append(a, "device", device)
@@ -142,10 +138,10 @@ func (i *Issuer) reject(kind, reason, topic, device string, attrs ...any) {
 	if reason == "stale_status" {
 		level = slog.LevelInfo // a late Status after the next epoch: normal
 	}
-	i.logLimited(level, device, reason, kind+" rejected", a...)
+	i.logLimited(level, device, reason, kind.String()+" rejected", a...)
 	// Counted after the log line is written: whoever sees the counter
 	// move finds the record with its reason.
-	i.count(prefix+":"+reason, 1)
+	i.cnt.reject(kind, reason)
 }
 
 // clip bounds attacker-controlled strings in logs.
@@ -162,7 +158,7 @@ func clip(s string) string {
 // or as a re-enrollment (§7.6). retained says the broker delivered it from
 // its store at subscription rather than as it was published.
 func (i *Issuer) onRegistration(tx ReadTx, topic string, payload []byte, retained bool) (outcome, error) {
-	const kind = "registration"
+	const kind = rejectRegistration
 	if len(payload) == 0 {
 		return outcome{}, nil // a cleared retained topic
 	}
@@ -211,7 +207,7 @@ func (i *Issuer) onRegistration(tx ReadTx, topic string, payload []byte, retaine
 		return i.firstUse(rec, topic, id, reg, payload), nil // enroll.go: the enrollment policy
 	}
 	if rec.RegAlg == reg.KEMAlg && bytes.Equal(rec.RegKey, reg.PublicKey) {
-		i.count("registrations_same", 1)
+		i.count(cRegistrationsSame, 1)
 		i.log.Debug("registration unchanged", "device", id)
 		return outcome{}, nil
 	}
@@ -224,7 +220,7 @@ func (i *Issuer) pin(rec *record, id string, reg *wire.Registration) outcome {
 	}
 	rec.RegAlg, rec.RegKey = reg.KEMAlg, bytes.Clone(reg.PublicKey)
 	rec.PinnedAt = unixSeconds(i.cfg.Now())
-	i.count("registrations_pinned", 1)
+	i.count(cRegistrationsPinned, 1)
 	i.log.Info("device key pinned", "device", id, "kem", reg.KEMAlg.String(), "pk_hash", shortHash(kem.PublicKeyHash(reg.PublicKey)))
 	return outcome{changed: true, rec: rec}
 }
@@ -232,7 +228,7 @@ func (i *Issuer) pin(rec *record, id string, reg *wire.Registration) outcome {
 // rekey replaces a pinned key when the registration proves, under the latest
 // ticket's ss, that its sender decapsulated that ticket.
 func (i *Issuer) rekey(rec *record, topic string, reg *wire.Registration, payload []byte) outcome {
-	const kind = "registration"
+	const kind = rejectRegistration
 	id := rec.ID
 	if reg.Reenroll {
 		return i.reenroll(rec, topic, reg, payload)
@@ -263,7 +259,7 @@ func (i *Issuer) rekey(rec *record, topic string, reg *wire.Registration, payloa
 	// it in place). The key the latest ticket used stays recorded: a
 	// Status of that ticket is still checked against its kem_alg.
 	rec.NextAlg, rec.NextKey = reg.KEMAlg, bytes.Clone(reg.PublicKey)
-	i.count("registrations_rekeyed", 1)
+	i.count(cRegistrationsRekeyed, 1)
 	i.log.Warn("device re-keyed with a valid proof", "device", id, "kem", reg.KEMAlg.String(),
 		"pk_hash", shortHash(kem.PublicKeyHash(reg.PublicKey)))
 	return outcome{changed: true, rec: rec}
@@ -271,7 +267,7 @@ func (i *Issuer) rekey(rec *record, topic string, reg *wire.Registration, payloa
 
 // onStatus applies schema/PROTOCOL.md §10 Status.
 func (i *Issuer) onStatus(tx ReadTx, topic string, payload []byte) (outcome, error) {
-	const kind = "status"
+	const kind = rejectStatus
 	if len(payload) == 0 {
 		return outcome{}, nil
 	}
@@ -313,7 +309,7 @@ func (i *Issuer) onStatus(tx ReadTx, topic string, payload []byte) (outcome, err
 	if rec.HasStatus && st.Seq <= rec.StatusSeq {
 		switch {
 		case st.Seq == rec.StatusSeq && bytes.Equal(h, rec.StatusHash):
-			i.count("statuses_duplicate", 1)
+			i.count(cStatusesDuplicate, 1)
 			return outcome{}, nil // a retained re-delivery
 		case st.Seq == rec.StatusSeq:
 			return i.onConflict(rec, topic, st, h), nil // conflict.go: quarantine only on authenticated evidence
@@ -323,7 +319,7 @@ func (i *Issuer) onStatus(tx ReadTx, topic string, payload []byte) (outcome, err
 			// its last acceptance of a ticket that newer ones have since
 			// replaced (§8.5). It says nothing new, and is not a
 			// stale_status.
-			i.count("statuses_older", 1)
+			i.count(cStatusesOlder, 1)
 			i.log.Debug("older Status ignored", "device", id, "seq", st.Seq, "last_seq", rec.StatusSeq)
 			return outcome{}, nil
 		}
@@ -350,7 +346,7 @@ func (i *Issuer) onStatus(tx ReadTx, topic string, payload []byte) (outcome, err
 // verifyAccepted checks an ok or gap Status against the latest ticket and,
 // if every check passes, records the confirmation and the next key in rec.
 func (i *Issuer) verifyAccepted(rec *record, topic string, st *wire.Status) bool {
-	const kind = "status"
+	const kind = rejectStatus
 	id := rec.ID
 	if rec.TicketHash == nil || !bytes.Equal(st.TicketHash, rec.TicketHash) {
 		i.reject(kind, "stale_status", topic, id, "status_epoch", st.Epoch, "latest_epoch", rec.Epoch)
@@ -392,15 +388,15 @@ func (i *Issuer) verifyAccepted(rec *record, topic string, st *wire.Status) bool
 		// §7.5: a re-key of this ticket already fixed the next key; the
 		// Status confirms the ticket and changes nothing else, so the
 		// order of the two topics does not decide the outcome.
-		i.count("statuses_verified", 1)
+		i.count(cStatusesVerified, 1)
 		i.log.Info("device confirmed ticket; its re-keyed key stays the next key", "device", id, "epoch", rec.Epoch,
 			"state", st.State.String())
 		return true
 	}
 	rec.NextAlg, rec.NextKey = st.NextAlg, bytes.Clone(st.NextPK)
-	i.count("statuses_verified", 1)
+	i.count(cStatusesVerified, 1)
 	if st.State == wire.StateGap {
-		i.count("device_reported:gap", 1)
+		i.count(cStatusesGap, 1)
 	}
 	i.log.Info("device confirmed ticket", "device", id, "epoch", rec.Epoch, "state", st.State.String(),
 		"next_pk_hash", shortHash(kem.PublicKeyHash(st.NextPK)))
@@ -423,10 +419,10 @@ func (i *Issuer) reportProblem(id string, st *wire.Status) {
 	if r := accept.Reason(st.Reason); r <= accept.ReasonInternal {
 		reason = r.String() // bounded: counter names stay few
 	}
-	i.count("device_reported:"+st.State.String()+":"+reason, 1)
+	i.cnt.report(st.State, reason)
 	attrs := []any{"device", id, "state", st.State.String(), "device_reason", reason, "epoch", st.Epoch, "seq", st.Seq}
 	if st.State == wire.StateEquivocation {
-		i.count("equivocation_reported", 1)
+		i.count(cEquivocationReported, 1)
 		i.logLimited(slog.LevelError, id, "equivocation_reported", "device reports equivocation: two different tickets for one epoch",
 			append([]any{"reason", "equivocation_reported"}, attrs...)...)
 		return

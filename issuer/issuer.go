@@ -74,9 +74,8 @@ type Issuer struct {
 	// older ticket never overwrites a newer one on the broker.
 	pubMu sync.Mutex
 
-	cmu    sync.Mutex
-	counts map[string]uint64
-	logs   logLimiter // per-device log rate limit (loglimit.go)
+	cnt  counters   // event counters (counters.go)
+	logs logLimiter // per-device log rate limit (loglimit.go)
 
 	nmu     sync.Mutex
 	changed chan struct{}
@@ -128,7 +127,7 @@ func New(cfg Config) (*Issuer, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	i := &Issuer{
 		cfg: cfg, topics: topics, log: cfg.Logger.With("role", "issuer"), store: st, chain: chain,
-		pending: map[string][]byte{}, counts: map[string]uint64{}, changed: make(chan struct{}),
+		pending: map[string][]byte{}, changed: make(chan struct{}),
 		ready: make(chan struct{}), ctx: ctx, cancel: cancel,
 	}
 	if p := chain.pending(last); p != nil {
@@ -242,21 +241,9 @@ func (i *Issuer) LastEpoch() uint64 {
 // status_conflict_unauthenticated, log_lines_suppressed, tickets_issued, epochs,
 // publish_failures, publish_retries, republished, store_failures,
 // signing_key_missing.
-func (i *Issuer) Counters() map[string]uint64 {
-	i.cmu.Lock()
-	defer i.cmu.Unlock()
-	out := make(map[string]uint64, len(i.counts))
-	for k, v := range i.counts {
-		out[k] = v
-	}
-	return out
-}
+func (i *Issuer) Counters() map[string]uint64 { return i.cnt.snapshot().names() }
 
-func (i *Issuer) count(name string, n uint64) {
-	i.cmu.Lock()
-	i.counts[name] += n
-	i.cmu.Unlock()
-}
+func (i *Issuer) count(c counter, n uint64) { i.cnt.add(c, n) }
 
 // notify wakes every waiter of WaitFor.
 func (i *Issuer) notify() {

@@ -128,7 +128,7 @@ func (i *Issuer) logLimited(level slog.Level, device, reason, msg string, attrs 
 		i.log.Log(i.ctx, level, msg, attrs...)
 		return
 	}
-	i.count("log_lines_suppressed", 1)
+	i.count(cLogLinesSuppressed, 1)
 	if first {
 		time.AfterFunc(logSummaryEvery, i.logSuppressedSummary)
 	}

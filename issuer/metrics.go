@@ -4,7 +4,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
-	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/entropykem/entropykem/internal/buildinfo"
 	"github.com/entropykem/entropykem/pkg/standing"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -53,18 +54,18 @@ const (
 	StandingRevoked          = string(standing.Revoked)
 )
 
-// Standings lists every standing the issuer judges, in the order they are
-// exported.
-var Standings = []string{StandingCurrent, StandingLagging, StandingStale, StandingPending, StandingAwaitingApproval, StandingQuarantined, StandingRevoked}
+// JudgedStandings returns every standing the issuer judges, in the order
+// they are exported.
+func JudgedStandings() []string {
+	return []string{StandingCurrent, StandingLagging, StandingStale, StandingPending, StandingAwaitingApproval, StandingQuarantined, StandingRevoked}
+}
 
-// EpochIssueBuckets are the ekem_epoch_issue_duration_seconds histogram
+// epochIssueBuckets are the ekem_epoch_issue_duration_seconds histogram
 // buckets: an epoch of one device takes milliseconds, one of 100,000
 // devices tens of seconds (one ML-KEM encapsulation each).
-var EpochIssueBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250}
-
-// Version is reported in ekem_build_info; it defaults to the main module's
-// version from the build information ("(devel)" for a plain go build).
-var Version = ""
+func epochIssueBuckets() []float64 {
+	return []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250}
+}
 
 // promState is the issuer's Prometheus registry, built on first use (the
 // zero value is ready).
@@ -81,7 +82,7 @@ func (i *Issuer) registry() *prometheus.Registry {
 		p.issue = prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ekem_epoch_issue_duration_seconds",
 			Help:    "Time to plan, encapsulate, sign and persist one epoch (before publishing).",
-			Buckets: EpochIssueBuckets,
+			Buckets: epochIssueBuckets(),
 		})
 		p.reg = prometheus.NewRegistry()
 		p.reg.MustRegister(p.issue, &issuerCollector{i: i}, buildInfo("issuer"))
@@ -172,23 +173,16 @@ func (i *Issuer) brokerConnected() bool {
 	return c != nil && c.Connected() && i.ctx.Err() == nil
 }
 
-// buildInfo is ekem_build_info{role, version, goversion, revision} 1.
+// buildInfo is ekem_build_info{role, version, goversion, revision} 1: the
+// build "ekem-issuer version" reports (internal/buildinfo).
 func buildInfo(role string) prometheus.Collector {
-	version, rev, gov := Version, "", ""
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		gov = bi.GoVersion
-		if version == "" {
-			version = bi.Main.Version
-		}
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				rev = s.Value
-			}
-		}
+	bi := buildinfo.Read()
+	if bi.Commit == buildinfo.UnknownCommit {
+		bi.Commit = "" // an empty label rather than a word
 	}
 	g := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ekem_build_info", Help: "Build information; the value is always 1.",
-		ConstLabels: prometheus.Labels{"role": role, "version": version, "goversion": gov, "revision": rev},
+		ConstLabels: prometheus.Labels{"role": role, "version": bi.Version, "goversion": bi.GoVersion, "revision": bi.Commit},
 	})
 	g.Set(1)
 	return g
@@ -229,20 +223,20 @@ var (
 		"Devices by standing: current, lagging, stale, pending, awaiting_approval, quarantined, revoked (pkg/standing).",
 		[]string{"standing"}, nil)
 	descConnected = prometheus.NewDesc("ekem_broker_connected", "1 while the broker connection is up.", nil, nil)
-	descPlain     = map[string]*prometheus.Desc{
-		"publish_failures": prometheus.NewDesc("ekem_publish_failures_total", "Publishes that failed after every retry (republished after reconnection).", nil, nil),
-		"publish_retries":  prometheus.NewDesc("ekem_publish_retries_total", "Publish retries.", nil, nil),
-		"republished":      prometheus.NewDesc("ekem_republished_messages_total", "Messages republished from the store after a (re)connection.", nil, nil),
-		"store_failures":   prometheus.NewDesc("ekem_store_failures_total", "Store transactions that failed.", nil, nil),
-		"store_bad_key":    prometheus.NewDesc("ekem_store_bad_keys_total", "Stored device keys found invalid while planning an epoch.", nil, nil),
-		"issue_failures":   prometheus.NewDesc("ekem_issue_failures_total", "Epochs that could not be issued.", nil, nil),
-		"epochs_abandoned": prometheus.NewDesc("ekem_epochs_abandoned_total",
+	descPlain     = map[counter]*prometheus.Desc{
+		cPublishFailures: prometheus.NewDesc("ekem_publish_failures_total", "Publishes that failed after every retry (republished after reconnection).", nil, nil),
+		cPublishRetries:  prometheus.NewDesc("ekem_publish_retries_total", "Publish retries.", nil, nil),
+		cRepublished:     prometheus.NewDesc("ekem_republished_messages_total", "Messages republished from the store after a (re)connection.", nil, nil),
+		cStoreFailures:   prometheus.NewDesc("ekem_store_failures_total", "Store transactions that failed.", nil, nil),
+		cStoreBadKey:     prometheus.NewDesc("ekem_store_bad_keys_total", "Stored device keys found invalid while planning an epoch.", nil, nil),
+		cIssueFailures:   prometheus.NewDesc("ekem_issue_failures_total", "Epochs that could not be issued.", nil, nil),
+		cEpochsAbandoned: prometheus.NewDesc("ekem_epochs_abandoned_total",
 			"Streamed epochs begun but abandoned before their root was persisted (a store or key failure mid-stream); their numbers are never reused.", nil, nil),
-		"status_conflict_unauthenticated": prometheus.NewDesc("ekem_status_conflicts_unauthenticated_total",
+		cStatusConflictUnauthenticated: prometheus.NewDesc("ekem_status_conflicts_unauthenticated_total",
 			"Status messages that conflict with the recorded one (same seq, other bytes) where one of the two carries no verifying tag: counted, never a quarantine (issuer/conflict.go).", nil, nil),
-		"log_lines_suppressed": prometheus.NewDesc("ekem_log_lines_suppressed_total",
+		cLogLinesSuppressed: prometheus.NewDesc("ekem_log_lines_suppressed_total",
 			"Log lines about refused messages not written because a device (or the issuer) was over its log budget; the messages themselves are counted as usual (issuer/loglimit.go).", nil, nil),
-		"signing_key_missing": prometheus.NewDesc("ekem_signing_key_refusals_total",
+		cSigningKeyMissing: prometheus.NewDesc("ekem_signing_key_refusals_total",
 			"Epochs refused because the key the stored key rotations require to sign them is not configured (-key, -next-key).", nil, nil),
 	}
 )
@@ -257,16 +251,11 @@ var (
 		"First epoch signed by the next issuer key of a pending key rotation (0: no rotation pending).", nil, nil)
 )
 
-// registrationResults maps counter names to ekem_registrations_total results.
-var registrationResults = map[string]string{
-	"registrations_pinned": "pinned", "registrations_same": "unchanged", "registrations_rekeyed": "rekeyed",
-}
-
 // reportStates are the Status states of a problem report.
 var reportStates = []wire.State{wire.StateRejected, wire.StateEquivocation, wire.StateStale}
 
 // issuerCollector computes the issuer's metrics at scrape time from
-// Counters() and the store.
+// the typed counters (counters.go) and the store.
 type issuerCollector struct{ i *Issuer }
 
 func (c *issuerCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -282,72 +271,55 @@ func (c *issuerCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *issuerCollector) Collect(ch chan<- prometheus.Metric) {
 	i := c.i
-	counts := i.Counters()
+	snap := i.cnt.snapshot()
+	c1 := func(k counter) uint64 { return snap.plain[k] }
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	regs := map[string]uint64{"pinned": 0, "unchanged": 0, "rekeyed": 0, "rejected": 0}
-	states := map[string]uint64{}
-	for _, s := range []wire.State{wire.StateOK, wire.StateGap, wire.StateRejected, wire.StateEquivocation, wire.StateStale} {
-		states[s.String()] = 0
-	}
+	regs := map[string]uint64{"pinned": c1(cRegistrationsPinned), "unchanged": c1(cRegistrationsSame),
+		"rekeyed": c1(cRegistrationsRekeyed), "rejected": 0}
 	checks := map[string]uint64{"confirm": 0, "next_tag": 0}
-	gap := counts["device_reported:gap"]
-	states[wire.StateGap.String()] = gap
-	states[wire.StateOK.String()] = counts["statuses_verified"] - min(gap, counts["statuses_verified"])
-	for name, v := range counts {
-		if r, ok := registrationResults[name]; ok {
-			regs[r] += v
-			continue
-		}
-		kind, reason, _ := strings.Cut(name, ":")
-		switch kind {
-		case "registrations_rejected":
+	for k, v := range snap.rejects {
+		counter(descRejects, v, k.kind.String(), k.reason)
+		switch {
+		case k.kind == rejectRegistration:
 			regs["rejected"] += v
-			counter(descRejects, v, "registration", reason)
-		case "status_rejected":
-			counter(descRejects, v, "status", reason)
-			switch reason {
-			case "bad_confirm":
-				checks["confirm"] += v
-			case "bad_next_tag":
-				checks["next_tag"] += v
-			}
-		case "messages_rejected":
-			counter(descRejects, v, "message", reason)
-		case "device_reported":
-			state, why, ok := strings.Cut(reason, ":")
-			if ok && isReportState(state) {
-				states[state] += v
-				counter(descDeviceReports, v, state, why)
-			}
+		case k.kind == rejectStatus && k.reason == "bad_confirm":
+			checks["confirm"] += v
+		case k.kind == rejectStatus && k.reason == "bad_next_tag":
+			checks["next_tag"] += v
 		}
-		if d, ok := descPlain[name]; ok {
-			counter(d, v)
+	}
+	states := map[wire.State]uint64{wire.StateRejected: 0, wire.StateEquivocation: 0, wire.StateStale: 0}
+	gap, verified := c1(cStatusesGap), c1(cStatusesVerified)
+	states[wire.StateGap] = gap
+	states[wire.StateOK] = verified - min(gap, verified)
+	for k, v := range snap.reports {
+		if slices.Contains(reportStates, k.state) {
+			states[k.state] += v
+			counter(descDeviceReports, v, k.state.String(), k.reason)
 		}
 	}
 	for r, v := range regs {
 		counter(descRegistrations, v, r)
 	}
 	for s, v := range states {
-		counter(descStatuses, v, s)
+		counter(descStatuses, v, s.String())
 	}
 	for k, v := range checks {
 		counter(descConfirmFailures, v, k)
 	}
-	for name, d := range descPlain {
-		if _, seen := counts[name]; !seen {
-			counter(d, 0)
-		}
+	for k, d := range descPlain {
+		counter(d, c1(k))
 	}
-	counter(descDuplicates, counts["statuses_duplicate"])
-	counter(descTickets, counts["tickets_issued"])
-	counter(descEpochs, counts["epochs"])
-	counter(descClone, counts["clone_detected"])
-	counter(descEquivocation, counts["equivocation_reported"])
+	counter(descDuplicates, c1(cStatusesDuplicate))
+	counter(descTickets, c1(cTicketsIssued))
+	counter(descEpochs, c1(cEpochs))
+	counter(descClone, c1(cCloneDetected))
+	counter(descEquivocation, c1(cEquivocationReported))
 	last := i.LastEpoch()
 	gauge(descEpoch, float64(last))
 	kid := i.cfg.Key.Public().KID()
@@ -372,18 +344,9 @@ func (c *issuerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(descDevices, err)
 		return
 	}
-	for _, s := range Standings {
+	for _, s := range JudgedStandings() {
 		gauge(descDevices, float64(standings[s]), s)
 	}
-}
-
-func isReportState(s string) bool {
-	for _, r := range reportStates {
-		if r.String() == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Standings counts the devices in the store by standing at time now (see
@@ -391,8 +354,8 @@ func isReportState(s string) bool {
 func (i *Issuer) Standings(now time.Time) (map[string]int, error) { return i.standings(now) }
 
 func (i *Issuer) standings(now time.Time) (map[string]int, error) {
-	out := make(map[string]int, len(Standings))
-	for _, s := range Standings {
+	out := make(map[string]int, 7)
+	for _, s := range JudgedStandings() {
 		out[s] = 0
 	}
 	j := judge(now, i.awaitingApproval())

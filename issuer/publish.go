@@ -141,7 +141,7 @@ func (i *Issuer) republish() error {
 		return nil
 	}
 	failed := i.publishAll(msgs)
-	i.count("republished", uint64(len(msgs)-failed))
+	i.count(cRepublished, uint64(len(msgs)-failed))
 	i.log.Info("republished from the store", "messages", len(msgs), "failed", failed)
 	if failed > 0 {
 		return fmt.Errorf("%w: %d of %d republished messages", ErrPublish, failed, len(msgs))
@@ -180,16 +180,16 @@ func (i *Issuer) bulk() *mqttc.Bulk {
 func (i *Issuer) finishBulk(b *mqttc.Bulk) int {
 	r := b.Finish()
 	if r.Retried > 0 {
-		i.count("publish_retries", uint64(r.Retried))
+		i.count(cPublishRetries, uint64(r.Retried))
 	}
 	if r.Stopped > 0 {
 		// The leader lease is lost: what is left is not published, and
 		// not a failure to retry.
-		i.count("publish_fenced", uint64(r.Stopped))
+		i.count(cPublishFenced, uint64(r.Stopped))
 		i.log.Warn("publishing stopped: the leader lease is lost", "reason", "lease_lost", "unsent", r.Stopped, "err", r.StopErr)
 	}
 	if r.Failed > 0 {
-		i.count("publish_failures", uint64(r.Failed))
+		i.count(cPublishFailures, uint64(r.Failed))
 		i.log.Error("publish failed after retries", "reason", "publish_failed", "messages", r.Failed,
 			"first_topic", r.FirstFailed)
 	}

@@ -33,7 +33,7 @@ func (p ReenrollPolicy) valid() bool { return p == "" || p == ReenrollHold || p 
 // reenroll handles a re-enrollment of a pinned device (rec) with another
 // key. Called with i.mu held, inside the handling transaction.
 func (i *Issuer) reenroll(rec *record, topic string, reg *wire.Registration, payload []byte) outcome {
-	const kind = "registration"
+	const kind = rejectRegistration
 	id := rec.ID
 	offered := shortHash(kem.PublicKeyHash(reg.PublicKey))
 	if rec.State != stateActive || i.cfg.Reenroll != ReenrollAuto {
@@ -46,7 +46,7 @@ func (i *Issuer) reenroll(rec *record, topic string, reg *wire.Registration, pay
 	}
 	detail := resetDetail(rec) + "; pinned re-enrollment " + offered
 	repin(rec, reg, unixSeconds(i.cfg.Now()))
-	i.count("registrations_reenrolled", 1)
+	i.count(cRegistrationsReenrolled, 1)
 	i.log.Warn("device re-enrolled with a new key (policy auto)", "device", id, "kem", reg.KEMAlg.String(), "pk_hash", offered)
 	return outcome{changed: true, rec: rec, audit: &AuditEntry{Time: unixSeconds(i.cfg.Now()), Actor: "issuer policy -reenroll auto",
 		Action: "reenroll", Device: id, Detail: detail}}
@@ -60,7 +60,7 @@ func (i *Issuer) reenroll(rec *record, topic string, reg *wire.Registration, pay
 // (republish), and the device answers with a live registration of its
 // live key, which is pinned.
 func (i *Issuer) staleAfterReset(topic, id string) outcome {
-	i.reject("registration", "retained_after_reset", topic, id, "hint", "waiting for the device's live registration")
+	i.reject(rejectRegistration, "retained_after_reset", topic, id, "hint", "waiting for the device's live registration")
 	return outcome{}
 }
 

@@ -5,12 +5,8 @@ package main
 
 import (
 	"os"
-
-	"github.com/entropykem/entropykem/internal/buildinfo"
-	"github.com/entropykem/entropykem/issuer"
 )
 
 func main() {
-	issuer.Version = buildinfo.Read().Version // ekem_build_info says what "version" says
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
