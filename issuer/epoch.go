@@ -91,7 +91,7 @@ func (i *Issuer) IssueEpoch(ctx context.Context) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("issuer: issue epoch: %w", err)
 	}
-	if i.ctx.Err() != nil {
+	if i.isClosed() {
 		return 0, ErrClosed
 	}
 	start := time.Now()
@@ -457,7 +457,7 @@ func (i *Issuer) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-i.ctx.Done():
+		case <-i.closing:
 			return ErrClosed
 		case <-t.C:
 		}

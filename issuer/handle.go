@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 
 	brokerconfig "github.com/entropykem/entropykem/broker-config"
@@ -31,14 +32,14 @@ type outcome struct {
 func (i *Issuer) processInbox(in *mqttc.Inbox) {
 	defer i.wg.Done()
 	for {
-		m, ok := in.Next(i.ctx)
+		m, ok := in.Next(context.Background()) // Close closes the inbox
 		if !ok {
 			return
 		}
 		i.active.Add(1)
 		batch := []mqttc.Message{m}
 		for len(batch) < maxBatch && in.Len() > 0 {
-			m, ok := in.Next(i.ctx)
+			m, ok := in.Next(context.Background()) // Close closes the inbox
 			if !ok {
 				break
 			}

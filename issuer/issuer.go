@@ -17,7 +17,6 @@ package issuer
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -96,8 +95,9 @@ type Issuer struct {
 	issueNanos atomic.Int64
 	prom       promState // Prometheus registry (metrics.go)
 
-	ctx       context.Context
-	cancel    context.CancelFunc
+	// closing is closed by Close: the issuer's end, which every wait of
+	// its own goroutines also selects on. (Callers pass their contexts.)
+	closing   chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }
@@ -124,11 +124,10 @@ func New(cfg Config) (*Issuer, error) {
 		st.Close()
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	i := &Issuer{
 		cfg: cfg, topics: topics, log: cfg.Logger.With("role", "issuer"), store: st, chain: chain,
 		pending: map[string][]byte{}, changed: make(chan struct{}),
-		ready: make(chan struct{}), ctx: ctx, cancel: cancel,
+		ready: make(chan struct{}), closing: make(chan struct{}),
 	}
 	if p := chain.pending(last); p != nil {
 		kid, _ := chain.signerAt(last + 1)
@@ -187,13 +186,23 @@ func (i *Issuer) Close() error {
 			}
 			c.Close()
 		}
-		i.cancel()
+		close(i.closing)
 		i.wg.Wait()
 		i.mu.Lock()
 		err = i.store.Close()
 		i.mu.Unlock()
 	})
 	return err
+}
+
+// isClosed reports whether Close was called.
+func (i *Issuer) isClosed() bool {
+	select {
+	case <-i.closing:
+		return true
+	default:
+		return false
+	}
 }
 
 // Devices returns a snapshot of every device, sorted by id. A store read
@@ -244,68 +253,6 @@ func (i *Issuer) LastEpoch() uint64 {
 func (i *Issuer) Counters() map[string]uint64 { return i.cnt.snapshot().names() }
 
 func (i *Issuer) count(c counter, n uint64) { i.cnt.add(c, n) }
-
-// notify wakes every waiter of WaitFor.
-func (i *Issuer) notify() {
-	i.nmu.Lock()
-	close(i.changed)
-	i.changed = make(chan struct{})
-	i.nmu.Unlock()
-}
-
-// WaitFor waits until cond holds for the snapshot of device id, or ctx ends.
-// cond is re-checked after every stored change.
-func (i *Issuer) WaitFor(ctx context.Context, id string, cond func(DeviceInfo) bool) (DeviceInfo, error) {
-	for {
-		i.nmu.Lock()
-		ch := i.changed
-		i.nmu.Unlock()
-		if d, ok := i.Device(id); ok && cond(d) {
-			return d, nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return DeviceInfo{}, fmt.Errorf("issuer: waiting for device %q: %w", id, ctx.Err())
-		}
-	}
-}
-
-// WaitRegistered waits until device id has a pinned key.
-func (i *Issuer) WaitRegistered(ctx context.Context, id string) (DeviceInfo, error) {
-	return i.WaitFor(ctx, id, func(d DeviceInfo) bool { return d.PinnedKeyHash != nil })
-}
-
-// WaitConfirmed waits until device id has confirmed, in a verified Status,
-// a ticket of epoch at least epoch.
-func (i *Issuer) WaitConfirmed(ctx context.Context, id string, epoch uint64) (DeviceInfo, error) {
-	return i.WaitFor(ctx, id, func(d DeviceInfo) bool { return d.ConfirmedEpoch >= epoch })
-}
-
-// WaitIdle returns once the inbox is empty and no message is being handled
-// (checked twice, a few milliseconds apart), or when ctx ends. It cannot see
-// messages still in flight in the broker: to wait for a device's message,
-// use WaitFor.
-func (i *Issuer) WaitIdle(ctx context.Context) error {
-	t := time.NewTicker(2 * time.Millisecond)
-	defer t.Stop()
-	idleRounds := 0
-	for {
-		if i.idle() {
-			idleRounds++
-			if idleRounds >= 2 {
-				return nil
-			}
-		} else {
-			idleRounds = 0
-		}
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return fmt.Errorf("issuer: wait idle: %w", ctx.Err())
-		}
-	}
-}
 
 func (i *Issuer) idle() bool {
 	if i.active.Load() != 0 {

@@ -125,7 +125,7 @@ func (l *logLimiter) summary() logSummary {
 func (i *Issuer) logLimited(level slog.Level, device, reason, msg string, attrs ...any) {
 	ok, first := i.logs.allow(device, reason, i.cfg.Now())
 	if ok {
-		i.log.Log(i.ctx, level, msg, attrs...)
+		i.log.Log(context.Background(), level, msg, attrs...)
 		return
 	}
 	i.count(cLogLinesSuppressed, 1)
@@ -138,7 +138,7 @@ func (i *Issuer) logLimited(level slog.Level, device, reason, msg string, attrs 
 // it only resets the counts.
 func (i *Issuer) logSuppressedSummary() {
 	s := i.logs.summary()
-	if s.total == 0 || i.ctx.Err() != nil {
+	if s.total == 0 || i.isClosed() {
 		return
 	}
 	reasons := make([]string, 0, len(s.byReason))

@@ -2,63 +2,15 @@ package issuer
 
 import (
 	"encoding/hex"
-	"fmt"
-	"net/http"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/entropykem/entropykem/internal/buildinfo"
-	"github.com/entropykem/entropykem/pkg/standing"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
-
-// Fleet standings exported as ekem_devices{standing=...}: the words of
-// pkg/standing (one vocabulary with the monitor and the docs). Every device
-// in the store is in exactly one, judged from the issuer's record at scrape
-// time (t = Config.Now()) and only from authenticated evidence, so a
-// device's own unauthenticated reports (rejected, equivocation) are the
-// monitor's to show, never the issuer's:
-//
-//   - revoked: an operator revoked it (Issuer.Revoke); it gets no tickets.
-//   - quarantined: two different Status messages with one seq were seen
-//     (schema/PROTOCOL.md §10, a clone); it gets no tickets until an
-//     operator acts (Reset, Release).
-//   - awaiting_approval: a re-enrollment (schema/PROTOCOL.md §7.6) of the
-//     device is held for an operator's Approve.
-//   - pending: active with a pinned key, but no ticket yet (it registered
-//     after the last epoch, or an operator reset it).
-//   - stale: active, and its latest ticket has expired (t ≥ issued_at +
-//     ttl_s of that ticket), confirmed or not: the device holds no fresh
-//     key (it refuses to hand out keys, device.ErrStale). Either the
-//     issuer stopped issuing or the device missed everything since.
-//   - current: active, it confirmed its latest ticket in a verified Status
-//     (ConfirmedEpoch = LastEpoch) and that ticket has not expired. Active
-//     devices get a ticket every epoch, so this is "confirmed the latest
-//     epoch".
-//   - lagging: active, its latest ticket has not expired, but it has not
-//     confirmed it: it confirmed an earlier epoch or none (offline, slow,
-//     or rejecting tickets). Right after an epoch is issued every device is
-//     lagging until its Status arrives.
-const (
-	StandingCurrent          = string(standing.Current)
-	StandingLagging          = string(standing.Lagging)
-	StandingStale            = string(standing.Stale)
-	StandingPending          = string(standing.Pending)
-	StandingAwaitingApproval = string(standing.AwaitingApproval)
-	StandingQuarantined      = string(standing.Quarantined)
-	StandingRevoked          = string(standing.Revoked)
-)
-
-// JudgedStandings returns every standing the issuer judges, in the order
-// they are exported.
-func JudgedStandings() []string {
-	return []string{StandingCurrent, StandingLagging, StandingStale, StandingPending, StandingAwaitingApproval, StandingQuarantined, StandingRevoked}
-}
 
 // epochIssueBuckets are the ekem_epoch_issue_duration_seconds histogram
 // buckets: an epoch of one device takes milliseconds, one of 100,000
@@ -100,78 +52,6 @@ func (i *Issuer) setEpochDuration(d time.Duration) {
 // Registry returns the Prometheus registry behind MetricsHandler, so an
 // embedding program can serve it with its own metrics or gather it.
 func (i *Issuer) Registry() *prometheus.Registry { return i.registry() }
-
-// MetricsHandler serves the issuer's metrics in the Prometheus exposition
-// formats. Every name starts with ekem_, counters end in _total, durations
-// are in seconds, and no label ever holds a device id (labels are bounded:
-// results, reasons, states). See issuerCollector for the list.
-func (i *Issuer) MetricsHandler() http.Handler {
-	return promhttp.HandlerFor(i.registry(), promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
-}
-
-// HealthHandler is the liveness probe (/healthz): 200 "ok" while the issuer
-// is not closed, else 503. A broker outage does not make it fail (the
-// issuer reconnects by itself; restarting it would not help): that is
-// ReadyHandler's job.
-func (i *Issuer) HealthHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		if i.ctx.Err() != nil {
-			http.Error(w, "closed", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-}
-
-// ReadyHandler is the readiness probe (/readyz): 200 "ready" when the
-// issuer is started and connected to the broker, its store answers a read
-// and the key that signs the next epoch is loaded; else 503 with one line
-// per failed check ("broker: not connected", "store: ...", "key: not
-// loaded", "key: epoch N needs key ...").
-func (i *Issuer) ReadyHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		if problems := i.readiness(); len(problems) > 0 {
-			http.Error(w, strings.Join(problems, "\n"), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-}
-
-// AdminHandler serves /metrics, /healthz and /readyz.
-func (i *Issuer) AdminHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", i.MetricsHandler())
-	mux.Handle("/healthz", i.HealthHandler())
-	mux.Handle("/readyz", i.ReadyHandler())
-	return mux
-}
-
-// readiness returns the failed readiness checks.
-func (i *Issuer) readiness() []string {
-	var out []string
-	if i.ctx.Err() != nil {
-		out = append(out, "issuer: closed")
-	}
-	if !i.brokerConnected() {
-		out = append(out, "broker: not connected")
-	}
-	last, err := readLastEpoch(i.store)
-	if err != nil {
-		out = append(out, "store: not readable")
-	}
-	if i.cfg.Key == nil {
-		out = append(out, "key: not loaded")
-	} else if _, kid, err := signerFor(i.cfg, i.chain, last+1); err != nil {
-		out = append(out, fmt.Sprintf("key: epoch %d needs key %x, which is not configured", last+1, kid))
-	}
-	return out
-}
-
-func (i *Issuer) brokerConnected() bool {
-	c := i.client.Load()
-	return c != nil && c.Connected() && i.ctx.Err() == nil
-}
 
 // buildInfo is ekem_build_info{role, version, goversion, revision} 1: the
 // build "ekem-issuer version" reports (internal/buildinfo).
@@ -346,69 +226,5 @@ func (c *issuerCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, s := range JudgedStandings() {
 		gauge(descDevices, float64(standings[s]), s)
-	}
-}
-
-// Standings counts the devices in the store by standing at time now (see
-// StandingCurrent and the others). It reads every record once: O(devices).
-func (i *Issuer) Standings(now time.Time) (map[string]int, error) { return i.standings(now) }
-
-func (i *Issuer) standings(now time.Time) (map[string]int, error) {
-	out := make(map[string]int, 7)
-	for _, s := range JudgedStandings() {
-		out[s] = 0
-	}
-	j := judge(now, i.awaitingApproval())
-	err := i.store.View(func(tx ReadTx) error {
-		return tx.Devices(func(r *record) error {
-			out[j(r)]++
-			return nil
-		})
-	})
-	return out, err
-}
-
-// judge returns the standing of a record at now: awaiting_approval for
-// an active device whose re-enrollment is held (awaiting), else standingOf.
-// Every ticket of one epoch has the epoch's issued_at and ttl_s
-// (IssueEpoch), so it decodes one ticket per epoch.
-func judge(now time.Time, awaiting map[string]bool) func(*record) string {
-	t, expiry := unixSeconds(now), map[uint64]uint64{}
-	return func(r *record) string {
-		if awaiting[r.ID] && r.State == stateActive {
-			return StandingAwaitingApproval
-		}
-		return standingOf(r, t, expiry)
-	}
-}
-
-// judge is judge at the issuer's clock, with its held re-enrollments.
-func (i *Issuer) judge() func(*record) string { return judge(i.cfg.Now(), i.awaitingApproval()) }
-
-// standingOf classifies one record at Unix time t; expiry caches each
-// epoch's ticket expiry (0: its ticket did not decode, treated as expired).
-func standingOf(r *record, t uint64, expiry map[uint64]uint64) string {
-	switch {
-	case r.State == stateRevoked:
-		return StandingRevoked
-	case r.State == stateQuarantined:
-		return StandingQuarantined
-	case r.Epoch == 0 || r.Ticket == nil:
-		return StandingPending
-	}
-	exp, ok := expiry[r.Epoch]
-	if !ok {
-		if _, body, err := wire.ParseTicket(r.Ticket); err == nil {
-			exp = body.IssuedAt + body.TTL
-		}
-		expiry[r.Epoch] = exp
-	}
-	switch {
-	case t >= exp:
-		return StandingStale
-	case r.ConfirmedEpoch == r.Epoch:
-		return StandingCurrent
-	default:
-		return StandingLagging
 	}
 }

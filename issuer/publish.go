@@ -31,7 +31,7 @@ func (i *Issuer) Start(ctx context.Context) error {
 	if i.cfg.Broker == "" {
 		return fmt.Errorf("%w: no broker configured", ErrConfig)
 	}
-	if i.ctx.Err() != nil {
+	if i.isClosed() {
 		return ErrClosed
 	}
 	if !i.started.CompareAndSwap(false, true) {
@@ -78,7 +78,7 @@ func (i *Issuer) Start(ctx context.Context) error {
 func (i *Issuer) onConnect() {
 	select {
 	case <-i.ready:
-	case <-i.ctx.Done():
+	case <-i.closing:
 		return
 	}
 	if err := i.mayPublish(); err != nil {
@@ -172,7 +172,7 @@ func (i *Issuer) bulk() *mqttc.Bulk {
 	if c == nil {
 		return nil
 	}
-	return c.Bulk(mqttc.BulkOptions{Window: publishWindow, Tries: publishTries, Stop: i.mayPublish, Done: i.ctx.Done()})
+	return c.Bulk(mqttc.BulkOptions{Window: publishWindow, Tries: publishTries, Stop: i.mayPublish, Done: i.closing})
 }
 
 // finishBulk waits for b, counts its retries, failures and fenced
