@@ -19,13 +19,13 @@ type api struct {
 
 func (o *opts) apiFlags(defs map[string]func()) {
 	defs["api"] = func() {
-		o.str(&o.api.addr, "api", "EKEM_API", "", "serve the local key API on unix:PATH (HTTP + JSON; README, Keys for applications)")
+		o.str(&o.api.addr, "api", "", "serve the local key API on unix:PATH (HTTP + JSON; README, Keys for applications)")
 	}
 	defs["api-mode"] = func() {
-		o.str(&o.api.mode, "api-mode", "EKEM_API_MODE", "0600", "permission bits of the key API socket: 0600 (the agent's user) or 0660 (and -api-group)")
+		o.str(&o.api.mode, "api-mode", "0600", "permission bits of the key API socket: 0600 (the agent's user) or 0660 (and -api-group)")
 	}
 	defs["api-group"] = func() {
-		o.str(&o.api.group, "api-group", "EKEM_API_GROUP", "", "group (name or gid) the key API socket is given, for -api-mode 0660")
+		o.str(&o.api.group, "api-group", "", "group (name or gid) the key API socket is given, for -api-mode 0660")
 	}
 }
 

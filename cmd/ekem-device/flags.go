@@ -72,51 +72,51 @@ func newOpts(cmd, synopsis string, stderr io.Writer, which ...string) *opts {
 	}
 	defs := map[string]func(){
 		"id": func() {
-			o.str(&o.id, "id", "EKEM_DEVICE_ID", "", "device id = broker username (1-64 of [A-Za-z0-9._-])")
+			o.str(&o.id, "id", "", "device id = broker username (1-64 of [A-Za-z0-9._-])")
 		},
-		"broker": func() { o.str(&o.broker, "broker", "EKEM_BROKER", "", "broker URL: tcp://host:1883, ssl://host:8883") },
+		"broker": func() { o.str(&o.broker, "broker", "", "broker URL: tcp://host:1883, ssl://host:8883") },
 		// The password itself is only read from EKEM_PASSWORD: argv is public.
-		"password": func() { o.passwordEnv, o.envOf["password"] = true, "EKEM_PASSWORD" },
+		"password": func() { o.passwordEnv, o.envOf["password"] = true, cliflag.Var("password") },
 		"password-file": func() {
-			o.str(&o.passwordFile, "password-file", "EKEM_PASSWORD_FILE", "", "file holding the broker password, or the device's account file from mkcreds (accounts/ID.env); the password itself may come from EKEM_PASSWORD, never a flag")
+			o.str(&o.passwordFile, "password-file", "", "file holding the broker password, or the device's account file from mkcreds (accounts/ID.env); the password itself may come from EKEM_PASSWORD, never a flag")
 		},
-		"state": func() { o.str(&o.stateDir, "state", "EKEM_STATE_DIR", "", "state directory") },
+		"state": func() { o.str(&o.stateDir, "state", "", "state directory") },
 		"issuer-pub": func() {
-			o.str(&o.issuerPub, "issuer-pub", "EKEM_ISSUER_PUB", "", "pinned issuer public key PEM file(s), comma separated")
+			o.str(&o.issuerPub, "issuer-pub", "", "pinned issuer public key PEM file(s), comma separated")
 		},
 		"cohort-file": func() {
-			o.str(&o.cohortFile, "cohort-file", "EKEM_COHORT_FILE", "", "cohort secret file, 32 raw bytes or 64 hex chars (development only)")
+			o.str(&o.cohortFile, "cohort-file", "", "cohort secret file, 32 raw bytes or 64 hex chars (development only)")
 		},
 		"tpm": func() {
-			o.str(&o.tpm, "tpm", "EKEM_TPM", "", "TPM holding the cohort key: /dev/tpmrm0 or a swtpm socket (blob: -state dir/"+blobFileName+", see provision-cohort)")
+			o.str(&o.tpm, "tpm", "", "TPM holding the cohort key: /dev/tpmrm0 or a swtpm socket (blob: -state dir/"+blobFileName+", see provision-cohort)")
 		},
-		"kem":    func() { o.str(&o.kemName, "kem", "EKEM_KEM", kem.Default.String(), "KEM of a new device: "+kemNames()) },
-		"prefix": func() { o.str(&o.prefix, "prefix", "EKEM_PREFIX", wire.DefaultPrefix, "topic prefix") },
+		"kem":    func() { o.str(&o.kemName, "kem", kem.Default.String(), "KEM of a new device: "+kemNames()) },
+		"prefix": func() { o.str(&o.prefix, "prefix", wire.DefaultPrefix, "topic prefix") },
 		"log-level": func() {
-			o.str(&o.logLevel, "log-level", "EKEM_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+			o.str(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 		},
 		"log-format": func() {
-			o.str(&o.logFormat, "log-format", "EKEM_LOG_FORMAT", "text", "log format: text or json (one line per event, on stderr)")
+			o.str(&o.logFormat, "log-format", "text", "log format: text or json (one line per event, on stderr)")
 		},
 		cliflag.TLSCA: func() {
-			o.str(&o.ca, cliflag.TLSCA, cliflag.EnvTLSCA, "", "CA certificate PEM file that signs the broker's certificate")
+			o.str(&o.ca, cliflag.TLSCA, "", "CA certificate PEM file that signs the broker's certificate")
 			o.alias("ca", cliflag.TLSCA, "EKEM_CA")
 		},
 		cliflag.TLSCert: func() {
-			o.str(&o.cert, cliflag.TLSCert, cliflag.EnvTLSCert, "", "TLS client certificate PEM file (with -tls-key)")
+			o.str(&o.cert, cliflag.TLSCert, "", "TLS client certificate PEM file (with -tls-key)")
 			o.alias("cert", cliflag.TLSCert, "EKEM_CERT")
 		},
 		cliflag.TLSKey: func() {
-			o.str(&o.key, cliflag.TLSKey, cliflag.EnvTLSKey, "", "TLS client private key PEM file (with -tls-cert)")
+			o.str(&o.key, cliflag.TLSKey, "", "TLS client private key PEM file (with -tls-cert)")
 			o.alias("key", cliflag.TLSKey, "EKEM_KEY")
 		},
 		"skew": func() {
 			o.fs.DurationVar(&o.skew, "skew", device.DefaultSkew, "clock skew allowed around a ticket's validity (EKEM_SKEW)")
-			o.envOf["skew"] = "EKEM_SKEW"
+			o.envOf["skew"] = cliflag.Var("skew")
 		},
 		"max-jump": func() {
 			o.fs.Uint64Var(&o.maxJump, "max-jump", accept.DefaultMaxJump, "most epochs a ticket may jump ahead (EKEM_MAX_JUMP)")
-			o.envOf["max-jump"] = "EKEM_MAX_JUMP"
+			o.envOf["max-jump"] = cliflag.Var("max-jump")
 		},
 		"allow-stale": func() {
 			o.fs.BoolVar(&o.allowStale, "allow-stale", false, "hand out a key even if the last ticket expired")
@@ -136,7 +136,8 @@ func newOpts(cmd, synopsis string, stderr io.Writer, which ...string) *opts {
 	return o
 }
 
-func (o *opts) str(p *string, name, env, def, help string) {
+func (o *opts) str(p *string, name, def, help string) {
+	env := cliflag.Var(name)
 	o.fs.StringVar(p, name, def, help+" ("+env+")")
 	o.envOf[name] = env
 }

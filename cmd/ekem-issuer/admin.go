@@ -45,7 +45,8 @@ type adminFlags struct {
 	json                  bool
 }
 
-var adminEnv = map[string]string{"store": "EKEM_STORE", "admin-socket": "EKEM_ADMIN_SOCKET"}
+// adminEnv are the operator commands' flags read from the environment.
+var adminEnv = []string{"store", "admin-socket"}
 
 func parseAdmin(name string, args []string, reason, asJSON bool) (*adminFlags, []string, error) {
 	f := &adminFlags{}
@@ -58,7 +59,7 @@ func parseAdmin(name string, args []string, reason, asJSON bool) (*adminFlags, [
 	if asJSON {
 		fs.BoolVar(&f.json, "json", false, "")
 	}
-	if err := parse(fs, args, adminEnv); err != nil {
+	if err := parse(fs, args, adminEnv...); err != nil {
 		return nil, nil, err
 	}
 	if f.store == "" && f.socket == "" {
@@ -294,7 +295,7 @@ func cmdBackup(args []string, stdout io.Writer) error {
 	fs.StringVar(&f.store, "store", "", "")
 	fs.StringVar(&f.socket, "admin-socket", "", "")
 	out := fs.String("out", "", "")
-	if err := parse(fs, args, adminEnv); err != nil {
+	if err := parse(fs, args, adminEnv...); err != nil {
 		return err
 	}
 	switch {

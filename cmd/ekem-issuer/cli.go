@@ -219,15 +219,11 @@ func newFlagSet(name string) *flag.FlagSet {
 	return fs
 }
 
-// parse parses args, then fills every flag not given on the command line
-// from its environment variable (env maps flag name to variable), through
-// the same flag.Value so both are validated alike.
-func parse(fs *flag.FlagSet, args []string, env map[string]string) error {
-	e := make(map[string]cliflag.Env, len(env))
-	for name, variable := range env {
-		e[name] = cliflag.Env{Var: variable}
-	}
-	return parseEnv(fs, args, e)
+// parse parses args, then fills every named flag not given on the command
+// line from its environment variable (cliflag's table), through the same
+// flag.Value so both are validated alike.
+func parse(fs *flag.FlagSet, args []string, fromEnv ...string) error {
+	return parseEnv(fs, args, cliflag.EnvOf(nil, fromEnv...))
 }
 
 // runFlags are the run command's settings.
@@ -247,20 +243,14 @@ type runFlags struct {
 	enrollment                                 string
 }
 
-var runEnv = map[string]cliflag.Env{
-	"broker": {Var: "EKEM_BROKER"}, "username": {Var: "EKEM_USERNAME"}, "password-file": {Var: "EKEM_PASSWORD_FILE"},
-	cliflag.SigningKey:     {Var: cliflag.EnvSigningKey, Old: []string{"EKEM_KEY"}},
-	cliflag.NextSigningKey: {Var: cliflag.EnvNextSigningKey, Old: []string{"EKEM_NEXT_KEY"}},
-	"store":                {Var: "EKEM_STORE"}, "period": {Var: "EKEM_PERIOD"}, "ttl": {Var: "EKEM_TTL"},
-	"prefix": {Var: "EKEM_PREFIX"}, "purpose": {Var: "EKEM_PURPOSE"}, "group": {Var: "EKEM_GROUP"},
-	"keep-roots": {Var: "EKEM_KEEP_ROOTS"}, "chunk-leaves": {Var: "EKEM_CHUNK_LEAVES"}, "reenroll": {Var: "EKEM_REENROLL"}, "client-id": {Var: "EKEM_CLIENT_ID"},
-	cliflag.TLSCA:   {Var: cliflag.EnvTLSCA, Old: []string{"EKEM_CA"}},
-	cliflag.TLSCert: {Var: cliflag.EnvTLSCert, Old: []string{"EKEM_CERT"}},
-	cliflag.TLSKey:  {Var: cliflag.EnvTLSKey, Old: []string{"EKEM_KEYFILE"}},
-	"metrics":       {Var: "EKEM_METRICS"}, "log-level": {Var: "EKEM_LOG_LEVEL"}, "log-format": {Var: "EKEM_LOG_FORMAT"},
-	"admin-socket": {Var: "EKEM_ADMIN_SOCKET"}, "lease-ttl": {Var: "EKEM_LEASE_TTL"},
-	"enrollment": {Var: "EKEM_ENROLLMENT"},
-}
+// runEnv are the variables of run's flags (cliflag's table), with the
+// deprecated names the issuer still reads.
+var runEnv = cliflag.EnvOf(map[string][]string{
+	cliflag.SigningKey: {"EKEM_KEY"}, cliflag.NextSigningKey: {"EKEM_NEXT_KEY"},
+	cliflag.TLSCA: {"EKEM_CA"}, cliflag.TLSCert: {"EKEM_CERT"}, cliflag.TLSKey: {"EKEM_KEYFILE"},
+}, "broker", "username", "password-file", cliflag.SigningKey, cliflag.NextSigningKey, "store", "period", "ttl",
+	"prefix", "purpose", "group", "keep-roots", "chunk-leaves", "reenroll", "client-id",
+	cliflag.TLSCA, cliflag.TLSCert, cliflag.TLSKey, "metrics", "log-level", "log-format", "admin-socket", "lease-ttl", "enrollment")
 
 func parseRun(args []string) (*runFlags, error) { return parseRunFlags("run", args) }
 
@@ -514,7 +504,7 @@ func cmdKeygen(args []string, stdout io.Writer) error {
 	out := fs.String("out", "", "")
 	pub := fs.String("pub", "", "")
 	algName := fs.String("alg", signature.Default.String(), "")
-	if err := parse(fs, args, nil); err != nil {
+	if err := parse(fs, args); err != nil {
 		return err
 	}
 	switch {
@@ -585,8 +575,7 @@ func cmdRotateKey(args []string, stdout io.Writer) error {
 	newPub := fs.String("new-pub", "", "")
 	overlap := fs.Uint64("overlap", issuer.DefaultRotationOverlap, "")
 	cliflag.Alias(fs, "key", cliflag.SigningKey, warn)
-	if err := parseEnv(fs, args, map[string]cliflag.Env{"store": {Var: "EKEM_STORE"},
-		cliflag.SigningKey: {Var: cliflag.EnvSigningKey, Old: []string{"EKEM_KEY"}}}); err != nil {
+	if err := parseEnv(fs, args, cliflag.EnvOf(map[string][]string{cliflag.SigningKey: {"EKEM_KEY"}}, "store", cliflag.SigningKey)); err != nil {
 		return err
 	}
 	switch {

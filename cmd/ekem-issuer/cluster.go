@@ -72,7 +72,7 @@ func runCluster(f *runFlags, cfg issuer.Config, log *slog.Logger) error {
 func cmdMigrate(args []string, stdout io.Writer) error {
 	fs := newFlagSet("migrate")
 	store := fs.String("store", "", "")
-	if err := parse(fs, args, map[string]string{"store": "EKEM_STORE"}); err != nil {
+	if err := parse(fs, args, "store"); err != nil {
 		return err
 	}
 	if *store == "" || fs.NArg() > 0 {
@@ -95,7 +95,7 @@ func cmdCopyStore(args []string, stdout io.Writer) error {
 	fs := newFlagSet("copy-store")
 	from := fs.String("from", "", "")
 	to := fs.String("to", "", "")
-	if err := parse(fs, args, nil); err != nil {
+	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if *from == "" || *to == "" || fs.NArg() > 0 {

@@ -83,3 +83,27 @@ func TestRefuseSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestOneVariablePerFlag: no two flags share an environment variable, and
+// every variable is EKEM_ and the flag's name in capitals (one spelling
+// to guess), but for the two whose variable says more.
+func TestOneVariablePerFlag(t *testing.T) {
+	seen := map[string]string{}
+	for _, nv := range Vars() {
+		n, v := nv[0], nv[1]
+		if other, dup := seen[v]; dup {
+			t.Errorf("-%s and -%s both read %s", other, n, v)
+		}
+		seen[v] = n
+		want := "EKEM_" + strings.ToUpper(strings.ReplaceAll(n, "-", "_"))
+		if v != want && n != "id" && n != "state" {
+			t.Errorf("-%s reads %s, want %s", n, v, want)
+		}
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("Var of an unknown flag did not panic")
+		}
+	}()
+	Var("no-such-flag")
+}

@@ -172,13 +172,8 @@ func ParseOptions(args []string, stderr io.Writer) (Options, error) {
 }
 
 // statusEnv are the environment variables of "fleet status" flags.
-var statusEnv = map[string]cliflag.Env{
-	"broker": {Var: "EKEM_BROKER"}, "username": {Var: "EKEM_USERNAME"}, "password-file": {Var: "EKEM_PASSWORD_FILE"},
-	"issuer-pub": {Var: "EKEM_ISSUER_PUB"}, "prefix": {Var: "EKEM_PREFIX"},
-	cliflag.TLSCA:   {Var: cliflag.EnvTLSCA, Old: []string{"EKEM_CA"}},
-	cliflag.TLSCert: {Var: cliflag.EnvTLSCert, Old: []string{"EKEM_CERT"}},
-	cliflag.TLSKey:  {Var: cliflag.EnvTLSKey, Old: []string{"EKEM_KEY"}},
-}
+var statusEnv = cliflag.EnvOf(map[string][]string{cliflag.TLSCA: {"EKEM_CA"}, cliflag.TLSCert: {"EKEM_CERT"}, cliflag.TLSKey: {"EKEM_KEY"}},
+	"broker", "username", "password-file", "issuer-pub", "prefix", cliflag.TLSCA, cliflag.TLSCert, cliflag.TLSKey)
 
 // IsTerminal reports whether w is a character device (a terminal), where
 // -watch may clear the screen; a file, pipe or journal gets plain tables.
