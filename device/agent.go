@@ -124,8 +124,8 @@ type Agent struct {
 	// accepted is the Status of the last accepted ticket (state.bin's),
 	// which a later rejection may have followed before it could be sent.
 	acceptedStatus []byte
-	counters       map[string]uint64
-	reenrolled     bool // the state was made by Config.Reenroll
+	counters       counters // counters.go
+	reenrolled     bool     // the state was made by Config.Reenroll
 	// seqFloor: a re-enrolled device numbers its Statuses above its
 	// registration's created_at (see newStatus).
 	seqFloor uint64
@@ -191,9 +191,9 @@ func newAgent(cfg Config, rootCache *accept.RootCache) (*Agent, error) {
 	}
 	a := &Agent{
 		cfg: cfg, topics: topics, lock: lock,
-		log:      cfg.Logger.With("device", cfg.ID),
-		counters: make(map[string]uint64), changed: make(chan struct{}),
-		roots: make(map[uint64][]byte), heldKeys: make(map[string][]byte), rootCache: rootCache,
+		log:     cfg.Logger.With("device", cfg.ID),
+		changed: make(chan struct{}),
+		roots:   make(map[uint64][]byte), heldKeys: make(map[string][]byte), rootCache: rootCache,
 	}
 	if err := a.open(); err != nil {
 		clear(a.key)
@@ -504,11 +504,7 @@ func (a *Agent) Registration() []byte {
 func (a *Agent) Counters() map[string]uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	m := make(map[string]uint64, len(a.counters))
-	for k, v := range a.counters {
-		m[k] = v
-	}
-	return m
+	return a.counters.names()
 }
 
 // NextKey advances the ratchet, persists the advanced state crash-safely,

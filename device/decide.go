@@ -159,20 +159,20 @@ func (a *Agent) report(pub publisher, o outcome) {
 	case "":
 		return
 	case EventDuplicate:
-		a.count("duplicate")
+		a.count(cDuplicate)
 	case EventFailed:
-		a.count("failed")
+		a.count(cFailed)
 		a.log.Error("local failure while processing a ticket; state unchanged", "reason", accept.ReasonInternal.String(), "err", ev.Err)
 	case EventAccepted:
-		a.count("accepted")
+		a.count(cAccepted)
 		if o.notTaken {
-			a.count("next_key_not_taken")
+			a.count(cNextKeyNotTaken)
 			a.log.Warn("the issuer did not use the announced next key; announcing a fresh one", "epoch", ev.Epoch,
 				"reason", "next_key_not_taken")
 		}
 		a.log.Info("ticket accepted", "epoch", ev.Epoch, "state", ev.State.String(), "prev_epoch", ev.PrevEpoch, "key", ev.Fingerprint)
 	case EventRejected:
-		a.count("rejected:" + ev.Reason.String())
+		a.countRejected(ev.Reason)
 		a.log.Warn("ticket rejected", "reason", ev.Reason.String(), "ticket_epoch", ev.TicketEpoch, "epoch", ev.Epoch, "reported", o.reported, "err", ev.Err)
 		a.explainStranger(ev, o.awaitingApproval)
 	}
@@ -259,10 +259,10 @@ func (a *Agent) checkStale(pub publisher) {
 	epoch, sb, err := a.commitStale()
 	switch {
 	case err != nil:
-		a.count("failed")
+		a.count(cFailed)
 		a.log.Error("cannot persist stale status", "err", err)
 	case sb != nil:
-		a.count("stale")
+		a.count(cStale)
 		a.log.Warn("latest ticket expired; reporting stale", "epoch", epoch, "reason", accept.ReasonStale.String())
 		a.publishStatus(pub, sb)
 		a.emit(Event{Kind: EventStale, Epoch: epoch, State: wire.StateStale, Reason: accept.ReasonStale})
@@ -305,7 +305,7 @@ func (a *Agent) newStatus(st *accept.State, state wire.State, reason accept.Reas
 // logged: the Status is persisted and republished after reconnecting.
 func (a *Agent) publishStatus(pub publisher, sb []byte) {
 	if err := pub.Publish(a.topics.Status(a.cfg.ID), sb, true); err != nil {
-		a.count("publish_failed")
+		a.count(cPublishFailed)
 		a.log.Warn("status publish failed; republished on reconnect", "err", err)
 	}
 }
@@ -317,9 +317,18 @@ func (a *Agent) emit(e Event) {
 	}
 }
 
-func (a *Agent) count(name string) {
+func (a *Agent) count(c counter) {
 	a.mu.Lock()
-	a.counters[name]++
+	a.counters.plain[c]++
+	a.mu.Unlock()
+}
+
+func (a *Agent) countRejected(r accept.Reason) {
+	a.mu.Lock()
+	if a.counters.rejected == nil {
+		a.counters.rejected = make(map[accept.Reason]uint64)
+	}
+	a.counters.rejected[r]++
 	a.mu.Unlock()
 }
 

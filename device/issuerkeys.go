@@ -75,7 +75,7 @@ func (a *Agent) onIssuerKey(pub publisher, topic string, payload []byte) {
 			err = writeAtomic(a.cfg.StateDir, issuerKeysFileName, enc)
 		}
 		if err != nil { // nothing adopted; all stays held for the next try
-			a.count("issuer_key_store_failed")
+			a.count(cIssuerKeyStoreFailed)
 			a.log.Error("issuer key not stored; not trusted", "reason", "store_failed", "err", err)
 			return
 		}
@@ -104,15 +104,15 @@ func (a *Agent) reportIssuerKey(o trust.Outcome, fresh bool) {
 	switch {
 	case o.Err == nil:
 		r := o.Rotation
-		a.count("issuer_key_learned")
+		a.count(cIssuerKeyLearned)
 		a.log.Info("learned issuer key", "kid", fmt.Sprintf("%x", r.New.KID()), "alg", r.New.Alg().String(),
 			"from_epoch", r.From, "retires", fmt.Sprintf("%x", r.Old))
 	case errors.Is(o.Err, trust.ErrKnown):
 	case errors.Is(o.Err, trust.ErrConflict):
-		a.count("issuer_key_conflict")
+		a.count(cIssuerKeyConflict)
 		a.log.Error("issuer key announces two different successors", "reason", "issuer_key_conflict", "topic", o.Key, "err", o.Err)
 	case fresh:
-		a.count("issuer_key_rejected")
+		a.count(cIssuerKeyRejected)
 		a.log.Warn("issuer key announcement not verified (yet)", "reason", "issuer_key_unverified", "topic", o.Key, "err", o.Err)
 	}
 }

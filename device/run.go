@@ -245,7 +245,7 @@ func minKey(m map[uint64][]byte) uint64 {
 func (a *Agent) onTicketCleared(pub publisher) {
 	reg, live, err := a.registerLiveKey()
 	if err != nil {
-		a.count("failed")
+		a.count(cFailed)
 		a.log.Error("cannot register the live key after the issuer cleared the ticket", "err", err)
 		return
 	}
