@@ -26,11 +26,7 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stdo
 		return err
 	}
 	defer o.closeAll()
-	id, err := o.deviceID()
-	if err != nil {
-		return err
-	}
-	dir, err := o.state()
+	id, dir, err := o.identity()
 	if err != nil {
 		return err
 	}
@@ -183,11 +179,7 @@ func cmdNextKey(args []string, getenv func(string) string, stdout, stderr io.Wri
 		return err
 	}
 	defer o.closeAll()
-	id, err := o.deviceID()
-	if err != nil {
-		return err
-	}
-	dir, err := o.state()
+	id, dir, err := o.identity()
 	if err != nil {
 		return err
 	}

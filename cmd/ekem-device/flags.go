@@ -231,6 +231,17 @@ func (o *opts) state() (string, error) {
 	return o.stateDir, nil
 }
 
+// identity returns the device id and its state directory (-id, -state).
+func (o *opts) identity() (id, dir string, err error) {
+	if id, err = o.deviceID(); err != nil {
+		return "", "", err
+	}
+	if dir, err = o.state(); err != nil {
+		return "", "", err
+	}
+	return id, dir, nil
+}
+
 func (o *opts) brokerURL() (string, error) {
 	if o.broker == "" {
 		return "", usageErr("%s is required", o.src("broker"))

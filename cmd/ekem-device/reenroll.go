@@ -34,11 +34,7 @@ func cmdReenroll(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return err
 	}
 	defer o.closeAll()
-	id, err := o.deviceID()
-	if err != nil {
-		return err
-	}
-	dir, err := o.state()
+	id, dir, err := o.identity()
 	if err != nil {
 		return err
 	}
