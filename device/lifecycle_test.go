@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
-	"io/fs"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -17,37 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/entropykem/entropykem/internal/dirsnap"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
-
-// dirSnapshot is every entry of a directory tree: name → mode and bytes.
-func dirSnapshot(t testing.TB, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		v := fi.Mode().String()
-		if d.Type().IsRegular() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			v += " " + string(b)
-		}
-		out[p] = v
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 func sameSnapshot(t testing.TB, before, after map[string]string) {
 	t.Helper()
@@ -100,7 +71,7 @@ func TestLostStateRefused(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(e.dir, stateFileName+tmpInfix+"1"), []byte("crash"), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			before := dirSnapshot(t, e.dir)
+			before := dirsnap.Take(t, e.dir)
 			for _, mustExist := range []bool{false, true} {
 				c := e.config()
 				c.MustExist = mustExist
@@ -114,7 +85,7 @@ func TestLostStateRefused(t *testing.T) {
 					}
 				}
 			}
-			sameSnapshot(t, before, dirSnapshot(t, e.dir))
+			sameSnapshot(t, before, dirsnap.Take(t, e.dir))
 		})
 	}
 }
@@ -141,24 +112,24 @@ func TestForeignStateRefused(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(e.dir, statusFileName+tmpInfix+"9"), []byte("crash"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	before := dirSnapshot(t, e.dir)
+	before := dirsnap.Take(t, e.dir)
 	c := e.config()
 	c.Cohort = newCohort(t, 8)
 	if _, err := New(c); !errors.Is(err, ErrStateKey) {
 		t.Fatalf("other cohort: %v, want ErrStateKey", err)
 	}
-	sameSnapshot(t, before, dirSnapshot(t, e.dir))
+	sameSnapshot(t, before, dirsnap.Take(t, e.dir))
 
 	b := e.stateFile()
 	b[len(b)-1] ^= 1
 	if err := os.WriteFile(filepath.Join(e.dir, stateFileName), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	before = dirSnapshot(t, e.dir)
+	before = dirsnap.Take(t, e.dir)
 	if _, err := New(e.config()); !errors.Is(err, ErrStateKey) {
 		t.Fatalf("damaged state: %v, want ErrStateKey", err)
 	}
-	sameSnapshot(t, before, dirSnapshot(t, e.dir))
+	sameSnapshot(t, before, dirsnap.Take(t, e.dir))
 }
 
 // TestReenroll: Config.Reenroll replaces a lost identity with a new key

@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/entropykem/entropykem/device"
+	"github.com/entropykem/entropykem/internal/dirsnap"
 	ekissuer "github.com/entropykem/entropykem/issuer"
 	"github.com/entropykem/entropykem/issuer/adminsock"
 	"github.com/entropykem/entropykem/pkg/signature"
@@ -25,35 +25,6 @@ import (
 
 // testOperator is who the tests' admin actions are audited as.
 var testOperator = ekissuer.Operator{Actor: "integration test", Reason: "issue 14"}
-
-// snapshotDir maps every file under dir to its mode and bytes.
-func snapshotDir(t testing.TB, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		v := fi.Mode().String()
-		if d.Type().IsRegular() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			v += " " + string(b)
-		}
-		out[p] = v
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 // issueAndWait issues epochs until device id accepted one, at most two
 // (the "within two periods" of issue 14), and returns the epoch accepted.
@@ -123,13 +94,13 @@ func TestLostStateRefusedOnMosquitto(t *testing.T) {
 	if err := os.Remove(filepath.Join(d.dir, "state.bin")); err != nil {
 		t.Fatal(err)
 	}
-	before := snapshotDir(t, d.dir)
+	before := dirsnap.Take(t, d.dir)
 	_, err := device.New(device.Config{ID: "dev-1", Broker: f.b.URL(), Password: f.b.Account("dev-1").Password,
 		StateDir: d.dir, Cohort: f.cohort, IssuerKeys: f.pins, Logger: deviceLogger(f.devLog)})
 	if !errors.Is(err, device.ErrIdentityLost) || !strings.Contains(err.Error(), "ekem-device reenroll -id dev-1") {
 		t.Fatalf("New: %v, want ErrIdentityLost naming the command", err)
 	}
-	after := snapshotDir(t, d.dir)
+	after := dirsnap.Take(t, d.dir)
 	if len(after) != len(before) {
 		t.Fatalf("state directory changed: %d entries before, %d after", len(before), len(after))
 	}

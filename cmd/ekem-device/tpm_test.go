@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/entropykem/entropykem/device"
+	"github.com/entropykem/entropykem/internal/dirsnap"
 	"github.com/entropykem/entropykem/internal/logbuf"
 	"github.com/entropykem/entropykem/internal/swtpmtest"
 	"github.com/entropykem/entropykem/pkg/batch"
@@ -109,36 +110,6 @@ func tpmMACs(t *testing.T, tpm transport.TPM, blob tpmcohort.Blob, secret []byte
 		macs = append(macs, got)
 	}
 	return macs
-}
-
-// tpmSnapshot returns every file and directory under dir with its mode and
-// content, for before/after comparisons.
-func tpmSnapshot(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	snap := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		v := fi.Mode().String()
-		if d.Type().IsRegular() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			v += " " + hex.EncodeToString(b)
-		}
-		snap[p] = v
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return snap
 }
 
 func tpmSameSnapshot(t *testing.T, what string, before, after map[string]string) {
@@ -327,19 +298,19 @@ func TestProvisionCohortBlobFromAnotherTPM(t *testing.T) {
 	dir := t.TempDir()
 	tpmProvision(t, secret, dir, a.Socket())
 	tpmNewDevice(t, dir, a.Socket(), "dev-0001")
-	before := tpmSnapshot(t, dir)
+	before := dirsnap.Take(t, dir)
 	code, _, errb := tpmCLI(t, secret, tpmRunArgs(f, dir, b.Socket())...)
 	if code != 1 || !strings.HasPrefix(errb, "ekem-device: cohort blob "+filepath.Join(dir, blobFileName)+" was made by a different TPM than the one at "+b.Socket()) ||
 		!strings.Contains(errb, "re-provision") || !strings.Contains(errb, tpmcohort.ErrBlobMismatch.Error()) {
 		t.Fatalf("run with another TPM's blob: exit %d: %s", code, errb)
 	}
-	tpmSameSnapshot(t, "run with another TPM's blob", before, tpmSnapshot(t, dir))
+	tpmSameSnapshot(t, "run with another TPM's blob", before, dirsnap.Take(t, dir))
 	// next-key goes through the same path.
 	code, _, errb = tpmCLI(t, secret, "next-key", "-id", "dev-0001", "-state", dir, "-tpm", b.Socket())
 	if code != 1 || !strings.Contains(errb, "re-provision") {
 		t.Fatalf("next-key with another TPM's blob: exit %d: %s", code, errb)
 	}
-	tpmSameSnapshot(t, "next-key with another TPM's blob", before, tpmSnapshot(t, dir))
+	tpmSameSnapshot(t, "next-key with another TPM's blob", before, dirsnap.Take(t, dir))
 }
 
 // With the TPM gone (swtpm stopped), run and provision-cohort fail with
@@ -353,7 +324,7 @@ func TestProvisionCohortTPMUnreachable(t *testing.T) {
 	dir := t.TempDir()
 	tpmProvision(t, secret, dir, sw.Socket())
 	tpmNewDevice(t, dir, sw.Socket(), "dev-0001")
-	before := tpmSnapshot(t, dir)
+	before := dirsnap.Take(t, dir)
 	sw.Stop()
 
 	want := "ekem-device: TPM at " + sw.Socket() + " unreachable: "
@@ -365,7 +336,7 @@ func TestProvisionCohortTPMUnreachable(t *testing.T) {
 	if code != 1 || !strings.HasPrefix(errb, want) {
 		t.Fatalf("provision -force with the TPM stopped: exit %d: %s", code, errb)
 	}
-	tpmSameSnapshot(t, "commands with the TPM stopped", before, tpmSnapshot(t, dir))
+	tpmSameSnapshot(t, "commands with the TPM stopped", before, dirsnap.Take(t, dir))
 
 	fresh := filepath.Join(t.TempDir(), "new")
 	code, _, errb = tpmCLI(t, secret, "provision-cohort", "-state", fresh, "-tpm", sw.Socket(), "-secret-file", tpmSecretFile(t, secret))
@@ -415,7 +386,7 @@ func TestProvisionCohortPCRPolicy(t *testing.T) {
 
 	ctl := sw.Open()
 	tpmExtendPCR(t, ctl, 16)
-	before := tpmSnapshot(t, dir)
+	before := dirsnap.Take(t, dir)
 	for _, args := range [][]string{
 		{"next-key", "-id", "dev-0001", "-state", dir, "-tpm", sw.Socket()},
 		tpmRunArgs(f, dir, sw.Socket()),
@@ -426,7 +397,7 @@ func TestProvisionCohortPCRPolicy(t *testing.T) {
 			t.Fatalf("%s with PCR 16 extended: exit %d: %s", args[0], code, errb)
 		}
 	}
-	tpmSameSnapshot(t, "derivation with PCR 16 extended", before, tpmSnapshot(t, dir))
+	tpmSameSnapshot(t, "derivation with PCR 16 extended", before, dirsnap.Take(t, dir))
 
 	if _, err := (tpm2.PCRReset{PCRHandle: tpm2.AuthHandle{Handle: 16, Auth: tpm2.PasswordAuth(nil)}}).Execute(ctl); err != nil {
 		t.Fatal(err)
