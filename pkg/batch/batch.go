@@ -121,11 +121,11 @@ func Issue(key *signature.PrivateKey, p Params, devices []Device) (*Epoch, error
 const OneChunk = 64
 
 // ChunkHeight returns the chunk height for an epoch of size tickets: the
-// smallest h >= minHeight whose chunks of 2^h leaves number at most
-// wire.MaxChunks (schema/PROTOCOL.md §5.5), or OneChunk if that is a
-// single chunk.
+// smallest h >= max(minHeight, 1) whose chunks of 2^h leaves number at most
+// wire.MaxChunks (schema/PROTOCOL.md §5.4, §5.5: chunk_height is 1..63), or
+// OneChunk if that is a single chunk.
 func ChunkHeight(size, minHeight uint64) uint64 {
-	h := min(minHeight, wire.MaxChunkHeight)
+	h := min(max(minHeight, 1), wire.MaxChunkHeight)
 	for h < wire.MaxChunkHeight && wire.ChunkCount(size, h) > wire.MaxChunks {
 		h++
 	}
@@ -157,8 +157,9 @@ func IssueChunk(p Params, size, height, c uint64, devs []Device) (*Chunk, error)
 	}
 	if height == OneChunk || wire.ChunkCount(size, height) == 1 {
 		height = OneChunk
-	} else if height > wire.MaxChunkHeight || wire.ChunkCount(size, height) > wire.MaxChunks {
-		return nil, fmt.Errorf("%w: %d tickets in chunks of 2^%d leaves exceed %d chunks", ErrInput, size, height, wire.MaxChunks)
+	} else if height < 1 || height > wire.MaxChunkHeight || wire.ChunkCount(size, height) > wire.MaxChunks {
+		return nil, fmt.Errorf("%w: %d tickets in chunks of 2^%d leaves: the height is not 1..%d or the chunks exceed %d",
+			ErrInput, size, height, wire.MaxChunkHeight, wire.MaxChunks)
 	}
 	first, n := uint64(0), size
 	if height != OneChunk {
