@@ -20,6 +20,7 @@ import (
 
 	"github.com/entropykem/entropykem/device"
 	ekissuer "github.com/entropykem/entropykem/issuer"
+	"github.com/entropykem/entropykem/pkg/wire"
 )
 
 func TestFaultIssuerKilledMidStream(t *testing.T) {
@@ -94,4 +95,61 @@ func TestFaultIssuerKilledMidStream(t *testing.T) {
 	}
 	t.Logf("%d SIGKILLs right after an epoch began: %d epochs left tickets without a root (abandoned), last epoch %d",
 		kills, len(rootless), last)
+}
+
+// TestStreamedTicketsBeforeRoots: an issuer streaming in chunks of 2
+// publishes every ticket of an epoch before its root (the monitor sees
+// them in that order, as the devices' subscriptions do: one publisher, one
+// broker), and every online device holds its ticket and accepts it once the
+// root arrives, epoch after epoch, each directly following the previous.
+func TestStreamedTicketsBeforeRoots(t *testing.T) {
+	ids := faultIDs("held-", 6) // 3 chunks of 2
+	f := newSysFleet(t, ids...)
+	mon := subscribe(t, f.b, f.b.Monitor().Username, prefix+"ticket/+", prefix+"root/+")
+	f.startIssuer(t, func(c *ekissuer.Config) { c.ChunkLeaves = 2 })
+	f.startDevices(t, ids...)
+	for e := uint64(1); e <= 3; e++ {
+		f.issue(t, e)
+		f.converge(t, e, ids...)
+	}
+	// In the monitor's order of arrival: for each epoch, every ticket
+	// came before the root.
+	ticketsSeen := map[uint64]int{}
+	rootAt := map[uint64]int{}
+	for _, m := range mon.messages() {
+		switch {
+		case strings.HasPrefix(m.Topic, prefix+"ticket/") && m.Payload != "":
+			_, body, err := wire.ParseTicket([]byte(m.Payload))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := rootAt[body.Epoch]; ok {
+				t.Errorf("a ticket of epoch %d arrived after its root", body.Epoch)
+			}
+			ticketsSeen[body.Epoch]++
+		case strings.HasPrefix(m.Topic, prefix+"root/") && m.Payload != "":
+			var e uint64
+			fmt.Sscan(strings.TrimPrefix(m.Topic, prefix+"root/"), &e)
+			rootAt[e] = ticketsSeen[e]
+		}
+	}
+	for e := uint64(1); e <= 3; e++ {
+		if rootAt[e] != len(ids) {
+			t.Errorf("epoch %d: the root arrived after %d of %d tickets", e, rootAt[e], len(ids))
+		}
+	}
+	for _, id := range ids {
+		var accepted []uint64
+		for _, ev := range f.devices[id].events.all() {
+			if ev.Kind == device.EventAccepted {
+				if ev.Gap {
+					t.Errorf("%s: epoch %d accepted with a gap", id, ev.Epoch)
+				}
+				accepted = append(accepted, ev.Epoch)
+			}
+		}
+		if fmt.Sprint(accepted) != "[1 2 3]" {
+			t.Errorf("%s accepted epochs %v, want [1 2 3]", id, accepted)
+		}
+	}
 }

@@ -272,17 +272,24 @@ func (i *Issuer) buildChunk(params batch.Params, size, height, c uint64, all []p
 	ids := all[lo:hi]
 	recs := make([]*record, len(ids))
 	err := i.store.View(func(tx ReadTx) error {
-		for n, d := range ids {
-			r, err := tx.Device(d.id)
-			if err != nil {
-				return err
+		// One range read: the chunk's planned devices and, between them,
+		// any that get no ticket (skipped).
+		n := 0
+		err := tx.DeviceRange(ids[0].id, ids[len(ids)-1].id, func(r *record) error {
+			if n == len(ids) || r.ID != ids[n].id {
+				return nil
 			}
-			if r == nil || r.rev != d.rev {
-				return fmt.Errorf("%w: device %q", ErrEpochConflict, d.id)
+			if r.rev != ids[n].rev {
+				return fmt.Errorf("%w: device %q", ErrEpochConflict, r.ID)
 			}
 			recs[n] = r
+			n++
+			return nil
+		})
+		if err == nil && n != len(ids) {
+			err = fmt.Errorf("%w: device %q", ErrEpochConflict, ids[n].id)
 		}
-		return nil
+		return err
 	})
 	if err != nil {
 		return builtChunk{}, err

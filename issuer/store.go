@@ -91,6 +91,10 @@ type ReadTx interface {
 	// Devices calls fn for every device record, in id order, stopping at
 	// fn's first error.
 	Devices(fn func(*record) error) error
+	// DeviceRange calls fn for every device record whose id is in
+	// [from, to] (bytewise), in id order, stopping at fn's first error: one
+	// chunk of a streamed epoch is one range read.
+	DeviceRange(from, to string, fn func(*record) error) error
 	// Roots returns the stored epoch roots, oldest first.
 	Roots() ([]StoredRoot, error)
 	// Root returns the stored root of epoch, nil if none.

@@ -383,6 +383,19 @@ const devicesChunk = 4096
 // decoding costs ~10 µs a record: seconds at a million), so memory stays
 // bounded by a chunk beyond what fn keeps.
 func (t boltTx) Devices(fn func(*record) error) error {
+	return t.devices(nil, nil, fn)
+}
+
+func (t boltTx) DeviceRange(from, to string, fn func(*record) error) error {
+	if from > to {
+		return nil
+	}
+	return t.devices([]byte(from), []byte(to), fn)
+}
+
+// devices calls fn for the records from from (nil: the first) to to (nil:
+// the last), in id order, decoding them a batch at a time on every CPU.
+func (t boltTx) devices(from, to []byte, fn func(*record) error) error {
 	c := t.tx.Bucket(bucketDevices).Cursor()
 	vals := make([][]byte, 0, devicesChunk)
 	flush := func() error {
@@ -398,7 +411,11 @@ func (t boltTx) Devices(fn func(*record) error) error {
 		}
 		return nil
 	}
-	for k, v := c.First(); k != nil; k, v = c.Next() {
+	k, v := c.First()
+	if from != nil {
+		k, v = c.Seek(from)
+	}
+	for ; k != nil && (to == nil || bytes.Compare(k, to) <= 0); k, v = c.Next() {
 		vals = append(vals, v)
 		if len(vals) == devicesChunk {
 			if err := flush(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/entropykem/entropykem/pkg/cbor"
@@ -27,6 +28,7 @@ func runStoreConformance(t *testing.T, e storeEngine) {
 		"CommitEpoch":    conformCommitEpoch,
 		"EpochFence":     conformEpochFence,
 		"StreamedEpoch":  conformStreamedEpoch,
+		"DeviceRange":    conformDeviceRange,
 		"Audit":          conformAudit,
 		"Rotations":      conformRotations,
 		"Recover":        conformRecover,
@@ -361,6 +363,39 @@ func conformStreamedEpoch(t *testing.T, e storeEngine) {
 		}
 		return nil
 	})
+}
+
+// conformDeviceRange: a range read returns exactly the records whose ids
+// fall in [from, to], bytewise, in id order.
+func conformDeviceRange(t *testing.T, e storeEngine) {
+	st := e.open(t)
+	ids := []string{"a", "a-1", "b", "b.2", "bb", "c"}
+	mustUpdate(t, st, func(tx Tx) error {
+		for _, id := range ids {
+			if err := tx.PutDevice(testRecord(id, 1)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for _, c := range []struct {
+		from, to string
+		want     string
+	}{
+		{"a", "c", "a a-1 b b.2 bb c"}, {"a-", "b.2", "a-1 b b.2"}, {"b", "b", "b"}, {"bz", "zz", "c"},
+		{"c", "a", ""}, {"d", "e", ""}, {"", "a-1", "a a-1"},
+	} {
+		var got []string
+		mustView(t, st, func(tx ReadTx) error {
+			return tx.DeviceRange(c.from, c.to, func(r *record) error {
+				got = append(got, r.ID)
+				return nil
+			})
+		})
+		if g := strings.Join(got, " "); g != c.want {
+			t.Errorf("DeviceRange(%q, %q) = %q, want %q", c.from, c.to, g, c.want)
+		}
+	}
 }
 
 func conformAudit(t *testing.T, e storeEngine) {

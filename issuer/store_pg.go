@@ -378,16 +378,41 @@ func (t *pgTx) Device(id string) (*record, error) {
 // Devices reads the records a page at a time (keyset pagination, in id
 // order), so fn may use the transaction and memory stays bounded.
 func (t *pgTx) Devices(fn func(*record) error) error {
+	return t.devices("", nil, fn)
+}
+
+func (t *pgTx) DeviceRange(from, to string, fn func(*record) error) error {
+	if from > to {
+		return nil
+	}
+	return t.devices(from, &to, fn)
+}
+
+// devices reads the records with ids from from on (and up to *to, if
+// set) a page at a time, in id order (COLLATE "C": bytewise, as the
+// store's id order is everywhere).
+func (t *pgTx) devices(from string, to *string, fn func(*record) error) error {
 	after := ""
 	first := true
+	upper := ""
+	if to != nil {
+		upper = ` AND id <= $3`
+	}
 	for {
 		var rows pgx.Rows
 		var err error
+		args := []any{devicesChunk}
+		q := `SELECT id, rev, rec FROM ekem_devices WHERE id >= $2` + upper + ` ORDER BY id LIMIT $1`
 		if first {
-			rows, err = t.tx.Query(t.ctx, `SELECT id, rev, rec FROM ekem_devices ORDER BY id LIMIT $1`, devicesChunk)
+			args = append(args, from)
 		} else {
-			rows, err = t.tx.Query(t.ctx, `SELECT id, rev, rec FROM ekem_devices WHERE id > $1 ORDER BY id LIMIT $2`, after, devicesChunk)
+			q = `SELECT id, rev, rec FROM ekem_devices WHERE id > $2` + upper + ` ORDER BY id LIMIT $1`
+			args = append(args, after)
 		}
+		if to != nil {
+			args = append(args, *to)
+		}
+		rows, err = t.tx.Query(t.ctx, q, args...)
 		if err != nil {
 			return t.s.fail("read devices", err)
 		}
