@@ -3,6 +3,7 @@ package issuer
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/entropykem/entropykem/internal/mqttc"
 )
@@ -55,6 +56,10 @@ func (i *Issuer) Start(ctx context.Context) error {
 	}
 	o := i.mqttOptions()
 	o.WillTopic, o.WillPayload, o.OnConnect = i.topics.Online(), will, i.onConnect
+	// The issuer publishes an epoch's tickets in bulk: its one connection
+	// (one per account, broker-config) is mqttc's lean client, except
+	// over WebSockets, which only paho speaks here.
+	o.Lean = leanScheme(i.cfg.Broker)
 	c, err := mqttc.Dial(ctx, o)
 	if err != nil {
 		return fmt.Errorf("issuer: %w", err)
@@ -194,4 +199,15 @@ func (i *Issuer) finishBulk(b *mqttc.Bulk) int {
 			"first_topic", r.FirstFailed)
 	}
 	return r.Failed + r.Stopped
+}
+
+// leanScheme reports whether mqttc's lean client speaks the broker URL's
+// scheme (tcp:// and ssl://, tls://, mqtts://).
+func leanScheme(broker string) bool {
+	for _, p := range []string{"tcp://", "mqtt://", "ssl://", "tls://", "mqtts://"} {
+		if strings.HasPrefix(broker, p) {
+			return true
+		}
+	}
+	return false
 }

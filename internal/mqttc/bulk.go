@@ -49,7 +49,7 @@ type bulkMsg struct {
 }
 
 type inflight struct {
-	tok mqtt.Token
+	tok token
 	m   bulkMsg
 }
 
@@ -111,7 +111,7 @@ func (b *Bulk) send(m bulkMsg) {
 			b.head = 0
 		}
 	}
-	b.ring = append(b.ring, inflight{b.c.c.Publish(m.topic, 1, true, m.payload), m})
+	b.ring = append(b.ring, inflight{b.c.publishToken(m.topic, m.payload, true), m})
 }
 
 // settle waits for f, each wait bounded by the client's timeout since the

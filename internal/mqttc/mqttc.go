@@ -51,6 +51,10 @@ type Options struct {
 	// DefaultBackoff).
 	Backoff Backoff
 	Logger  *slog.Logger
+	// Lean uses the lean MQTT 3.1.1 connection (lean.go: tcp:// and
+	// ssl:// only) instead of paho: far less client CPU per publish, for
+	// a bulk publisher such as the issuer.
+	Lean bool
 }
 
 // Message is one received message.
@@ -63,6 +67,7 @@ type Message struct {
 // Client is a connected MQTT client.
 type Client struct {
 	c       mqtt.Client
+	l       *lean // the lean connection, if Options.Lean (then c is nil)
 	opts    Options
 	inbox   *Inbox
 	mu      sync.Mutex
@@ -90,6 +95,14 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 	}
 	o.Backoff = o.Backoff.orDefault()
 	cl := &Client{opts: o, inbox: newInbox(), closed: make(chan struct{})}
+	if o.Lean {
+		l, err := dialLean(ctx, o, cl.inbox.put, cl.subscribed)
+		if err != nil {
+			return nil, err
+		}
+		cl.l = l
+		return cl, nil
+	}
 	// paho's own reconnection delay is made negligible (it has no
 	// jitter); onReconnecting waits the jittered backoff before each
 	// attempt instead.
@@ -270,11 +283,21 @@ func (c *Client) onReconnecting(mqtt.Client, *mqtt.ClientOptions) {
 // Inbox is where every subscribed message arrives.
 func (c *Client) Inbox() *Inbox { return c.inbox }
 
+// subscribed returns the filters to subscribe again after a reconnection.
+func (c *Client) subscribed() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.filters...)
+}
+
 // Subscribe subscribes to filter at QoS 1 now and after every reconnect.
 func (c *Client) Subscribe(filter string) error {
 	c.mu.Lock()
 	c.filters = append(c.filters, filter)
 	c.mu.Unlock()
+	if c.l != nil {
+		return c.l.subscribe(filter)
+	}
 	err := c.subscribe(filter)
 	if err != nil {
 		c.retryLater(filter)
@@ -290,6 +313,9 @@ var ErrSubscribeRefused = errors.New("mqttc: broker refused the subscription")
 // retrying a refusal a few times (some brokers refuse a SUBSCRIBE whose
 // packet id collides with a delivery in flight).
 func (c *Client) subscribe(filter string) error {
+	if c.l != nil {
+		return c.l.subscribe(filter)
+	}
 	var err error
 	for try := range 3 {
 		if try > 0 {
@@ -346,14 +372,29 @@ func (c *Client) handle(_ mqtt.Client, m mqtt.Message) {
 // Publish publishes at QoS 1 and waits for the PUBACK (which is not
 // durability: see PROTOCOL.md §6).
 func (c *Client) Publish(topic string, payload []byte, retained bool) error {
-	return c.wait(c.c.Publish(topic, 1, retained, payload))
+	return c.wait(c.publishToken(topic, payload, retained))
+}
+
+// publishToken starts a QoS 1 publish on the connection.
+func (c *Client) publishToken(topic string, payload []byte, retained bool) token {
+	if c.l != nil {
+		return c.l.publish(topic, payload, retained)
+	}
+	return c.c.Publish(topic, 1, retained, payload)
 }
 
 // Connected reports whether the connection is up.
-func (c *Client) Connected() bool { return c.c.IsConnectionOpen() }
+func (c *Client) Connected() bool {
+	if c.l != nil {
+		return c.l.isConnected()
+	}
+	return c.c.IsConnectionOpen()
+}
 
-func (c *Client) wait(t mqtt.Token) error {
-	if !t.WaitTimeout(c.opts.Timeout) {
+func (c *Client) wait(t token) error {
+	select {
+	case <-t.Done():
+	case <-time.After(c.opts.Timeout):
 		return ErrTimeout
 	}
 	if err := t.Error(); err != nil {
@@ -369,6 +410,11 @@ func (c *Client) wait(t mqtt.Token) error {
 // inbox.
 func (c *Client) Close() {
 	c.closeOnce.Do(func() { close(c.closed) })
+	if c.l != nil {
+		c.l.close()
+		c.inbox.close()
+		return
+	}
 	c.retry.closed.Store(true)
 	c.c.Disconnect(250)
 	c.inbox.close()
