@@ -1,0 +1,95 @@
+package keyapi_test
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/entropykem/entropykem/pkg/envelope"
+	"github.com/entropykem/entropykem/pkg/groupenv"
+)
+
+// TestHugeBodies: requests far above the API's bound (with and without a
+// Content-Length, on every POST route) are refused as bad_request without
+// the agent reading them whole; the largest legitimate requests (a group
+// or device envelope of its largest plaintext) still pass; the agent
+// serves on afterwards.
+func TestHugeBodies(t *testing.T) {
+	w := newWorld(t)
+	w.issue(1, true)
+	huge := `{"plaintext":"` + strings.Repeat("A", 16<<20) + `"}`
+	answered := 0
+	for _, path := range []string{"/v1/seal", "/v1/open", "/v1/group/seal", "/v1/group/open", "/v1/keys/next"} {
+		for _, chunked := range []bool{false, true} {
+			var body io.Reader = strings.NewReader(huge)
+			if chunked {
+				body = io.MultiReader(strings.NewReader(huge)) // no length known: chunked transfer encoding
+			}
+			req, _ := http.NewRequest("POST", "http://device"+path, body)
+			resp, err := client(w.sock).Do(req)
+			if err != nil {
+				// The server may close the connection once the bound is
+				// passed, before the client finished writing.
+				continue
+			}
+			raw, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			answered++
+			want := http.StatusBadRequest
+			if path == "/v1/keys/next" {
+				want = http.StatusOK // takes no body: the body is never read
+			}
+			if resp.StatusCode != want {
+				t.Fatalf("%s chunked=%v: %d %s", path, chunked, resp.StatusCode, raw)
+			}
+		}
+	}
+	if answered < 5 {
+		t.Fatalf("only %d of 10 oversized requests were answered", answered)
+	}
+	// The largest group plaintext seals and opens through the API.
+	big := bytes.Repeat([]byte{0x5a}, groupenv.MaxPlaintext)
+	var gs sealReply
+	if code, c := w.call("POST", "/v1/group/seal", map[string]any{"plaintext": big}, &gs); code != 200 {
+		t.Fatalf("largest group plaintext: %d %s", code, c)
+	}
+	var gopen openReply
+	if code, c := w.call("POST", "/v1/group/open", map[string]any{"envelope": gs.Envelope}, &gopen); code != 200 || !bytes.Equal(gopen.Plaintext, big) {
+		t.Fatalf("open the largest group envelope: %d %s", code, c)
+	}
+	// One byte more is refused as bad_request, nothing sealed.
+	if code, c := w.call("POST", "/v1/group/seal", map[string]any{"plaintext": append(big, 0)}, nil); code != 400 || c != "bad_request" {
+		t.Fatalf("group plaintext one byte too long: %d %s", code, c)
+	}
+	dbig := bytes.Repeat([]byte{0x5b}, envelope.MaxPlaintext)
+	var ds sealReply
+	if code, c := w.call("POST", "/v1/seal", map[string]any{"plaintext": dbig}, &ds); code != 200 {
+		t.Fatalf("largest device plaintext: %d %s", code, c)
+	}
+	// A JSON body just over the bound, on a route that reads it.
+	over := `{"envelope":"` + base64.StdEncoding.EncodeToString(make([]byte, 80<<10)) + `"}`
+	if code, c := w.rawCall("/v1/group/open", over); code != 400 || c != "bad_request" {
+		t.Fatalf("envelope of 80 KiB: %d %s", code, c)
+	}
+	var st map[string]any
+	if code, _ := w.call("GET", "/v1/status", nil, &st); code != 200 || st["epoch"] != float64(1) {
+		t.Fatalf("status after the attacks: %v", st)
+	}
+}
+
+func (w *world) rawCall(path, body string) (int, string) {
+	w.t.Helper()
+	req, _ := http.NewRequest("POST", "http://device"+path, strings.NewReader(body))
+	resp, err := client(w.sock).Do(req)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e struct{ Code string }
+	json.NewDecoder(resp.Body).Decode(&e)
+	return resp.StatusCode, e.Code
+}
