@@ -50,12 +50,6 @@ func (i *Issuer) processInbox(in *mqttc.Inbox) {
 	}
 }
 
-// HandleMessage processes one message as if it had arrived from the broker
-// on topic: a registration or a Status, subject to every check. It is for
-// tools and tests that feed messages without a broker; a started issuer
-// handles its subscriptions itself.
-func (i *Issuer) HandleMessage(topic string, payload []byte) { i.handle(topic, payload) }
-
 // handle processes one message as if it came from the broker.
 func (i *Issuer) handle(topic string, payload []byte) {
 	i.handleBatch([]mqttc.Message{{Topic: topic, Payload: payload}})

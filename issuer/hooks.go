@@ -1,6 +1,7 @@
-// Observation: waiting until the issuer's record of a device says
-// something. Tests (here, integration, the conformance kit) and embedders
-// use it; the protocol role never waits on it.
+// Test and embedding hooks: waiting until the issuer's record of a device
+// says something, and handing it a message without a broker. Tests (here,
+// integration, the conformance kit), benchmarks and embedders use them;
+// the protocol role never calls them.
 
 package issuer
 
@@ -71,3 +72,9 @@ func (i *Issuer) notify() {
 	i.changed = make(chan struct{})
 	i.nmu.Unlock()
 }
+
+// HandleMessage processes one message as if it had arrived from the broker
+// on topic: a registration or a Status, subject to every check. It is for
+// tools and tests that feed messages without a broker; a started issuer
+// handles its subscriptions itself.
+func (i *Issuer) HandleMessage(topic string, payload []byte) { i.handle(topic, payload) }
