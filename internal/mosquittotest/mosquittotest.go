@@ -281,22 +281,10 @@ func (b *Broker) Stop(sig os.Signal) error {
 	if cmd == nil {
 		return nil
 	}
-	select {
-	case <-done:
-		return nil
-	default:
+	if err := svctest.Stop(cmd, done, sig, stopTimeout); err != nil {
+		return fmt.Errorf("mosquittotest: broker: %w", err)
 	}
-	if err := cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("mosquittotest: signal: %w", err)
-	}
-	select {
-	case <-done:
-		return nil
-	case <-time.After(stopTimeout):
-		_ = cmd.Process.Kill()
-		<-done
-		return fmt.Errorf("mosquittotest: broker ignored %v for %v; killed", sig, stopTimeout)
-	}
+	return nil
 }
 
 // Kill stops the broker with SIGKILL, as a crash would.

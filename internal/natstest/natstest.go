@@ -357,22 +357,10 @@ func (c *Cluster) stop(i int, sig syscall.Signal) error {
 	if cmd == nil {
 		return nil
 	}
-	select {
-	case <-done:
-		return nil
-	default:
+	if err := svctest.Stop(cmd, done, sig, stopTimeout); err != nil {
+		return fmt.Errorf("natstest: node %d: %w", i, err)
 	}
-	if err := cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("natstest: signal node %d: %w", i, err)
-	}
-	select {
-	case <-done:
-		return nil
-	case <-time.After(stopTimeout):
-		_ = cmd.Process.Kill()
-		<-done
-		return fmt.Errorf("natstest: node %d ignored %v for %v; killed", i, sig, stopTimeout)
-	}
+	return nil
 }
 
 // Restart starts stopped node i again with the same configuration and

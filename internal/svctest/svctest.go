@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 )
 
 // ErrNotFound is wrapped by FindBinary's error when there is no binary.
@@ -71,4 +72,30 @@ func FreePorts(n int) ([]int, error) {
 		ports[i] = l.Addr().(*net.TCPAddr).Port
 	}
 	return ports, nil
+}
+
+// ErrIgnoredSignal is wrapped by Stop's error when the process had to be
+// killed.
+var ErrIgnoredSignal = errors.New("ignored the signal; killed")
+
+// Stop sends sig to cmd's process, whose exit closes done, and waits at
+// most timeout for it to exit; then it kills it (ErrIgnoredSignal). A
+// process that already exited is not an error.
+func Stop(cmd *exec.Cmd, done <-chan struct{}, sig os.Signal, timeout time.Duration) error {
+	select {
+	case <-done:
+		return nil
+	default:
+	}
+	if err := cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("signal: %w", err)
+	}
+	select {
+	case <-done:
+		return nil
+	case <-time.After(timeout):
+		_ = cmd.Process.Kill()
+		<-done
+		return fmt.Errorf("%w: %v for %v", ErrIgnoredSignal, sig, timeout)
+	}
 }

@@ -3,8 +3,11 @@ package svctest
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestFindBinary(t *testing.T) {
@@ -42,5 +45,29 @@ func TestFreePorts(t *testing.T) {
 			t.Fatalf("ports %v", ports)
 		}
 		seen[p] = true
+	}
+}
+
+func TestStop(t *testing.T) {
+	start := func(script string) (*exec.Cmd, chan struct{}) {
+		cmd := exec.Command("sh", "-c", script)
+		if err := cmd.Start(); err != nil {
+			t.Skip("no sh:", err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		return cmd, done
+	}
+	cmd, done := start("exec sleep 30")
+	if err := Stop(cmd, done, syscall.SIGTERM, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := Stop(cmd, done, syscall.SIGTERM, time.Second); err != nil {
+		t.Fatalf("stopping a stopped process: %v", err)
+	}
+	cmd, done = start(`trap "" TERM; while :; do sleep 0.05; done`)
+	time.Sleep(100 * time.Millisecond) // let the trap be set
+	if err := Stop(cmd, done, syscall.SIGTERM, 200*time.Millisecond); !errors.Is(err, ErrIgnoredSignal) {
+		t.Fatalf("a process ignoring SIGTERM: %v", err)
 	}
 }
