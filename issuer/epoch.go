@@ -401,7 +401,9 @@ func (i *Issuer) plan() (*plan, error) {
 				"epoch", p.epoch, "kid", fmt.Sprintf("%x", kid))
 			return err
 		}
-		return tx.Devices(func(r *record) error {
+		// Heads suffice: selectKey's verdict depends only on State and
+		// whether a key is pinned.
+		return tx.DeviceHeads(func(r *record) error {
 			if _, ok := selectKey(r); ok && !i.badKeys[r.ID] {
 				p.devices = append(p.devices, planned{id: r.ID, rev: r.rev})
 			}

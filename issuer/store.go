@@ -95,6 +95,12 @@ type ReadTx interface {
 	// [from, to] (bytewise), in id order, stopping at fn's first error: one
 	// chunk of a streamed epoch is one range read.
 	DeviceRange(from, to string, fn func(*record) error) error
+	// DeviceHeads calls fn, in id order, with a head of every device
+	// record: only ID, State and (non-nil, empty, if a key is pinned)
+	// RegKey are set, and the revision; nothing else is decoded, and the
+	// head is only for selecting devices (an epoch's plan), whose records
+	// are then read in full.
+	DeviceHeads(fn func(*record) error) error
 	// Roots returns the stored epoch roots, oldest first.
 	Roots() ([]StoredRoot, error)
 	// Root returns the stored root of epoch, nil if none.

@@ -383,23 +383,27 @@ const devicesChunk = 4096
 // decoding costs ~10 µs a record: seconds at a million), so memory stays
 // bounded by a chunk beyond what fn keeps.
 func (t boltTx) Devices(fn func(*record) error) error {
-	return t.devices(nil, nil, fn)
+	return t.devices(nil, nil, decodeRecords, fn)
+}
+
+func (t boltTx) DeviceHeads(fn func(*record) error) error {
+	return t.devices(nil, nil, decodeHeads, fn)
 }
 
 func (t boltTx) DeviceRange(from, to string, fn func(*record) error) error {
 	if from > to {
 		return nil
 	}
-	return t.devices([]byte(from), []byte(to), fn)
+	return t.devices([]byte(from), []byte(to), decodeRecords, fn)
 }
 
 // devices calls fn for the records from from (nil: the first) to to (nil:
 // the last), in id order, decoding them a batch at a time on every CPU.
-func (t boltTx) devices(from, to []byte, fn func(*record) error) error {
+func (t boltTx) devices(from, to []byte, decode func([][]byte) ([]*record, error), fn func(*record) error) error {
 	c := t.tx.Bucket(bucketDevices).Cursor()
 	vals := make([][]byte, 0, devicesChunk)
 	flush := func() error {
-		recs, err := decodeRecords(vals)
+		recs, err := decode(vals)
 		if err != nil {
 			return t.s.corrupt(err)
 		}

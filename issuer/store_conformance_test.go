@@ -396,6 +396,28 @@ func conformDeviceRange(t *testing.T, e storeEngine) {
 			t.Errorf("DeviceRange(%q, %q) = %q, want %q", c.from, c.to, g, c.want)
 		}
 	}
+	// Heads: every device, in id order, with its state, whether a key is
+	// pinned, and its revision as a full read gives it.
+	mustUpdate(t, st, func(tx Tx) error {
+		return updateDevice(tx, "b", func(r *record) error { r.RegKey, r.State = nil, stateRevoked; return nil })
+	})
+	full := map[string]*record{}
+	var heads []*record
+	mustView(t, st, func(tx ReadTx) error {
+		if err := tx.Devices(func(r *record) error { full[r.ID] = r; return nil }); err != nil {
+			return err
+		}
+		return tx.DeviceHeads(func(r *record) error { heads = append(heads, r); return nil })
+	})
+	if len(heads) != len(ids) {
+		t.Fatalf("%d heads for %d devices", len(heads), len(ids))
+	}
+	for n, h := range heads {
+		f := full[h.ID]
+		if h.ID != ids[n] || f == nil || h.State != f.State || (h.RegKey == nil) != (f.RegKey == nil) || h.rev != f.rev || h.Ticket != nil {
+			t.Errorf("head %d: %+v, record %+v", n, h, f)
+		}
+	}
 }
 
 func conformAudit(t *testing.T, e storeEngine) {

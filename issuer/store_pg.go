@@ -378,20 +378,24 @@ func (t *pgTx) Device(id string) (*record, error) {
 // Devices reads the records a page at a time (keyset pagination, in id
 // order), so fn may use the transaction and memory stays bounded.
 func (t *pgTx) Devices(fn func(*record) error) error {
-	return t.devices("", nil, fn)
+	return t.devices("", nil, decodeRecords, fn)
+}
+
+func (t *pgTx) DeviceHeads(fn func(*record) error) error {
+	return t.devices("", nil, decodeHeads, fn)
 }
 
 func (t *pgTx) DeviceRange(from, to string, fn func(*record) error) error {
 	if from > to {
 		return nil
 	}
-	return t.devices(from, &to, fn)
+	return t.devices(from, &to, decodeRecords, fn)
 }
 
 // devices reads the records with ids from from on (and up to *to, if
 // set) a page at a time, in id order (COLLATE "C": bytewise, as the
 // store's id order is everywhere).
-func (t *pgTx) devices(from string, to *string, fn func(*record) error) error {
+func (t *pgTx) devices(from string, to *string, decode func([][]byte) ([]*record, error), fn func(*record) error) error {
 	after := ""
 	first := true
 	upper := ""
@@ -432,7 +436,7 @@ func (t *pgTx) devices(from string, to *string, fn func(*record) error) error {
 			return t.s.fail("read devices", err)
 		}
 		first = false
-		recs, err := decodeRecords(vals)
+		recs, err := decode(vals)
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.s.name, err)
 		}

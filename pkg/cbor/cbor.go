@@ -37,8 +37,9 @@ const (
 )
 
 var (
-	encMode fx.EncMode
-	decMode fx.DecMode
+	encMode     fx.EncMode
+	decMode     fx.DecMode
+	partialMode fx.DecMode
 )
 
 func init() {
@@ -64,6 +65,41 @@ func init() {
 	if err != nil {
 		panic(err)
 	}
+	partialMode, err = fx.DecOptions{
+		DupMapKey:         fx.DupMapKeyEnforcedAPF,
+		IndefLength:       fx.IndefLengthForbidden,
+		TagsMd:            fx.TagsForbidden,
+		MaxNestedLevels:   MaxNesting,
+		MaxArrayElements:  MaxArrayElements,
+		MaxMapPairs:       MaxMapPairs,
+		UTF8:              fx.UTF8RejectInvalid,
+		IntDec:            fx.IntDecConvertNone,
+		NaN:               fx.NaNDecodeForbidden,
+		Inf:               fx.InfDecodeForbidden,
+		BinaryUnmarshaler: fx.BinaryUnmarshalerNone,
+	}.DecMode()
+	if err != nil {
+		panic(err)
+	}
+}
+
+// UnmarshalFields decodes from data, at most maxSize bytes, only the fields
+// v names and skips every other key, without the deterministic-encoding
+// check of Unmarshal. It is not a message decoder: it is for reading a few
+// fields of a record this program wrote itself (a store's scan), whose
+// full strict decoding (Unmarshal) happens before anything in it is used
+// for more than selection.
+func UnmarshalFields(data []byte, maxSize int, v any) error {
+	if len(data) > maxSize {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), maxSize)
+	}
+	if len(data) == 0 {
+		return fmt.Errorf("%w: empty input", ErrMalformed)
+	}
+	if err := partialMode.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return nil
 }
 
 // Marshal returns the core deterministic encoding of v.
