@@ -63,7 +63,8 @@ func TestConformanceIssuerBinary(t *testing.T) {
 	keyFile, pubFile := writeIssuerKeyFiles(t, dir, key)
 	acct := b.Issuer()
 	iss := startProc(t, "ekem-issuer run", []string{"EKEM_PASSWORD=" + acct.Password}, binary(t, "ekem-issuer"), "run",
-		"-broker", b.URL(), "-username", acct.Username, "-key", keyFile, "-store", filepath.Join(dir, "issuer.db"), "-period", "1s")
+		"-broker", b.URL(), "-username", acct.Username, "-key", keyFile, "-store", filepath.Join(dir, "issuer.db"), "-period", "1s",
+		"-chunk-leaves", "2") // three played ids: every epoch streamed in two chunks (§5.5)
 	var lines []string
 	for _, id := range ids {
 		lines = append(lines, fmt.Sprintf("%s %s", id, b.Account(id).Password))
@@ -104,5 +105,8 @@ func TestConformanceIssuerBinary(t *testing.T) {
 	}
 	if !regexp.MustCompile(`cohort group seed +§7\.7.* PASS`).MatchString(out) {
 		t.Fatal("the kit did not check the cohort group seed")
+	}
+	if !regexp.MustCompile(`streamed epoch +§5\.4.* PASS`).MatchString(out) {
+		t.Fatal("the kit did not check streamed epochs")
 	}
 }

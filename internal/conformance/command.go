@@ -29,7 +29,8 @@ const CommandUsage = `usage: ekemctl conformance device|issuer [flags]
   issuer  play three devices against an issuer under test:
           ekemctl conformance issuer -broker URL -issuer-pub issuer.pub -devices-file F
           (F: one "device-id password" per line, ids the issuer has never seen;
-          run the issuer with a short -period, e.g. 1s or 2s)
+          run the issuer with a short -period, e.g. 1s or 2s, and -chunk-leaves 2
+          so that its epochs are streamed, PROTOCOL.md §5.5)
 
 Prints a pass/fail table per rule; exit status 0 when every rule passed, 1
 when any failed, 2 for a usage or setup error.

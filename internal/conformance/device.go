@@ -62,6 +62,7 @@ const (
 	RuleGap              = "gap"
 	RuleChain            = "chain"
 	RuleNextNotTaken     = "next key not taken"
+	RuleHeldReplaced     = "held ticket replaced"
 	RuleGroupSeed        = "cohort group seed"
 	RuleBadGroupSeed     = "group seed that does not open"
 	RuleRetiredKey       = "retired key"
@@ -709,6 +710,41 @@ func (r *deviceRun) rules(rep *Report) {
 			return err
 		}
 		return r.expectAccepted(e, x, false) // which checks next_pk is fresh
+	})
+	rep.add(RuleHeldReplaced, "§8.2 (a ticket before its root: only the latest delivery is held)", func() error {
+		// Two streamed epochs' tickets before their roots: the second
+		// delivery replaces the first, so the first's root decides
+		// nothing and the second's is accepted (with a gap: the first
+		// epoch is missing from the device's chain).
+		e := r.epoch + 1
+		a, err := r.issue(ticketSpec{epoch: e, key: r.next, prev: r.hash, chunked: true})
+		if err != nil {
+			return err
+		}
+		b, err := r.issue(ticketSpec{epoch: e + 1, key: r.next, prev: r.hash, chunked: true})
+		if err != nil {
+			return err
+		}
+		if err := r.cl.Publish(r.topics.Ticket(r.o.DeviceID), a.ticket, true); err != nil {
+			return err
+		}
+		if err := r.cl.Publish(r.topics.Ticket(r.o.DeviceID), b.ticket, true); err != nil {
+			return err
+		}
+		if err := r.expectNothing(); err != nil {
+			return fmt.Errorf("while both roots are missing: %w", err)
+		}
+		if err := r.cl.Publish(r.topics.Root(e), a.root, true); err != nil {
+			return err
+		}
+		if err := r.expectNothing(); err != nil {
+			return fmt.Errorf("the root of the replaced ticket: %w", err)
+		}
+		probe = e + 1
+		if err := r.cl.Publish(r.topics.Root(e+1), b.root, true); err != nil {
+			return err
+		}
+		return r.expectAccepted(e+1, b, true)
 	})
 	rep.add(RuleGroupSeed, "§5.2 §7.7 (a cohort member's ticket is accepted)", func() error {
 		e := r.epoch + 1

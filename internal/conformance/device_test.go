@@ -84,7 +84,7 @@ func TestDeviceKitPassesAgent(t *testing.T) {
 // A device that accepts a rollback, or that never reports a gap, fails
 // exactly the rule it breaks.
 func TestDeviceKitCatchesBrokenDevices(t *testing.T) {
-	for bug, rule := range map[string]string{"rollback": RuleRollback, "prev": RuleGap} {
+	for bug, rule := range map[string]string{"rollback": RuleRollback, "prev": RuleGap, "held": RuleHeldReplaced} {
 		t.Run(bug, func(t *testing.T) {
 			const id = "dut-broken"
 			rep := runDeviceKit(t, id, func(ctx context.Context, b *mosquittotest.Broker, pins *signature.KeySet) {

@@ -20,7 +20,7 @@ import (
 type brokenDevice struct {
 	id, broker, password string
 	pins                 *signature.KeySet
-	bug                  string // "rollback": accepts an older epoch; "prev": never reports a gap
+	bug                  string // "rollback": accepts an older epoch; "prev": never reports a gap; "held": keeps the first ticket waiting for its root
 }
 
 func (d *brokenDevice) run(ctx context.Context, t *testing.T) {
@@ -122,6 +122,11 @@ func (d *brokenDevice) run(ctx context.Context, t *testing.T) {
 			}
 		case m := <-msgs:
 			if m.Topic == tp.Ticket(d.id) {
+				if d.bug == "held" {
+					if _, body, err := wire.ParseTicket(ticket); err == nil && body.Epoch > st.Epoch && roots[body.Epoch] == nil {
+						continue // a ticket waits: later deliveries are dropped
+					}
+				}
 				if ticket = m.Payload; len(ticket) > 0 {
 					evaluate()
 				}

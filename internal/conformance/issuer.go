@@ -63,6 +63,7 @@ const (
 	RuleIssuerHostile     = "hostile input"
 	RuleIssuerChain       = "prev chains tickets"
 	RuleIssuerGroupKey    = "cohort group seed"
+	RuleIssuerStreamed    = "streamed epoch"
 	minIssuerModeDevices  = 3
 	defaultIssuerModeKEM  = kem.MLKEM768
 )
@@ -88,6 +89,10 @@ type kitDevice struct {
 	// epoch; cohortErrs what §7.7 violations the tickets showed.
 	groups     map[uint64][]byte
 	cohortErrs []string
+	// streamed counts the accepted tickets of streamed epochs (a root
+	// with chunk fields, PROTOCOL.md §5.4, §5.5): Accept checked each
+	// path in its chunk and the chunk roots against the root.
+	streamed int
 }
 
 type issuerRun struct {
@@ -292,6 +297,11 @@ func (d *kitDevice) accept(g *got, extra kem.PrivateKey) (*accept.Result, error)
 		d.chain = append(d.chain, fmt.Sprintf("%s epoch %d: first ticket's prev is not zero", d.id, g.body.Epoch))
 	}
 	d.st, d.epoch, d.hash, d.res, d.used = res.State, g.body.Epoch, res.TicketHash, res, g.body.PKHash
+	if p, err := signature.ParseSign1(g.root); err == nil {
+		if er, err := wire.ParseEpochRoot(p.Payload); err == nil && er.Chunked() {
+			d.streamed++
+		}
+	}
 	if want := d.run.o.Cohort; want != "" {
 		switch {
 		case g.body.Cohort != want || res.State.Group == nil:
@@ -592,6 +602,16 @@ func (r *issuerRun) rules(rep *Report) {
 			return errors.New("no epoch in which two played devices got a ticket: nothing to compare")
 		}
 		return nil
+	})
+	rep.add(RuleIssuerStreamed, "§5.4 §5.5 (tickets prove inclusion in their chunk)", func() error {
+		n := 0
+		for _, d := range r.devs {
+			n += d.streamed
+		}
+		if n == 0 {
+			return skip("no streamed epoch seen: run the issuer with chunks smaller than the played devices (ekem-issuer -chunk-leaves 2)")
+		}
+		return nil // every ticket counted passed Accept, chunk proof and chunk roots included
 	})
 	rep.add(RuleIssuerChain, "§5.2 (prev)", func() error {
 		var all []string

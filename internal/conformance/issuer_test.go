@@ -26,7 +26,10 @@ func TestIssuerKitPassesIssuer(t *testing.T) {
 	}
 	a := b.Issuer()
 	iss, err := issuer.New(issuer.Config{Broker: b.URL(), Username: a.Username, Password: a.Password, Key: key,
-		StorePath: filepath.Join(t.TempDir(), "issuer.db"), Period: time.Second, Logger: testLogger(t)})
+		StorePath: filepath.Join(t.TempDir(), "issuer.db"), Period: time.Second, Logger: testLogger(t),
+		// Chunks of 2 leaves: the three played ids make every epoch a
+		// streamed one (PROTOCOL.md §5.5), two chunks, root last.
+		ChunkLeaves: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,5 +69,10 @@ func TestIssuerKitPassesIssuer(t *testing.T) {
 	t.Logf("\n%s", buf.String())
 	if rep.Failed() != 0 {
 		t.Fatalf("%d rules failed", rep.Failed())
+	}
+	for _, res := range rep.Results {
+		if res.Rule == RuleIssuerStreamed && (!res.Pass || res.Skipped) {
+			t.Fatalf("the streamed epochs were not checked: %s", res.Detail)
+		}
 	}
 }
