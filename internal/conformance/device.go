@@ -14,6 +14,7 @@ import (
 	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/batch"
+	"github.com/entropykem/entropykem/pkg/cbor"
 	"github.com/entropykem/entropykem/pkg/kem"
 	"github.com/entropykem/entropykem/pkg/keyschedule"
 	"github.com/entropykem/entropykem/pkg/merkle"
@@ -51,6 +52,7 @@ const (
 	RuleUnknownKey       = "unknown issuer key"
 	RuleBadProof         = "bad proof"
 	RuleBadChunkRoots    = "bad chunk roots"
+	RuleBadChunkFields   = "malformed chunk fields"
 	RuleBadSignature     = "bad signature"
 	RuleWrongAudience    = "wrong audience"
 	RuleWrongDeviceKey   = "wrong device key"
@@ -528,7 +530,16 @@ func (r *deviceRun) reject(s ticketSpec, mutate func(*issued), state wire.State,
 	if err := r.publish(s.epoch, x, false); err != nil {
 		return err
 	}
-	return r.expectRejected(state, reason)
+	err = r.expectRejected(state, reason)
+	if s.epoch > r.epoch {
+		// Clear the probe's root (§3: the device forgets it), so that
+		// probes never crowd out the roots of lower epochs a later rule
+		// needs: a device need keep only its 2 highest (§8.2).
+		if cerr := r.cl.Publish(r.topics.Root(s.epoch), nil, true); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
+	return err
 }
 
 func (r *deviceRun) rules(rep *Report) {
@@ -621,6 +632,34 @@ func (r *deviceRun) rules(rep *Report) {
 				x.root = signed
 			}
 		}, wire.StateRejected, accept.ReasonBadProof)
+	})
+	rep.add(RuleBadChunkFields, "§5.4 §8.2 rule 1, reason 1", func() error {
+		// The kit's own signature over a root listing one chunk root more
+		// than ceil(tree_size / 2^h): a decoding error, not a proof one.
+		return r.reject(ticketSpec{epoch: nextProbe(), chunked: true}, func(x *issued) {
+			p, err := signature.ParseSign1(x.root)
+			if err != nil {
+				return
+			}
+			er, err := wire.ParseEpochRoot(p.Payload)
+			if err != nil || !er.Chunked() {
+				return
+			}
+			b := cbor.AppendMapHead(nil, 7)
+			for k, v := range []uint64{er.Version, er.Epoch, er.IssuedAt, er.TreeSize} {
+				b = cbor.AppendUint(cbor.AppendUint(b, uint64(k)), v)
+			}
+			b = cbor.AppendBytes(cbor.AppendUint(b, 4), er.Root)
+			b = cbor.AppendUint(cbor.AppendUint(b, 5), er.ChunkHeight)
+			roots := append(er.ChunkRoots, er.ChunkRoots[0])
+			b = cbor.AppendArrayHead(cbor.AppendUint(b, 6), len(roots))
+			for _, h := range roots {
+				b = cbor.AppendBytes(b, h)
+			}
+			if signed, err := signature.Sign1(r.o.IssuerKey, b); err == nil {
+				x.root = signed
+			}
+		}, wire.StateRejected, accept.ReasonMalformed)
 	})
 	rep.add(RuleBadSignature, "§8.2 rule 2, reason 4", func() error {
 		return r.reject(ticketSpec{epoch: nextProbe()}, func(x *issued) {
