@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/entropykem/entropykem/pkg/envelope"
@@ -92,4 +94,65 @@ func (w *world) rawCall(path, body string) (int, string) {
 	var e struct{ Code string }
 	json.NewDecoder(resp.Body).Decode(&e)
 	return resp.StatusCode, e.Code
+}
+
+// TestConcurrentGroupSeals: parallel group seals (with ratchet keys handed
+// out between them) never share a counter: each (sender, epoch, ctr) is a
+// ChaCha20-Poly1305 nonce under the sender's key (PROTOCOL.md §7.8).
+func TestConcurrentGroupSeals(t *testing.T) {
+	w := newWorld(t)
+	w.issue(1, true)
+	const n = 40
+	ctrs := make(chan uint64, n)
+	errs := make(chan error, 2*n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("POST", "http://device/v1/group/seal", strings.NewReader(`{"plaintext":"eA=="}`))
+			resp, err := client(w.sock).Do(req)
+			if err != nil {
+				errs <- err
+				ctrs <- 1 << 63
+				return
+			}
+			var r sealReply
+			err = json.NewDecoder(resp.Body).Decode(&r)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != 200 {
+				errs <- fmt.Errorf("seal %d: %d %v", i, resp.StatusCode, err)
+			}
+			ctrs <- r.Ctr
+		}()
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("POST", "http://device/v1/keys/next", nil)
+			resp, err := client(w.sock).Do(req)
+			if err == nil {
+				resp.Body.Close()
+			} else {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[uint64]bool{}
+	for range n {
+		c := <-ctrs
+		if seen[c] {
+			t.Fatalf("ctr %d used twice", c)
+		}
+		seen[c] = true
+	}
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+	for c := range uint64(n) {
+		if !seen[c] {
+			t.Fatalf("ctr %d skipped: counters are not 0..%d", c, n-1)
+		}
+	}
 }
