@@ -156,3 +156,30 @@ func TestConcurrentGroupSeals(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupReplayWindowIsInMemory pins what PROTOCOL.md §7.8 and the README
+// say of this implementation: the replay window refuses a second open
+// while the agent runs, and lives in memory, so after a restart the same
+// envelope opens once more (an application that must never process one
+// twice records what it processed). If the windows become persistent,
+// change both texts with this test.
+func TestGroupReplayWindowIsInMemory(t *testing.T) {
+	w := newWorld(t)
+	w.issue(1, true)
+	var g sealReply
+	w.call("POST", "/v1/group/seal", map[string]any{"plaintext": []byte("once")}, &g)
+	if code, c := w.call("POST", "/v1/group/open", map[string]any{"envelope": g.Envelope}, nil); code != 200 {
+		t.Fatalf("first open: %d %s", code, c)
+	}
+	if code, c := w.call("POST", "/v1/group/open", map[string]any{"envelope": g.Envelope}, nil); code != 409 || c != "replay" {
+		t.Fatalf("second open: %d %s", code, c)
+	}
+	w.shutdown()
+	w.start()
+	if code, c := w.call("POST", "/v1/group/open", map[string]any{"envelope": g.Envelope}, nil); code != 200 {
+		t.Fatalf("open after a restart: %d %s (the texts say it opens once more)", code, c)
+	}
+	if code, c := w.call("POST", "/v1/group/open", map[string]any{"envelope": g.Envelope}, nil); code != 409 || c != "replay" {
+		t.Fatalf("again after the restart: %d %s", code, c)
+	}
+}
