@@ -38,8 +38,10 @@ func TestClusterProfile(t *testing.T) {
 		if !ok {
 			t.Fatalf("no service %s in the cluster profile", n)
 		}
-		if !strings.HasPrefix(s.Image, "nats:2.9") {
-			t.Errorf("%s: image %s, want nats:2.9.x", n, s.Image)
+		// The release the tests run (internal/natstest.MinVersion): 2.9
+		// loses acknowledged retained messages when a node dies.
+		if s.Image != "nats:2.15.3-alpine" {
+			t.Errorf("%s: image %s, want nats:2.15.3-alpine", n, s.Image)
 		}
 		if want := []string{"nats-server", "-c", "/etc/nats/" + n + ".conf"}; !slices.Equal(s.Command, want) {
 			t.Errorf("%s: command %v, want %v", n, s.Command, want)

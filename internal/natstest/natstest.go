@@ -8,11 +8,14 @@
 //
 // Every nats-server is started with Pdeathsig SIGKILL, so it dies with the
 // test binary even if the test is killed; Close (t.Cleanup under Start)
-// stops the nodes with SIGTERM, then SIGKILL.
+// kills the nodes.
 //
-// If no nats-server binary is found Start skips the test, unless
-// EKEM_REQUIRE_NATS=1, in which case it fails. EKEM_NATS_SERVER may name the
-// binary.
+// It needs nats-server MinVersion or later (FindBinary): older releases,
+// Debian's 2.9.10 among them, PUBACK a retained message they then lose and
+// stall subscriptions when a node dies (broker-config/nats/README.md). If
+// no such binary is found Start skips the test, unless EKEM_REQUIRE_NATS=1,
+// in which case it fails. EKEM_NATS_SERVER may name the binary; .ci/run
+// builds MinVersion from source (InstallCommand) into CacheBinary.
 package natstest
 
 import (
@@ -53,11 +56,21 @@ const Nodes = 3
 // Bounded waits.
 const (
 	startTimeout = 60 * time.Second
-	stopTimeout  = 10 * time.Second
+	stopTimeout  = 30 * time.Second
 )
 
-// ErrNoBinary: no nats-server was found.
-var ErrNoBinary = errors.New("natstest: no nats-server binary (apt-get install nats-server, or set " + EnvBinary + ")")
+// MinVersion is the oldest nats-server the tests accept: the release
+// whose MQTT interface was measured to ride through a node's death here.
+const MinVersion = "2.15.3"
+
+// InstallCommand builds nats-server MinVersion with Go (the module proxy
+// serves it) into the directory of CacheBinary.
+const InstallCommand = "GOBIN=\"${XDG_CACHE_HOME:-$HOME/.cache}/entropykem/nats-server-v" + MinVersion +
+	"\" go install github.com/nats-io/nats-server/v2@v" + MinVersion
+
+// ErrNoBinary: no nats-server of MinVersion or later was found.
+var ErrNoBinary = errors.New("natstest: no nats-server v" + MinVersion + " or later (build it with: " + InstallCommand +
+	"; or set " + EnvBinary + "; Debian's 2.9 is too old)")
 
 // Options configures New.
 type Options struct {
@@ -120,14 +133,105 @@ func Start(t testing.TB, o Options) *Cluster {
 	return c
 }
 
-// FindBinary returns $EKEM_NATS_SERVER, else nats-server in PATH or in the
-// usual sbin directories.
-func FindBinary() (string, error) {
-	p, err := svctest.FindBinary(EnvBinary, "nats-server", "/usr/sbin", "/usr/local/sbin", "/usr/local/bin")
-	if errors.Is(err, svctest.ErrNotFound) {
-		return "", ErrNoBinary
+// CacheBinary is where .ci/run (InstallCommand) puts nats-server
+// MinVersion: $XDG_CACHE_HOME, else $HOME/.cache, then
+// entropykem/nats-server-v{MinVersion}/nats-server ("" without either).
+func CacheBinary() string {
+	dir := os.Getenv("XDG_CACHE_HOME")
+	if dir == "" {
+		home := os.Getenv("HOME")
+		if home == "" {
+			return ""
+		}
+		dir = filepath.Join(home, ".cache")
 	}
-	return p, err
+	return filepath.Join(dir, "entropykem", "nats-server-v"+MinVersion, "nats-server")
+}
+
+// FindBinary returns the first nats-server of MinVersion or later among
+// $EKEM_NATS_SERVER (which, if set, must be one), CacheBinary, nats-server
+// in PATH and the usual sbin directories. The error names every binary it
+// found too old.
+func FindBinary() (string, error) {
+	if p := os.Getenv(EnvBinary); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%s=%s: %w", EnvBinary, p, err)
+		}
+		if err := checkVersion(p); err != nil {
+			return "", fmt.Errorf("%s=%s: %w", EnvBinary, p, err)
+		}
+		return p, nil
+	}
+	var cands []string
+	if p := CacheBinary(); p != "" {
+		cands = append(cands, p)
+	}
+	if p, err := exec.LookPath("nats-server"); err == nil {
+		cands = append(cands, p)
+	}
+	cands = append(cands, "/usr/local/bin/nats-server", "/usr/local/sbin/nats-server", "/usr/sbin/nats-server")
+	var old []string
+	for _, p := range cands {
+		if _, err := os.Stat(p); err != nil {
+			continue
+		}
+		if err := checkVersion(p); err != nil {
+			old = append(old, p+": "+err.Error())
+			continue
+		}
+		return p, nil
+	}
+	if len(old) > 0 {
+		return "", fmt.Errorf("%w; found only: %s", ErrNoBinary, strings.Join(old, "; "))
+	}
+	return "", ErrNoBinary
+}
+
+// ErrOldVersion: a nats-server older than MinVersion.
+var ErrOldVersion = errors.New("nats-server older than v" + MinVersion)
+
+// checkVersion runs bin --version ("nats-server: v2.15.3") and compares.
+func checkVersion(bin string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "--version").Output()
+	if err != nil {
+		return fmt.Errorf("%s --version: %w", bin, err)
+	}
+	v := strings.TrimSpace(string(out))
+	v = strings.TrimPrefix(strings.TrimPrefix(v, "nats-server: "), "v")
+	got, ok := parseVersion(v)
+	if !ok {
+		return fmt.Errorf("%s --version: unrecognised %q", bin, strings.TrimSpace(string(out)))
+	}
+	want, _ := parseVersion(MinVersion)
+	for k := range want {
+		if got[k] != want[k] {
+			if got[k] < want[k] {
+				return fmt.Errorf("%w: v%s", ErrOldVersion, v)
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// parseVersion parses "major.minor.patch" with an optional "-suffix".
+func parseVersion(v string) ([3]int, bool) {
+	var out [3]int
+	v, _, _ = strings.Cut(v, "-")
+	parts := strings.Split(v, ".")
+	if len(parts) != 3 {
+		return out, false
+	}
+	for k, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 {
+			return out, false
+		}
+		out[k] = n
+	}
+	return out, true
 }
 
 // New renders the configuration, starts the three nodes and the balancer,
@@ -404,15 +508,16 @@ func (c *Cluster) Running(i int) bool {
 	}
 }
 
-// Close stops the balancer and every node (SIGTERM, then SIGKILL) and
-// removes the directory if New made it.
+// Close stops the balancer, kills every node (SIGKILL: nothing of the
+// cluster outlives it, and a clean shutdown of JetStream can take longer
+// than a test should wait) and removes the directory if New made it.
 func (c *Cluster) Close() error {
 	var errs []error
 	if c.lb != nil {
 		c.lb.Close()
 	}
 	for i := range c.nodes {
-		if err := c.Stop(i); err != nil {
+		if err := c.Kill(i); err != nil {
 			errs = append(errs, err)
 		}
 	}

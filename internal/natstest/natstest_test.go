@@ -2,6 +2,10 @@ package natstest
 
 import (
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,4 +88,33 @@ func TestClusterReplicatesRetained(t *testing.T) {
 		t.Fatal(err)
 	}
 	read(c.NodeURL(0))
+}
+
+// checkVersion accepts MinVersion and later, refuses older releases and
+// output it does not recognise.
+func TestCheckVersion(t *testing.T) {
+	dir := t.TempDir()
+	for out, ok := range map[string]bool{
+		"nats-server: v" + MinVersion: true,
+		"nats-server: v2.15.10":       true,
+		"nats-server: v2.16.0-beta.1": true,
+		"nats-server: v3.0.0":         true,
+		"nats-server: v2.9.10":        false,
+		"nats-server: v2.15.2":        false,
+		"nats-server: v1.99.99":       false,
+		"nats-server: vX":             false,
+		"":                            false,
+	} {
+		bin := filepath.Join(dir, "nats-server")
+		if err := os.WriteFile(bin, []byte("#!/bin/sh\necho '"+out+"'\n"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		err := checkVersion(bin)
+		if (err == nil) != ok {
+			t.Errorf("%q: checkVersion = %v, want ok %v", out, err, ok)
+		}
+		if strings.Contains(out, "2.9.10") && !errors.Is(err, ErrOldVersion) {
+			t.Errorf("%q: %v, want ErrOldVersion", out, err)
+		}
+	}
 }
