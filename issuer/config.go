@@ -92,6 +92,14 @@ type Config struct {
 	// the issuer reads from the broker at start (fencing) and in Recover
 	// (default 500 ms).
 	BrokerQuiet time.Duration
+	// NudgeInterval, if set, makes the issuer republish the latest root
+	// and the tickets its devices have not confirmed, NudgeInterval after
+	// the epoch, then after 3, 7, ... intervals, at most 6 times per
+	// epoch, and peek at their Statuses (nudge.go): for a broker that may
+	// lose acknowledged retained messages, or stall a subscription, when a
+	// node dies (a NATS cluster, broker-config/nats). 0 (default): never;
+	// at least 1 s otherwise.
+	NudgeInterval time.Duration
 	// Enrollment is the policy for a device id's first registration
 	// (enroll.go, DESIGN.md "Identity on the broker"): EnrollmentOpen
 	// (default) pins it on first use; EnrollmentAllowlist pins only ids
@@ -164,6 +172,9 @@ func (c Config) Validate() error {
 	}
 	if c.StorePath == "" {
 		return bad("no store path")
+	}
+	if c.NudgeInterval != 0 && c.NudgeInterval < time.Second {
+		return bad("nudge interval must be 0 (off) or at least 1s, got %v", c.NudgeInterval)
 	}
 	if c.Period < time.Second || c.Period > wire.MaxTTL*time.Second {
 		return bad("period must be between 1s and %v, got %v", wire.MaxTTL*time.Second, c.Period)

@@ -38,6 +38,9 @@ const (
 	cPublishRetries
 	cPublishFailures
 	cPublishFenced
+	cNudged      // nudge.go
+	cStatusPeeks // nudge.go
+	cResubscribed
 	numCounters
 )
 
@@ -55,6 +58,7 @@ func (c counter) String() string {
 		cSigningKeyMissing: "signing_key_missing", cStoreFailures: "store_failures", cStoreBehind: "store_behind",
 		cStoreBadKey: "store_bad_key", cFencedStarts: "fenced_starts", cRepublished: "republished",
 		cPublishRetries: "publish_retries", cPublishFailures: "publish_failures", cPublishFenced: "publish_fenced",
+		cNudged: "nudged", cStatusPeeks: "status_peeks", cResubscribed: "resubscribed",
 	}[c]
 }
 

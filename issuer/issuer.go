@@ -129,6 +129,10 @@ func New(cfg Config) (*Issuer, error) {
 		pending: map[string][]byte{}, changed: make(chan struct{}),
 		ready: make(chan struct{}), closing: make(chan struct{}),
 	}
+	if cfg.NudgeInterval > 0 {
+		i.wg.Add(1)
+		go i.nudgeLoop()
+	}
 	if p := chain.pending(last); p != nil {
 		kid, _ := chain.signerAt(last + 1)
 		i.log.Info("issuer key rotation pending", "signing_kid", fmt.Sprintf("%x", kid),

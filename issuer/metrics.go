@@ -106,6 +106,9 @@ var (
 	descPlain     = map[counter]*prometheus.Desc{
 		cPublishFailures: prometheus.NewDesc("ekem_publish_failures_total", "Publishes that failed after every retry (republished after reconnection).", nil, nil),
 		cPublishRetries:  prometheus.NewDesc("ekem_publish_retries_total", "Publish retries.", nil, nil),
+		cNudged:          prometheus.NewDesc("ekem_nudged_messages_total", "Roots and unconfirmed tickets of the latest epoch republished by the nudge (Config.NudgeInterval).", nil, nil),
+		cStatusPeeks:     prometheus.NewDesc("ekem_status_peeks_total", "Status topics of unconfirmed devices read by a brief subscription of their own (nudge).", nil, nil),
+		cResubscribed:    prometheus.NewDesc("ekem_resubscriptions_total", "Times the issuer replaced its Status and registration subscriptions, which a peek showed had missed a Status (nudge).", nil, nil),
 		cRepublished:     prometheus.NewDesc("ekem_republished_messages_total", "Messages republished from the store after a (re)connection.", nil, nil),
 		cStoreFailures:   prometheus.NewDesc("ekem_store_failures_total", "Store transactions that failed.", nil, nil),
 		cStoreBadKey:     prometheus.NewDesc("ekem_store_bad_keys_total", "Stored device keys found invalid while planning an epoch.", nil, nil),

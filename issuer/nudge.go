@@ -50,7 +50,7 @@ func (i *Issuer) nudgeLoop() {
 	defer i.wg.Done()
 	select {
 	case <-i.ready:
-	case <-i.ctx.Done():
+	case <-i.closing:
 		return
 	}
 	tick := time.NewTicker(i.cfg.NudgeInterval / 4)
@@ -58,7 +58,7 @@ func (i *Issuer) nudgeLoop() {
 	var st nudgeState
 	for {
 		select {
-		case <-i.ctx.Done():
+		case <-i.closing:
 			return
 		case <-tick.C:
 		}
@@ -132,7 +132,7 @@ func (i *Issuer) nudge(st *nudgeState) {
 	}
 	if missed && !st.resubscribed {
 		st.resubscribed = true
-		i.count("resubscribed", 1)
+		i.count(cResubscribed, 1)
 		i.log.Warn("a Status the issuer's subscription had not delivered came by a peek: replacing the issuer's subscriptions", "epoch", st.epoch)
 		c.Resubscribe(i.topics.AllStatuses())
 		c.Resubscribe(i.topics.AllRegistrations())
@@ -141,7 +141,7 @@ func (i *Issuer) nudge(st *nudgeState) {
 		return
 	}
 	failed := i.publishAll(msgs)
-	i.count("nudged", uint64(len(msgs)-failed))
+	i.count(cNudged, uint64(len(msgs)-failed))
 	i.log.Info("republished the latest root and the unconfirmed tickets (nudge)", "epoch", st.epoch, "tickets", len(msgs)-1, "failed", failed)
 	if st.rounds < 2 {
 		return
@@ -154,6 +154,6 @@ func (i *Issuer) nudge(st *nudgeState) {
 		peek = append(peek, i.topics.Status(id))
 		st.peeked[id] = true
 	}
-	i.count("status_peeks", uint64(len(peek)))
+	i.count(cStatusPeeks, uint64(len(peek)))
 	c.Peek(peek, i.cfg.NudgeInterval)
 }

@@ -83,6 +83,10 @@ a flag on the command line wins):
   -lease-ttl DURATION      EKEM_LEASE_TTL         PostgreSQL: the leader lease, renewed 4 times per
                                                   ttl; a standby takes over about ttl after the
                                                   leader stops (default period/3, at most 15s)
+  -nudge DURATION          EKEM_NUDGE             republish the latest root and the unconfirmed
+                                                  tickets this long after an epoch, then after 3,
+                                                  7, ... times it (at most 6 times): for a NATS
+                                                  cluster (broker-config/nats); default 0, off
   -period DURATION         EKEM_PERIOD            epoch period, 1s..744h (default 1h)
   -ttl DURATION            EKEM_TTL               ticket lifetime, whole seconds (default 2 x period)
   -prefix PREFIX           EKEM_PREFIX            topic prefix (default ekem/v1)
@@ -240,6 +244,7 @@ type runFlags struct {
 	adminSocket                                string
 	reason                                     string // recover only
 	leaseTTL                                   time.Duration
+	nudge                                      time.Duration
 	enrollment                                 string
 }
 
@@ -250,7 +255,7 @@ var runEnv = cliflag.EnvOf(map[string][]string{
 	cliflag.TLSCA: {"EKEM_CA"}, cliflag.TLSCert: {"EKEM_CERT"}, cliflag.TLSKey: {"EKEM_KEYFILE"},
 }, "broker", "username", "password-file", cliflag.SigningKey, cliflag.NextSigningKey, "store", "period", "ttl",
 	"prefix", "purpose", "group", "keep-roots", "chunk-leaves", "reenroll", "client-id",
-	cliflag.TLSCA, cliflag.TLSCert, cliflag.TLSKey, "metrics", "log-level", "log-format", "admin-socket", "lease-ttl", "enrollment")
+	cliflag.TLSCA, cliflag.TLSCert, cliflag.TLSKey, "metrics", "log-level", "log-format", "admin-socket", "lease-ttl", "nudge", "enrollment")
 
 func parseRun(args []string) (*runFlags, error) { return parseRunFlags("run", args) }
 
@@ -286,6 +291,7 @@ func parseRunFlags(name string, args []string) (*runFlags, error) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "")
 	fs.StringVar(&f.logFormat, "log-format", "text", "")
 	fs.DurationVar(&f.leaseTTL, "lease-ttl", 0, "")
+	fs.DurationVar(&f.nudge, "nudge", 0, "")
 	for old, current := range runAliases {
 		cliflag.Alias(fs, old, current, warn)
 	}
@@ -446,7 +452,7 @@ func (f *runFlags) config(log *slog.Logger) (issuer.Config, error) {
 		Broker: f.broker, Username: username, Password: password, TLS: tlsCfg, ClientID: f.clientID, Enrollment: f.enrollment,
 		Prefix: f.prefix, Key: key, NextKey: nextKey, StorePath: f.store, Period: f.period, TTL: f.ttl,
 		Purpose: f.purpose, Group: f.group, KeepRoots: f.keepRoots, ChunkLeaves: f.chunkLeaves, Logger: log,
-		Reenroll: issuer.ReenrollPolicy(f.reenroll),
+		Reenroll: issuer.ReenrollPolicy(f.reenroll), NudgeInterval: f.nudge,
 	}
 	return cfg, cfg.Validate()
 }

@@ -21,7 +21,7 @@ var vars = map[string]string{
 	"period": "EKEM_PERIOD", "ttl": "EKEM_TTL", "purpose": "EKEM_PURPOSE", "group": "EKEM_GROUP",
 	"keep-roots": "EKEM_KEEP_ROOTS", "chunk-leaves": "EKEM_CHUNK_LEAVES", "reenroll": "EKEM_REENROLL",
 	"metrics": "EKEM_METRICS", "admin-socket": "EKEM_ADMIN_SOCKET", "lease-ttl": "EKEM_LEASE_TTL",
-	"enrollment": "EKEM_ENROLLMENT",
+	"enrollment": "EKEM_ENROLLMENT", "nudge": "EKEM_NUDGE",
 	// device and monitor
 	"id": "EKEM_DEVICE_ID", "state": "EKEM_STATE_DIR", "issuer-pub": "EKEM_ISSUER_PUB",
 	"cohort-file": "EKEM_COHORT_FILE", "tpm": "EKEM_TPM", "kem": "EKEM_KEM", "skew": "EKEM_SKEW",
