@@ -153,7 +153,8 @@ type Agent struct {
 	rootCache   *accept.RootCache // roots whose signature was verified
 	ticket      []byte
 	ticketEpoch uint64
-	pending     bool // the latest ticket waits for its epoch's root
+	pending     bool        // the latest ticket waits for its epoch's root
+	behind      behindState // resubscription of a stalled subscription (behind.go)
 }
 
 // New validates cfg, locks cfg.StateDir and loads the device's state from
@@ -498,8 +499,9 @@ func (a *Agent) Registration() []byte {
 // Counters returns a snapshot of the agent's counters: "accepted",
 // "duplicate", "rejected:<reason>" (one per rejected ticket or root, also
 // when the Status it would publish repeats the last one and is not sent),
-// "stale", "failed" (local failures), "publish_failed" and
-// "next_key_not_taken" (an accepted ticket was not encapsulated to the
+// "stale", "failed" (local failures), "publish_failed", "status_resent"
+// (the accepted ticket came again and the Status was sent again),
+// "resubscribed" (behind.go) and "next_key_not_taken" (an accepted ticket was not encapsulated to the
 // announced next key, PROTOCOL.md §8.1).
 func (a *Agent) Counters() map[string]uint64 {
 	a.mu.Lock()

@@ -24,8 +24,8 @@ var (
 	staleResubscribeEvery = time.Minute
 )
 
-// resubscriber is what checkBehind needs of the MQTT client
-// (mqttc.Client).
+// resubscriber is what checkBehind needs of the Transport: Run's own
+// (internal/mqttc) has it; an embedder's Transport may implement it too.
 type resubscriber interface{ Resubscribe(filter string) }
 
 // behindState is owned by the Run goroutine.

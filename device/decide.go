@@ -43,6 +43,7 @@ func (a *Agent) processTicket(pub publisher) {
 		epoch, hash := a.last()
 		if body.Epoch == epoch && bytes.Equal(keyschedule.TicketHash(tk.Body), hash) {
 			a.report(pub, outcome{ev: Event{Kind: EventDuplicate, Epoch: epoch, TicketEpoch: epoch}})
+			a.onDuplicate(pub)
 			return
 		}
 		var ok bool
@@ -304,6 +305,7 @@ func (a *Agent) newStatus(st *accept.State, state wire.State, reason accept.Reas
 // publishStatus publishes a Status retained at QoS 1. A failure is only
 // logged: the Status is persisted and republished after reconnecting.
 func (a *Agent) publishStatus(pub publisher, sb []byte) {
+	a.behind.statusSent = time.Now()
 	if err := pub.Publish(a.topics.Status(a.cfg.ID), sb, true); err != nil {
 		a.count(cPublishFailed)
 		a.log.Warn("status publish failed; republished on reconnect", "err", err)

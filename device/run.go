@@ -145,6 +145,9 @@ func (a *Agent) loop(ctx context.Context, t Transport) {
 			a.handle(t, m)
 		case <-tick.C:
 			a.checkStale(t)
+			if r, ok := t.(resubscriber); ok {
+				a.checkBehind(r)
+			}
 		}
 	}
 }
@@ -157,18 +160,44 @@ func (a *Agent) onConnect(pub publisher) {
 	if err := pub.Publish(a.topics.Registration(a.cfg.ID), reg, true); err != nil {
 		a.log.Warn("registration publish failed; retried on reconnect", "err", err)
 	}
+	a.republishStatus(pub, status, accepted)
+	a.checkStale(pub)
+}
+
+// republishStatus publishes the last Status again, then the last
+// acceptance if it differs: so that the acceptance is what the retained
+// topic holds. If the connection dropped before it was sent and a
+// rejection followed (say, of an old ticket a restored broker
+// re-delivered), the issuer still needs its confirm tag and next key. The
+// issuer verifies it though its seq is lower; the rejection was reported
+// just before.
+func (a *Agent) republishStatus(pub publisher, status, accepted []byte) {
 	if status != nil {
 		a.publishStatus(pub, status)
 	}
-	// Then the last acceptance, so that it is what the retained topic
-	// holds: if the connection dropped before it was sent and a rejection
-	// followed (say, of an old ticket a restored broker re-delivered), the
-	// issuer still needs its confirm tag and next key. The issuer verifies
-	// it though its seq is lower; the rejection was reported just before.
 	if accepted != nil && !bytes.Equal(accepted, status) {
 		a.publishStatus(pub, accepted)
 	}
-	a.checkStale(pub)
+}
+
+// statusResendAfter: a ticket the device already accepted, received again
+// at least this long after its last Status was sent, makes it send its
+// Status again. The issuer republishes a ticket whose confirmation it has
+// not seen (issuer.Config.NudgeInterval), and after its own reconnection:
+// on a broker that lost the Status, this is how the confirmation arrives.
+// The issuer drops a Status it already has (statuses_duplicate).
+var statusResendAfter = 5 * time.Second
+
+// onDuplicate handles the re-delivery of the accepted ticket.
+func (a *Agent) onDuplicate(pub publisher) {
+	if sent := a.behind.statusSent; !sent.IsZero() && time.Since(sent) < statusResendAfter {
+		return
+	}
+	a.count("status_resent")
+	a.mu.Lock()
+	status, accepted := a.status, a.acceptedStatus
+	a.mu.Unlock()
+	a.republishStatus(pub, status, accepted)
 }
 
 // handle dispatches one received message by its topic (wire.Topics.Parse).
@@ -203,6 +232,7 @@ func (a *Agent) onRoot(pub publisher, e uint64, payload []byte) {
 		return
 	}
 	a.roots[e] = bounded(payload, signature.MaxSign1Size)
+	a.noteRoot(e)
 	for len(a.roots) > DefaultRootEpochs {
 		delete(a.roots, minKey(a.roots))
 	}

@@ -75,6 +75,9 @@ func (t *mqttTransport) Publish(topic string, payload []byte, retained bool) err
 
 func (t *mqttTransport) Subscribe(filter string) error { return t.cl.Subscribe(filter) }
 
+// Resubscribe replaces a subscription (device/behind.go).
+func (t *mqttTransport) Resubscribe(filter string) { t.cl.Resubscribe(filter) }
+
 func (t *mqttTransport) Receive(ctx context.Context) (Message, bool) {
 	m, ok := t.cl.Inbox().Next(ctx)
 	return Message{Topic: m.Topic, Payload: m.Payload}, ok
