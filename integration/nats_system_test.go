@@ -21,6 +21,7 @@ import (
 // the ekem-monitor account) verifies every root and sees the whole fleet
 // current.
 func TestNATSSystemSeveralEpochs(t *testing.T) {
+	t.Parallel() // with the other NATS tests: see nats_helpers_test.go
 	ids := []string{"dev-1", "dev-2", "dev-3", "dev-4"}
 	f := newNATSFleet(t, ids...)
 	f.startIssuer(t, nil)

@@ -3,7 +3,7 @@ package integration
 // Client-id takeover on the clustered broker. MQTT 3.1.1 (§3.1.4) says a
 // second CONNECT with a client id already connected disconnects the first.
 // NATS does not bind client ids to accounts, so any authenticated client
-// can use another's client id, on any node. This test shows what NATS 2.9
+// can use another's client id, on any node. This test shows what NATS 2.15.3
 // does (the victim is disconnected, then reconnects: a denial of service by
 // flapping) and that it yields the intruder none of the victim's rights.
 
@@ -17,6 +17,7 @@ import (
 )
 
 func TestNATSClientIDTakeover(t *testing.T) {
+	t.Parallel() // with the other NATS tests: see nats_helpers_test.go
 	ids := []string{devA, devB}
 	f := newNATSFleet(t, ids...)
 	f.startIssuer(t, nil)
@@ -83,7 +84,7 @@ func TestNATSClientIDTakeover(t *testing.T) {
 		f.natsConverge(t, e, ids...)
 	}
 	t.Logf("victims' connections dropped by the intruder: %v", takeovers)
-	// NATS 2.9.10 does not refuse the takeover: the victim's connection is
+	// NATS 2.15.3 does not refuse the takeover: the victim's connection is
 	// closed (it reconnects, which may close the intruder's in turn). If a
 	// NATS release refuses it, this fails: update broker-config/nats/README.md.
 	if takeovers[devA]+takeovers[issuer] == 0 {

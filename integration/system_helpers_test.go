@@ -219,11 +219,16 @@ func tail(s string, n int) string {
 // broker, with the JSON log captured in f.issLog.
 func (f *sysFleet) issuerConfig() ekissuer.Config {
 	a := f.account(issuer)
-	return ekissuer.Config{
+	cfg := ekissuer.Config{
 		Broker: f.brokerURL(), Username: a.Username, Password: a.Password,
 		Key: f.key, StorePath: filepath.Join(f.dir, "issuer.db"), Period: sysPeriod,
 		Logger: slog.New(slog.NewJSONHandler(f.issLog, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", "issuer"),
 	}
+	if f.nats != nil {
+		// As broker-config/nats/README.md tells an operator to run it.
+		cfg.NudgeInterval = natsNudge
+	}
+	return cfg
 }
 
 // startIssuer opens the issuer's store (f.dir/issuer.db, so a second call
