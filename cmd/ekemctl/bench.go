@@ -24,9 +24,9 @@ device's ticket processing and memory, and a fleet of -fleet device agents
 rotating. It prints a table with medians and ratios, and PASS/MISS per
 performance goal. Needs mosquitto 2 (EKEM_MOSQUITTO may name the binary).
 With -broker nats it also starts a 3-node NATS JetStream cluster
-(broker-config/nats, nats-server from PATH or EKEM_NATS_SERVER) and puts its
-publish floor, issuer epoch and memory per retained ticket per node next to
-Mosquitto's.
+(broker-config/nats; nats-server 2.15.3 or later from EKEM_NATS_SERVER,
+~/.cache/entropykem/nats-server-v2.15.3 or PATH) and puts its publish floor,
+issuer epoch and memory per retained ticket per node next to Mosquitto's.
 
 flags:
 `
