@@ -93,7 +93,7 @@ type Config struct {
 	// (default 500 ms).
 	BrokerQuiet time.Duration
 	// NudgeInterval, if set, makes the issuer republish the latest root
-	// and the tickets its devices have not confirmed, NudgeInterval after
+	// and the tickets of it not yet confirmed, NudgeInterval after
 	// the epoch, then after 3, 7, ... intervals, at most 6 times per
 	// epoch, and peek at their Statuses (nudge.go): for a broker that may
 	// lose acknowledged retained messages, or stall a subscription, when a

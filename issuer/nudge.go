@@ -12,12 +12,11 @@ import (
 // subscription without deliveries for a while (broker-config/nats/README.md,
 // "After a node's death"). The issuer republishes its whole record after
 // each of its own reconnections, but a client whose node survived does not
-// reconnect. So, while the latest epoch has devices whose confirmation the
-// issuer has not verified, the issuer republishes, unchanged from the store,
-// the latest root and those devices' tickets: NudgeInterval after it first
-// saw the epoch, then after 2, 4, ... times NudgeInterval (at most
-// nudgeRounds times per epoch, so that devices that are simply offline cost
-// a few messages per epoch, not a stream). A device that receives its
+// reconnect. So the issuer republishes, unchanged from the store, the
+// latest root and the tickets of that epoch it has no confirmation of:
+// NudgeInterval after it first saw the epoch, then 3, 7, ... intervals
+// after it (at most nudgeRounds times per epoch, so that devices that are
+// simply offline cost a few messages per epoch, not a stream). A device that receives its
 // accepted ticket again republishes its Status (device.Agent), which heals
 // a lost Status too.
 //
@@ -137,13 +136,13 @@ func (i *Issuer) nudge(st *nudgeState) {
 		c.Resubscribe(i.topics.AllStatuses())
 		c.Resubscribe(i.topics.AllRegistrations())
 	}
-	if len(unconfirmed) == 0 {
-		return
-	}
+	// The root goes out every round, confirmations or not (one message):
+	// a root lost after every device had it live would be missing for a
+	// device that subscribes later.
 	failed := i.publishAll(msgs)
 	i.count(cNudged, uint64(len(msgs)-failed))
 	i.log.Info("republished the latest root and the unconfirmed tickets (nudge)", "epoch", st.epoch, "tickets", len(msgs)-1, "failed", failed)
-	if st.rounds < 2 {
+	if st.rounds < 2 || len(unconfirmed) == 0 {
 		return
 	}
 	var peek []string

@@ -9,7 +9,8 @@ import (
 
 // TestNudge: with NudgeInterval, the issuer republishes the latest root and
 // the tickets it has no confirmation of (the same stored bytes), one
-// interval after the epoch, and nothing once every device confirmed.
+// interval after the epoch, and the root alone once every device
+// confirmed.
 func TestNudge(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -60,12 +61,12 @@ func TestNudge(t *testing.T) {
 	if n := e.counter("nudged"); n != 2 || seen[tp.Ticket("dev-1")] != 1 || seen[tp.Ticket("dev-2")] != 2 || seen[tp.Root(1)] != 2 {
 		t.Fatalf("nudged %d; published %v", n, seen)
 	}
-	// dev-2 confirms: the next nudge (3 intervals after the epoch) has
-	// nothing to do.
+	// dev-2 confirms: the next nudge (3 intervals after the epoch)
+	// republishes the root alone.
 	e.iss.handle(tp.Status("dev-2"), d2.status(e.deliver(d2)))
 	time.Sleep(3500 * time.Millisecond)
 	drain()
-	if n := e.counter("nudged"); n != 2 || seen[tp.Ticket("dev-2")] != 2 {
+	if n := e.counter("nudged"); n != 3 || seen[tp.Ticket("dev-2")] != 2 || seen[tp.Root(1)] != 3 {
 		t.Fatalf("after every confirmation: nudged %d; published %v", n, seen)
 	}
 }
