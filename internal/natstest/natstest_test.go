@@ -3,6 +3,7 @@ package natstest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +15,8 @@ import (
 
 func connect(t *testing.T, url, user, password string, h mqtt.MessageHandler) mqtt.Client {
 	t.Helper()
-	o := mqtt.NewClientOptions().AddBroker(url).SetClientID("t-" + user + "-" + time.Now().Format("150405.000000")).
+	// NATS 2.15 refuses a client id with '.'.
+	o := mqtt.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("t-%s-%d", user, time.Now().UnixNano())).
 		SetUsername(user).SetPassword(password).SetCleanSession(true).SetAutoReconnect(false).
 		SetConnectTimeout(5 * time.Second).SetDefaultPublishHandler(h)
 	// After a node's death the others refuse MQTT connections for a few
