@@ -245,10 +245,14 @@ func (f *sysFleet) lostTickets(t *testing.T, e uint64, ids []string) []string {
 // subscriber on another node can get the previous retained message for a
 // moment (broker-config/nats/README.md, "Retained messages"). So a
 // snapshot that misses something is retaken with a fresh subscriber; a
-// lost message would be missing from every snapshot until natsTimeout.
+// lost message would be missing from every snapshot until natsRecovery.
 func (f *sysFleet) checkRetained(t *testing.T, e uint64, acked map[string]string) (lostWitness []string) {
 	t.Helper()
-	deadline := time.Now().Add(natsTimeout)
+	// natsRecovery, not natsTimeout: a root the cluster lost comes back
+	// with the issuer's next nudge, 30 s or 62 s after the epoch, while
+	// fresh subscriptions may still time out on a cluster that has not
+	// settled.
+	deadline := time.Now().Add(natsRecovery)
 	for attempt := 1; ; attempt++ {
 		mon := natsGranted(t, f.nats, monitor, prefix+"#")
 		var missing []string
@@ -277,7 +281,7 @@ func (f *sysFleet) checkRetained(t *testing.T, e uint64, acked map[string]string
 		}
 		if time.Now().After(deadline) {
 			if len(system) > 0 {
-				t.Fatalf("tickets or roots lost: a fresh subscriber still misses %v after %v", system, natsTimeout)
+				t.Fatalf("tickets or roots lost: a fresh subscriber still misses %v after %v", system, natsRecovery)
 			}
 			return lostWitness
 		}
