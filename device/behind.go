@@ -54,7 +54,7 @@ func (a *Agent) checkBehind(r resubscriber) {
 	a.mu.Unlock()
 	if stale && now.Sub(b.lastStale) >= staleResubscribeEvery {
 		b.lastStale, b.lastResub = now, now
-		a.count("resubscribed")
+		a.count(cResubscribed)
 		a.log.Warn("latest ticket expired: replacing every subscription, in case the broker stopped delivering", "epoch", epoch)
 		for _, f := range []string{a.topics.AllIssuerKeys(), a.topics.Ticket(a.cfg.ID), a.topics.AllRoots()} {
 			r.Resubscribe(f)
@@ -69,7 +69,7 @@ func (a *Agent) checkBehind(r resubscriber) {
 		return
 	}
 	b.lastResub = now
-	a.count("resubscribed")
+	a.count(cResubscribed)
 	a.log.Warn("the root of a newer epoch came but not its ticket: replacing the ticket subscription",
 		"epoch", epoch, "root_epoch", b.aheadEpoch, "waited", now.Sub(b.aheadSince).Round(time.Second).String())
 	r.Resubscribe(a.topics.Ticket(a.cfg.ID))

@@ -17,6 +17,8 @@ const (
 	cIssuerKeyConflict
 	cIssuerKeyRejected
 	cIssuerKeyStoreFailed
+	cStatusResent // run.go: onDuplicate
+	cResubscribed // behind.go
 	numCounters
 )
 
@@ -26,6 +28,7 @@ func (c counter) String() string {
 		cPublishFailed: "publish_failed", cNextKeyNotTaken: "next_key_not_taken",
 		cIssuerKeyLearned: "issuer_key_learned", cIssuerKeyConflict: "issuer_key_conflict",
 		cIssuerKeyRejected: "issuer_key_rejected", cIssuerKeyStoreFailed: "issuer_key_store_failed",
+		cStatusResent: "status_resent", cResubscribed: "resubscribed",
 	}[c]
 }
 

@@ -193,7 +193,7 @@ func (a *Agent) onDuplicate(pub publisher) {
 	if sent := a.behind.statusSent; !sent.IsZero() && time.Since(sent) < statusResendAfter {
 		return
 	}
-	a.count("status_resent")
+	a.count(cStatusResent)
 	a.mu.Lock()
 	status, accepted := a.status, a.acceptedStatus
 	a.mu.Unlock()
