@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -64,6 +65,10 @@ type lean struct {
 	o       Options
 	deliver func(Message)
 	filters func() []string
+	// retry is the Client whose retryLater takes a subscription refused
+	// after a reconnection (a NATS cluster refuses them while it elects
+	// new leaders: retry.go).
+	retry atomic.Pointer[Client]
 
 	mu        sync.Mutex // guards everything below
 	conn      net.Conn
@@ -299,6 +304,24 @@ func (l *lean) subscribe(filter string) error {
 	return nil
 }
 
+// unsubscribe sends one UNSUBSCRIBE for filters and waits for its
+// UNSUBACK (Resubscribe, Peek: resubscribe.go).
+func (l *lean) unsubscribe(filters ...string) error {
+	t := l.send(0xa2, func(id uint16) []byte {
+		body := binary.BigEndian.AppendUint16(nil, id)
+		for _, f := range filters {
+			body = appendString(body, f)
+		}
+		return appendPacket(nil, 0xa2, body)
+	})
+	select {
+	case <-t.Done():
+	case <-time.After(l.o.Timeout):
+		return ErrTimeout
+	}
+	return t.err
+}
+
 // flusher writes out what send buffered, many packets per system call.
 func (l *lean) flusher() {
 	defer l.wg.Done()
@@ -360,7 +383,7 @@ func (l *lean) reader(conn net.Conn, r *bufio.Reader) {
 
 func (l *lean) handle(first byte, body []byte) error {
 	switch first >> 4 {
-	case 4, 9: // PUBACK, SUBACK
+	case 4, 9, 11: // PUBACK, SUBACK, UNSUBACK
 		if len(body) < 2 {
 			return errors.New("mqttc: short acknowledgement")
 		}
@@ -491,7 +514,10 @@ func (l *lean) afterConnect() {
 	go func() {
 		for _, f := range l.filters() {
 			if err := l.subscribe(f); err != nil {
-				l.o.Logger.Error("mqtt resubscribe failed", "filter", f, "err", err)
+				l.o.Logger.Error("mqtt resubscribe failed; retrying", "filter", f, "err", err)
+				if c := l.retry.Load(); c != nil {
+					c.retryLater(f)
+				}
 			}
 		}
 		if l.o.OnConnect != nil {

@@ -101,6 +101,7 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 			return nil, err
 		}
 		cl.l = l
+		l.retry.Store(cl)
 		return cl, nil
 	}
 	// paho's own reconnection delay is made negligible (it has no
@@ -410,6 +411,7 @@ func (c *Client) wait(t token) error {
 // inbox.
 func (c *Client) Close() {
 	c.closeOnce.Do(func() { close(c.closed) })
+	c.retry.closed.Store(true)
 	if c.l != nil {
 		c.l.close()
 		c.inbox.close()

@@ -30,7 +30,7 @@ func (c *Client) Resubscribe(filter string) {
 	r.pending[filter] = true
 	r.mu.Unlock()
 	go func() {
-		err := c.wait(c.c.Unsubscribe(filter))
+		err := c.unsubscribe(filter)
 		if err == nil {
 			err = c.subscribe(filter)
 		}
@@ -71,8 +71,17 @@ func (c *Client) Peek(filters []string, hold time.Duration) {
 		case <-c.closed:
 			return
 		}
-		if err := c.wait(c.c.Unsubscribe(ok...)); err != nil {
+		if err := c.unsubscribe(ok...); err != nil {
 			c.opts.Logger.Debug("peek unsubscribe failed", "filters", len(ok), "err", err)
 		}
 	}()
+}
+
+// unsubscribe sends one UNSUBSCRIBE for filters, on the lean connection or
+// paho's, and waits for its UNSUBACK.
+func (c *Client) unsubscribe(filters ...string) error {
+	if c.l != nil {
+		return c.l.unsubscribe(filters...)
+	}
+	return c.wait(c.c.Unsubscribe(filters...))
 }

@@ -48,7 +48,7 @@ func (c *Client) retryLater(filter string) {
 		for attempt := 1; ; attempt++ {
 			pause := min(time.Duration(attempt)*retryPause, retryMaxPause)
 			time.Sleep(pause)
-			if r.closed.Load() || !c.c.IsConnectionOpen() {
+			if r.closed.Load() || !c.Connected() {
 				return
 			}
 			err := c.subscribe(filter)
