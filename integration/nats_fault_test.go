@@ -172,10 +172,13 @@ func TestNATSNodeKilledMidEpoch(t *testing.T) {
 }
 
 // natsRecovery bounds the convergence after a node's death: on this
-// shared 2-core machine the surviving nodes refused new MQTT sessions and
-// subscriptions for up to ~40 s (JetStream leader elections of the many
-// small consumer groups), and paho backs off up to 5 s between attempts.
-const natsRecovery = 2 * time.Minute
+// shared 2-core machine (load 6-16) the surviving nodes refused or timed
+// out new MQTT sessions, subscriptions and stores for up to about a
+// minute, and a subscription that stalled meanwhile is healed by the
+// device's resubscription or the issuer's peek, which run on the nudge's
+// schedule (2, 6, 14, 30, 62 s after the epoch here). It bounds a wait;
+// the test logs the times taken.
+const natsRecovery = 3 * time.Minute
 
 // natsConverge waits until every device accepted e and the issuer verified
 // every confirmation, restarting nothing: the system heals by itself
@@ -249,7 +252,7 @@ func (f *sysFleet) lostTickets(t *testing.T, e uint64, ids []string) []string {
 func (f *sysFleet) checkRetained(t *testing.T, e uint64, acked map[string]string) (lostWitness []string) {
 	t.Helper()
 	// natsRecovery, not natsTimeout: a root the cluster lost comes back
-	// with the issuer's next nudge, 30 s or 62 s after the epoch, while
+	// with the issuer's next nudge, up to 64 s later, while
 	// fresh subscriptions may still time out on a cluster that has not
 	// settled.
 	deadline := time.Now().Add(natsRecovery)

@@ -94,7 +94,7 @@ type Config struct {
 	BrokerQuiet time.Duration
 	// NudgeInterval, if set, makes the issuer republish the latest root
 	// and the tickets of it not yet confirmed, NudgeInterval after
-	// the epoch, then after 3, 7, ... intervals, at most 6 times per
+	// the epoch, then after 3, 7, ... intervals, at most 8 times per
 	// epoch, and peek at their Statuses (nudge.go): for a broker that may
 	// lose acknowledged retained messages, or stall a subscription, when a
 	// node dies (a NATS cluster, broker-config/nats). 0 (default): never;

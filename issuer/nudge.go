@@ -29,8 +29,9 @@ import (
 // and reg/+, at most once per epoch: the broker re-delivers every retained
 // Status and registration).
 
-// nudgeRounds bounds the nudges per epoch.
-const nudgeRounds = 6
+// nudgeRounds bounds the nudges per epoch: the last is 255 intervals
+// after the epoch.
+const nudgeRounds = 8
 
 // peekMax bounds the Status topics peeked at per nudge.
 const peekMax = 64

@@ -85,7 +85,7 @@ a flag on the command line wins):
                                                   leader stops (default period/3, at most 15s)
   -nudge DURATION          EKEM_NUDGE             republish the latest root and the unconfirmed
                                                   tickets this long after an epoch, then after 3,
-                                                  7, ... times it (at most 6 times): for a NATS
+                                                  7, ... times it (at most 8 times): for a NATS
                                                   cluster (broker-config/nats); default 0, off
   -period DURATION         EKEM_PERIOD            epoch period, 1s..744h (default 1h)
   -ttl DURATION            EKEM_TTL               ticket lifetime, whole seconds (default 2 x period)
