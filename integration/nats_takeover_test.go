@@ -80,7 +80,7 @@ func TestNATSClientIDTakeover(t *testing.T) {
 	// Whatever the intruder did, the fleet goes on: the victims reconnect
 	// (paho) and the next epochs converge.
 	for e := uint64(2); e <= 3; e++ {
-		f.issue(t, e)
+		f.natsIssue(t, e)
 		f.natsConverge(t, e, ids...)
 	}
 	t.Logf("victims' connections dropped by the intruder: %v", takeovers)
