@@ -385,8 +385,19 @@ func (c *Cluster) WaitHealthy(ctx context.Context, i int) error {
 }
 
 func (c *Cluster) waitHealthz(ctx context.Context, i int) error {
+	return c.pollHealthz(ctx, i, "/healthz?js-server-only=true")
+}
+
+// WaitCurrent waits until node i's /healthz answers 200: every stream and
+// consumer replica it holds is current (caught up with its leader), as an
+// operator checks before taking another node down after a replacement.
+func (c *Cluster) WaitCurrent(ctx context.Context, i int) error {
+	return c.pollHealthz(ctx, i, "/healthz")
+}
+
+func (c *Cluster) pollHealthz(ctx context.Context, i int, path string) error {
 	n := c.nodes[i]
-	url := "http://" + loop(n.httpPort) + "/healthz?js-server-only=true"
+	url := "http://" + loop(n.httpPort) + path
 	hc := &http.Client{Timeout: time.Second}
 	for {
 		if !c.Running(i) {
