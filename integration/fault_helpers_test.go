@@ -569,7 +569,7 @@ func (f *sysFleet) converge(t *testing.T, e uint64, ids ...string) {
 			t.Errorf("BUG (issuer): the issuer quarantined %s as a clone during a broker fault with no clone present (clone_detected=%d): "+
 				"an older retained Status re-delivered by a broker restored from an older save (lower seq, different bytes) "+
 				"is not a second device; see the issuer log for \"two different Status messages\"", id, f.iss.Counters()["clone_detected"])
-			if err := f.iss.Release(id, ekissuer.Operator{Actor: "fault test", Reason: "released by the fault driver"}); err != nil {
+			if err := f.iss.Admin().Release(id, ekissuer.Operator{Actor: "fault test", Reason: "released by the fault driver"}); err != nil {
 				t.Fatalf("release %s: %v", id, err)
 			}
 			continue

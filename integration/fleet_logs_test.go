@@ -139,7 +139,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 		}
 	}
 	// An operator path and a refused message add warning and error lines.
-	if err := iss.Revoke("dev-3", ekissuer.Operator{Actor: "test", Reason: "test"}); err != nil {
+	if err := iss.Admin().Revoke("dev-3", ekissuer.Operator{Actor: "test", Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	iss.HandleMessage(wire.Topics{Prefix: wire.DefaultPrefix}.Status("dev-1"), []byte{0xa1, 0x00, 0x01})

@@ -3,7 +3,7 @@ package integration
 // The fleet's standings on a real Mosquitto: current, lagging (a device
 // closed for an epoch), stale (tickets past their ttl), quarantined (a
 // clone: a second, different Status with a repeated seq, published from
-// the device's own account), revoked (Issuer.Revoke) and a device
+// the device's own account), revoked (OnlineAdmin.Revoke) and a device
 // reporting equivocation, as seen by the issuer's metrics
 // (MetricsHandler, scraped through httptest) and by "ekemctl fleet status
 // -json" (internal/monitor's run function, in-process, with the read-only
@@ -267,7 +267,7 @@ func TestFleetStandingsOnMosquitto(t *testing.T) {
 		t.Fatalf("clone not quarantined: %v", err)
 	}
 	cancel()
-	if err := iss.Revoke("rev", ekissuer.Operator{Actor: "test", Reason: "test"}); err != nil {
+	if err := iss.Admin().Revoke("rev", ekissuer.Operator{Actor: "test", Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	f.issue(t, 2)

@@ -168,7 +168,7 @@ func TestReenrollApprovedOnline(t *testing.T) {
 				if code != 0 {
 					t.Fatalf("ekem-issuer approve: exit %d\n%s%s", code, out, errOut)
 				}
-				if err := iss.Approve("dev-1", testOperator); !errors.Is(err, ekissuer.ErrNothingToApprove) {
+				if err := iss.Admin().Approve("dev-1", testOperator); !errors.Is(err, ekissuer.ErrNothingToApprove) {
 					t.Fatalf("second Approve: %v", err)
 				}
 			}
@@ -195,7 +195,7 @@ func TestResetLiveDevice(t *testing.T) {
 		f.waitEpoch(t, e, "dev-1")
 	}
 	mon, _ := monitorFiles(t, f)
-	if err := iss.Reset("dev-1", testOperator); err != nil {
+	if err := iss.Admin().Reset("dev-1", testOperator); err != nil {
 		t.Fatalf("Reset: %v", err)
 	}
 	sysWaitFor(t, "the issuer to pin the device's live key", func() bool {
@@ -296,7 +296,7 @@ func TestBackupRestoreWayBack(t *testing.T) {
 		t.Fatalf("restored device hands out a key before its new ticket: %v", err)
 	}
 	sysWaitFor(t, "the issuer to hold the re-enrollment", func() bool { return iss.AwaitingApproval("dev-1") })
-	if err := iss.Approve("dev-1", testOperator); err != nil {
+	if err := iss.Admin().Approve("dev-1", testOperator); err != nil {
 		t.Fatal(err)
 	}
 	e := f.issueAndWait(t, "dev-1")

@@ -275,23 +275,27 @@ func (a StoreAdmin) Approve(id string, op Operator) error {
 	return fmt.Errorf("%w: approving %q pins the registration the running issuer holds; start the issuer and run approve again", ErrNeedsIssuer, id)
 }
 
-// Admin returns the running issuer's Admin: every action is serialised
-// with message handling and epochs, and audited.
-func (i *Issuer) Admin() Admin { return onlineAdmin{i} }
+// OnlineAdmin is the running issuer's operator actions (the Admin
+// interface, CohortAdmin, and Recover): every action is serialised with
+// message handling and epochs, and audited. The Issuer itself keeps only
+// the protocol role and its lifecycle; Issuer.Admin hands out this view.
+type OnlineAdmin struct{ i *Issuer }
 
-type onlineAdmin struct{ i *Issuer }
+var (
+	_ Admin       = OnlineAdmin{}
+	_ CohortAdmin = OnlineAdmin{}
+)
 
-func (a onlineAdmin) Devices() ([]DeviceInfo, error) { return readDevices(a.i.store, a.i.judge()) }
-func (a onlineAdmin) Device(id string) (DeviceInfo, error) {
+// Admin returns the running issuer's operator actions.
+func (i *Issuer) Admin() OnlineAdmin { return OnlineAdmin{i} }
+
+func (a OnlineAdmin) Devices() ([]DeviceInfo, error) { return readDevices(a.i.store, a.i.judge()) }
+func (a OnlineAdmin) Device(id string) (DeviceInfo, error) {
 	return readDevice(a.i.store, id, a.i.judge())
 }
-func (a onlineAdmin) LastEpoch() (uint64, error)           { return readLastEpoch(a.i.store) }
-func (a onlineAdmin) Audit() ([]AuditEntry, error)         { return readAudit(a.i.store) }
-func (a onlineAdmin) Backup(w io.Writer) error             { return backupStore(a.i.store, w) }
-func (a onlineAdmin) Reset(id string, op Operator) error   { return a.i.Reset(id, op) }
-func (a onlineAdmin) Revoke(id string, op Operator) error  { return a.i.Revoke(id, op) }
-func (a onlineAdmin) Release(id string, op Operator) error { return a.i.Release(id, op) }
-func (a onlineAdmin) Approve(id string, op Operator) error { return a.i.Approve(id, op) }
+func (a OnlineAdmin) LastEpoch() (uint64, error)   { return readLastEpoch(a.i.store) }
+func (a OnlineAdmin) Audit() ([]AuditEntry, error) { return readAudit(a.i.store) }
+func (a OnlineAdmin) Backup(w io.Writer) error     { return backupStore(a.i.store, w) }
 
 // Reset forgets device id's pinned key (see resetRecord). If a
 // registration with a new key was refused since the issuer started, it is
@@ -300,11 +304,11 @@ func (a onlineAdmin) Approve(id string, op Operator) error { return a.i.Approve(
 // register its live key (its retained registration may name a key it
 // rotated away since), which is pinned as a first registration, so a live
 // device comes back without touching its files (schema/PROTOCOL.md §7.6).
-func (i *Issuer) Reset(id string, op Operator) error {
-	if err := i.reset(id, op); err != nil {
+func (a OnlineAdmin) Reset(id string, op Operator) error {
+	if err := a.i.reset(id, op); err != nil {
 		return err
 	}
-	return i.clearTicket(id, "reset")
+	return a.i.clearTicket(id, "reset")
 }
 
 // clearTicket clears device id's retained ticket topic when connected.
@@ -348,10 +352,10 @@ func (i *Issuer) reset(id string, op Operator) error {
 // Approve pins the registration device id holds for approval (one refused
 // since the issuer started because its key changed), as Reset would, and
 // ErrNothingToApprove if there is none.
-func (i *Issuer) Approve(id string, op Operator) error {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	held := i.pending[id]
+func (a OnlineAdmin) Approve(id string, op Operator) error {
+	a.i.mu.Lock()
+	defer a.i.mu.Unlock()
+	held := a.i.pending[id]
 	if held == nil {
 		return fmt.Errorf("%w: device %q", ErrNothingToApprove, id)
 	}
@@ -361,7 +365,7 @@ func (i *Issuer) Approve(id string, op Operator) error {
 	}
 	err = op.check()
 	if err == nil {
-		err = i.store.Update(func(tx Tx) error {
+		err = a.i.store.Update(func(tx Tx) error {
 			r, err := tx.Device(id)
 			if err != nil {
 				return err
@@ -371,42 +375,42 @@ func (i *Issuer) Approve(id string, op Operator) error {
 				detail = resetDetail(r) + "; " + detail
 				resetRecord(r)
 			}
-			if err := tx.PutDevice(i.pin(r, id, reg).rec); err != nil {
+			if err := tx.PutDevice(a.i.pin(r, id, reg).rec); err != nil {
 				return err
 			}
-			return tx.AppendAudit(AuditEntry{Time: unixSeconds(i.cfg.Now()), Actor: op.Actor, Action: "approve",
+			return tx.AppendAudit(AuditEntry{Time: unixSeconds(a.i.cfg.Now()), Actor: op.Actor, Action: "approve",
 				Device: id, Reason: op.Reason, Detail: detail})
 		})
 	}
 	if err != nil {
 		return err
 	}
-	delete(i.pending, id)
-	i.log.Warn("operator approved device registration", "device", id, "actor", op.Actor, "reason", clip(op.Reason),
+	delete(a.i.pending, id)
+	a.i.log.Warn("operator approved device registration", "device", id, "actor", op.Actor, "reason", clip(op.Reason),
 		"pk_hash", shortHash(kem.PublicKeyHash(reg.PublicKey)))
-	i.notify()
+	a.i.notify()
 	return nil
 }
 
 // Revoke stops issuing tickets to device id, and clears its retained
 // ticket topic when connected.
-func (i *Issuer) Revoke(id string, op Operator) error {
-	i.mu.Lock()
-	err := applyAdmin(i.store, i.cfg.Now(), "revoke", id, op, func(r *record) (string, error) {
+func (a OnlineAdmin) Revoke(id string, op Operator) error {
+	a.i.mu.Lock()
+	err := applyAdmin(a.i.store, a.i.cfg.Now(), "revoke", id, op, func(r *record) (string, error) {
 		before := r.State
 		r.State = stateRevoked
 		return stateChange(before, r), nil
 	})
-	i.mu.Unlock()
+	a.i.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	i.log.Warn("operator revoked device", "device", id, "actor", op.Actor, "reason", clip(op.Reason))
-	i.notify()
-	if i.client.Load() != nil {
-		i.pubMu.Lock()
-		defer i.pubMu.Unlock()
-		if failed := i.publishAll([]pubMsg{{topic: i.topics.Ticket(id)}}); failed > 0 {
+	a.i.log.Warn("operator revoked device", "device", id, "actor", op.Actor, "reason", clip(op.Reason))
+	a.i.notify()
+	if a.i.client.Load() != nil {
+		a.i.pubMu.Lock()
+		defer a.i.pubMu.Unlock()
+		if failed := a.i.publishAll([]pubMsg{{topic: a.i.topics.Ticket(id)}}); failed > 0 {
 			return fmt.Errorf("%w: clearing ticket of revoked device %q", ErrPublish, id)
 		}
 	}
@@ -415,18 +419,18 @@ func (i *Issuer) Revoke(id string, op Operator) error {
 
 // Release makes a quarantined or revoked device active again (see
 // releaseRecord).
-func (i *Issuer) Release(id string, op Operator) error {
-	i.mu.Lock()
-	err := applyAdmin(i.store, i.cfg.Now(), "release", id, op, func(r *record) (string, error) {
+func (a OnlineAdmin) Release(id string, op Operator) error {
+	a.i.mu.Lock()
+	err := applyAdmin(a.i.store, a.i.cfg.Now(), "release", id, op, func(r *record) (string, error) {
 		before := r.State
 		releaseRecord(r)
 		return stateChange(before, r), nil
 	})
-	i.mu.Unlock()
+	a.i.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	i.log.Warn("operator released device", "device", id, "actor", op.Actor, "reason", clip(op.Reason))
-	i.notify()
+	a.i.log.Warn("operator released device", "device", id, "actor", op.Actor, "reason", clip(op.Reason))
+	a.i.notify()
 	return nil
 }

@@ -312,7 +312,7 @@ func TestOldRootsCleared(t *testing.T) {
 	}
 	tp := e.iss.topics
 	await(t, ctx, b.next, "root/1 cleared", func(m mqttc.Message) bool { return m.Topic == tp.Root(1) && len(m.Payload) == 0 })
-	if err := e.iss.Revoke("dev-2", testOp); err != nil {
+	if err := e.iss.Admin().Revoke("dev-2", testOp); err != nil {
 		t.Fatal(err)
 	}
 	await(t, ctx, b.next, "ticket/dev-2 cleared", func(m mqttc.Message) bool { return m.Topic == tp.Ticket("dev-2") && len(m.Payload) == 0 })

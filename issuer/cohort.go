@@ -30,10 +30,7 @@ type CohortAdmin interface {
 	SetCohort(id, cohort string, op Operator) error
 }
 
-var (
-	_ CohortAdmin = StoreAdmin{}
-	_ CohortAdmin = onlineAdmin{}
-)
+var _ CohortAdmin = StoreAdmin{}
 
 // setCohort is the audited change, shared by both admins.
 func setCohort(cohort string) func(*record) (string, error) {
@@ -69,22 +66,18 @@ func (a StoreAdmin) SetCohort(id, cohort string, op Operator) error {
 	return applyAdmin(a.Store, a.now(), "cohort", id, op, setCohort(cohort))
 }
 
-func (a onlineAdmin) SetCohort(id, cohort string, op Operator) error {
-	return a.i.SetCohort(id, cohort, op)
-}
-
 // SetCohort changes device id's cohort membership from the next epoch on.
-func (i *Issuer) SetCohort(id, cohort string, op Operator) error {
+func (a OnlineAdmin) SetCohort(id, cohort string, op Operator) error {
 	if err := checkCohort(cohort); err != nil {
 		return err
 	}
-	i.mu.Lock()
-	err := applyAdmin(i.store, i.cfg.Now(), "cohort", id, op, setCohort(cohort))
-	i.mu.Unlock()
+	a.i.mu.Lock()
+	err := applyAdmin(a.i.store, a.i.cfg.Now(), "cohort", id, op, setCohort(cohort))
+	a.i.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	i.log.Warn("operator changed cohort membership", "device", id, "cohort", cohortName(cohort), "actor", op.Actor, "reason", clip(op.Reason))
+	a.i.log.Warn("operator changed cohort membership", "device", id, "cohort", cohortName(cohort), "actor", op.Actor, "reason", clip(op.Reason))
 	return nil
 }
 

@@ -19,7 +19,7 @@ func TestCohortMembership(t *testing.T) {
 		devs[id] = newDevice(t, id)
 		e.register(devs[id])
 	}
-	adm := e.iss.Admin().(CohortAdmin)
+	adm := e.iss.Admin()
 	for _, id := range []string{"backend-1", "dev-a", "dev-b"} {
 		if err := adm.SetCohort(id, "fleet-a", Operator{Actor: "op", Reason: "joins"}); err != nil {
 			t.Fatal(err)

@@ -206,23 +206,18 @@ func (a StoreAdmin) Deny(id string, op Operator) error {
 	return fmt.Errorf("%w: denying %q drops the registration the running issuer holds; start the issuer and run deny again", ErrNeedsIssuer, id)
 }
 
-func (a onlineAdmin) Enroll(entries []Enrollment, op Operator) (EnrollResult, error) {
-	return a.i.Enroll(entries, op)
-}
-func (a onlineAdmin) Deny(id string, op Operator) error { return a.i.Deny(id, op) }
-
 // Enroll imports entries while the issuer runs, audited, and pins at once
 // every registration it holds for a newly listed id (that matches the
 // listed key hash, if any).
-func (i *Issuer) Enroll(entries []Enrollment, op Operator) (EnrollResult, error) {
-	i.mu.Lock()
-	defer i.mu.Unlock()
+func (a OnlineAdmin) Enroll(entries []Enrollment, op Operator) (EnrollResult, error) {
+	a.i.mu.Lock()
+	defer a.i.mu.Unlock()
 	var res EnrollResult
 	var pinned []string
-	err := i.store.Update(func(tx Tx) (err error) {
+	err := a.i.store.Update(func(tx Tx) (err error) {
 		pinned = pinned[:0]
-		res, err = enrollTx(tx, i.cfg.Now(), entries, op, func(r *record) bool {
-			held := i.pending[r.ID]
+		res, err = enrollTx(tx, a.i.cfg.Now(), entries, op, func(r *record) bool {
+			held := a.i.pending[r.ID]
 			if held == nil {
 				return false
 			}
@@ -230,7 +225,7 @@ func (i *Issuer) Enroll(entries []Enrollment, op Operator) (EnrollResult, error)
 			if err != nil || (r.EnrolledKeyHash != nil && !hmac.Equal(kem.PublicKeyHash(reg.PublicKey), r.EnrolledKeyHash)) {
 				return false
 			}
-			i.pin(r, r.ID, reg)
+			a.i.pin(r, r.ID, reg)
 			pinned = append(pinned, r.ID)
 			return true
 		})
@@ -240,11 +235,11 @@ func (i *Issuer) Enroll(entries []Enrollment, op Operator) (EnrollResult, error)
 		return EnrollResult{}, err
 	}
 	for _, id := range pinned {
-		delete(i.pending, id)
+		delete(a.i.pending, id)
 	}
-	i.log.Warn("operator enrolled devices", "devices", len(entries), "added", res.Added, "updated", res.Updated,
+	a.i.log.Warn("operator enrolled devices", "devices", len(entries), "added", res.Added, "updated", res.Updated,
 		"pinned", res.Pinned, "actor", op.Actor, "reason", clip(op.Reason))
-	i.notify()
+	a.i.notify()
 	return res, nil
 }
 
@@ -252,16 +247,16 @@ func (i *Issuer) Enroll(entries []Enrollment, op Operator) (EnrollResult, error)
 // (ErrNothingToApprove if none), audited. An id that is neither enrolled
 // nor pinned is also revoked, so its retained registration is not held
 // again at the next start; Release lets it register again.
-func (i *Issuer) Deny(id string, op Operator) error {
+func (a OnlineAdmin) Deny(id string, op Operator) error {
 	if err := wire.ValidateDeviceID(id); err != nil {
 		return fmt.Errorf("issuer: deny: %w", err)
 	}
 	if err := op.check(); err != nil {
 		return err
 	}
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	held := i.pending[id]
+	a.i.mu.Lock()
+	defer a.i.mu.Unlock()
+	held := a.i.pending[id]
 	if held == nil {
 		return fmt.Errorf("%w: device %q", ErrNothingToApprove, id)
 	}
@@ -269,7 +264,7 @@ func (i *Issuer) Deny(id string, op Operator) error {
 	if reg, err := wire.ParseRegistration(held); err == nil {
 		detail += " of key " + shortHash(kem.PublicKeyHash(reg.PublicKey))
 	}
-	err := i.store.Update(func(tx Tx) error {
+	err := a.i.store.Update(func(tx Tx) error {
 		r, err := tx.Device(id)
 		if err != nil {
 			return err
@@ -285,15 +280,15 @@ func (i *Issuer) Deny(id string, op Operator) error {
 				return err
 			}
 		}
-		return tx.AppendAudit(AuditEntry{Time: unixSeconds(i.cfg.Now()), Actor: op.Actor, Action: "deny",
+		return tx.AppendAudit(AuditEntry{Time: unixSeconds(a.i.cfg.Now()), Actor: op.Actor, Action: "deny",
 			Device: id, Reason: op.Reason, Detail: detail})
 	})
 	if err != nil {
 		return err
 	}
-	delete(i.pending, id)
-	i.log.Warn("operator denied device registration", "device", id, "actor", op.Actor, "reason", clip(op.Reason))
-	i.notify()
+	delete(a.i.pending, id)
+	a.i.log.Warn("operator denied device registration", "device", id, "actor", op.Actor, "reason", clip(op.Reason))
+	a.i.notify()
 	return nil
 }
 

@@ -229,13 +229,13 @@ type RecoverReport struct {
 //
 // The issuer must not be running: Recover is for a stopped store, before
 // Start.
-func (i *Issuer) Recover(ctx context.Context, op Operator) (*RecoverReport, error) {
+func (a OnlineAdmin) Recover(ctx context.Context, op Operator) (*RecoverReport, error) {
 	if err := op.check(); err != nil {
 		return nil, err
 	}
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	v, err := i.readBroker(ctx, true)
+	a.i.mu.Lock()
+	defer a.i.mu.Unlock()
+	v, err := a.i.readBroker(ctx, true)
 	if err != nil {
 		return nil, err
 	}
@@ -243,7 +243,7 @@ func (i *Issuer) Recover(ctx context.Context, op Operator) (*RecoverReport, erro
 	if v.info != nil {
 		rep.BrokerEpoch = max(rep.BrokerEpoch, v.info.Epoch)
 	}
-	err = i.store.Update(func(tx Tx) error {
+	err = a.i.store.Update(func(tx Tx) error {
 		last, err := tx.LastEpoch()
 		if err != nil {
 			return err
@@ -265,19 +265,19 @@ func (i *Issuer) Recover(ctx context.Context, op Operator) (*RecoverReport, erro
 		if err := tx.Recover(rep.Floor, roots, info); err != nil {
 			return err
 		}
-		if err := i.repin(tx, v, rep); err != nil {
+		if err := a.i.repin(tx, v, rep); err != nil {
 			return err
 		}
 		detail := fmt.Sprintf("epoch floor %d (store had %d, broker %d); re-pinned %d from Status, %d from Registration; %d kept as stored; %d refused",
 			rep.Floor, rep.StoreEpoch, rep.BrokerEpoch, rep.FromStatus, rep.FromRegistration, len(rep.Kept), len(rep.Refused))
-		return tx.AppendAudit(AuditEntry{Time: unixSeconds(i.cfg.Now()), Actor: op.Actor, Action: "recover",
+		return tx.AppendAudit(AuditEntry{Time: unixSeconds(a.i.cfg.Now()), Actor: op.Actor, Action: "recover",
 			Reason: op.Reason, Detail: detail})
 	})
 	if err != nil {
 		return nil, err
 	}
 	if rep.Recovered {
-		i.log.Warn("store recovered from the broker", "floor", rep.Floor, "store_epoch", rep.StoreEpoch,
+		a.i.log.Warn("store recovered from the broker", "floor", rep.Floor, "store_epoch", rep.StoreEpoch,
 			"from_status", rep.FromStatus, "from_registration", rep.FromRegistration, "kept", len(rep.Kept),
 			"refused", len(rep.Refused), "actor", op.Actor)
 	}

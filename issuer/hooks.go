@@ -78,3 +78,11 @@ func (i *Issuer) notify() {
 // tools and tests that feed messages without a broker; a started issuer
 // handles its subscriptions itself.
 func (i *Issuer) HandleMessage(topic string, payload []byte) { i.handle(topic, payload) }
+
+// AwaitingApproval reports whether a re-enrollment of device id waits for
+// Approve.
+func (i *Issuer) AwaitingApproval(id string) bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return isReenrollment(i.pending[id])
+}

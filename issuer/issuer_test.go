@@ -375,7 +375,7 @@ func TestCloneDetection(t *testing.T) {
 		t.Fatal("quarantined device's status changed the store")
 	}
 	// An operator releases it; it gets tickets again.
-	if err := e.iss.Release("dev-1", testOp); err != nil {
+	if err := e.iss.Admin().Release("dev-1", testOp); err != nil {
 		t.Fatal(err)
 	}
 	e.issue()
@@ -452,7 +452,7 @@ func TestOperatorActions(t *testing.T) {
 	if e.counter("registrations_rejected:key_changed") != 1 {
 		t.Fatal("key change not refused")
 	}
-	if err := e.iss.Reset("dev-1", testOp); err != nil {
+	if err := e.iss.Admin().Reset("dev-1", testOp); err != nil {
 		t.Fatal(err)
 	}
 	info, _ := e.iss.Device("dev-1")
@@ -465,7 +465,7 @@ func TestOperatorActions(t *testing.T) {
 		t.Fatal("after reset: wrong key or broken chain")
 	}
 	// Revoke: no more tickets; statuses ignored.
-	if err := e.iss.Revoke("dev-1", testOp); err != nil {
+	if err := e.iss.Admin().Revoke("dev-1", testOp); err != nil {
 		t.Fatal(err)
 	}
 	e.register(newDevice(t, "dev-2"))
@@ -473,7 +473,7 @@ func TestOperatorActions(t *testing.T) {
 	if info, _ := e.iss.Device("dev-1"); info.LastEpoch != 2 || info.State != StateRevoked {
 		t.Fatalf("revoked: %+v", info)
 	}
-	for _, f := range []func(string, Operator) error{e.iss.Reset, e.iss.Revoke, e.iss.Release} {
+	for _, f := range []func(string, Operator) error{e.iss.Admin().Reset, e.iss.Admin().Revoke, e.iss.Admin().Release} {
 		if err := f("nobody", testOp); !errors.Is(err, ErrUnknownDevice) {
 			t.Fatalf("unknown device: %v", err)
 		}

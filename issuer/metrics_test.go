@@ -75,7 +75,7 @@ func TestMetricsFleetStandings(t *testing.T) {
 	}
 	// A malformed registration is a reject with its reason.
 	e.iss.handle(e.iss.topics.Registration("dev-x"), []byte{0xa0})
-	if err := e.iss.Revoke("dev-rev", testOp); err != nil {
+	if err := e.iss.Admin().Revoke("dev-rev", testOp); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := scrape(t, e.iss.MetricsHandler())

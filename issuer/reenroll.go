@@ -75,14 +75,6 @@ func repin(rec *record, reg *wire.Registration, now uint64) {
 	rec.RegAlg, rec.RegKey, rec.PinnedAt = reg.KEMAlg, bytes.Clone(reg.PublicKey), now
 }
 
-// AwaitingApproval reports whether a re-enrollment of device id waits for
-// Approve.
-func (i *Issuer) AwaitingApproval(id string) bool {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	return isReenrollment(i.pending[id])
-}
-
 // awaitingApproval returns the ids whose re-enrollment waits for Approve.
 func (i *Issuer) awaitingApproval() map[string]bool {
 	i.mu.Lock()

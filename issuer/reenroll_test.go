@@ -49,7 +49,7 @@ func TestReenrollHeldThenApproved(t *testing.T) {
 	if d, _ := e.iss.Device("dev-1"); d.Standing != StandingAwaitingApproval {
 		t.Fatalf("device standing %q", d.Standing)
 	}
-	if err := e.iss.Approve("dev-1", testOp); err != nil {
+	if err := e.iss.Admin().Approve("dev-1", testOp); err != nil {
 		t.Fatal(err)
 	}
 	r := e.record("dev-1")
@@ -59,7 +59,7 @@ func TestReenrollHeldThenApproved(t *testing.T) {
 	if d, _ := e.iss.Device("dev-1"); e.iss.AwaitingApproval("dev-1") || d.Standing != StandingPending {
 		t.Fatalf("after approval: awaiting %v, standing %q", e.iss.AwaitingApproval("dev-1"), d.Standing)
 	}
-	if err := e.iss.Approve("dev-1", testOp); !errors.Is(err, ErrNothingToApprove) {
+	if err := e.iss.Admin().Approve("dev-1", testOp); !errors.Is(err, ErrNothingToApprove) {
 		t.Fatalf("second approval: %v", err)
 	}
 	// The next epoch goes to the new key, linked to the chain.

@@ -18,7 +18,7 @@ import (
 // device's own unauthenticated reports (rejected, equivocation) are the
 // monitor's to show, never the issuer's:
 //
-//   - revoked: an operator revoked it (Issuer.Revoke); it gets no tickets.
+//   - revoked: an operator revoked it (Admin.Revoke); it gets no tickets.
 //   - quarantined: two different Status messages with one seq were seen
 //     (schema/PROTOCOL.md §10, a clone); it gets no tickets until an
 //     operator acts (Reset, Release).

@@ -60,7 +60,7 @@ func goodStoreFile(t *testing.T) []byte {
 	for range 3 {
 		e.issue()
 	}
-	if err := e.iss.Revoke("dev-01", testOp); err != nil {
+	if err := e.iss.Admin().Revoke("dev-01", testOp); err != nil {
 		t.Fatal(err)
 	}
 	path := e.cfg.StorePath

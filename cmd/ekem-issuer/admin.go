@@ -360,7 +360,7 @@ func firstFew(ids []string) string {
 	return fmt.Sprintf("%s … and %d more", strings.Join(ids[:maxListed], " "), len(ids)-maxListed)
 }
 
-// cmdRecover rebuilds the store from the broker (issuer.Issuer.Recover).
+// cmdRecover rebuilds the store from the broker (issuer.OnlineAdmin.Recover).
 func cmdRecover(args []string, stdout, stderr io.Writer) error {
 	f, err := parseRunFlags("recover", args)
 	if err != nil {
@@ -380,7 +380,7 @@ func cmdRecover(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	rep, err := iss.Recover(ctx, issuer.Operator{Actor: issuer.LocalActor(), Reason: f.reason})
+	rep, err := iss.Admin().Recover(ctx, issuer.Operator{Actor: issuer.LocalActor(), Reason: f.reason})
 	if err != nil {
 		return err
 	}

@@ -45,7 +45,7 @@ func TestIssuerKitPassesIssuer(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range ids {
-		if err := iss.Admin().(issuer.CohortAdmin).SetCohort(id, "kit-cohort", op); err != nil {
+		if err := iss.Admin().SetCohort(id, "kit-cohort", op); err != nil {
 			t.Fatal(err)
 		}
 	}
