@@ -23,7 +23,9 @@ import (
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
-const usageText = `Usage:
+// usageText is the whole usage: the commands, run's flags (runUsage, from
+// their declarations) and examples.
+var usageText = `Usage:
   ekem-issuer run [flags]                       run the issuer (flags below, or EKEM_* variables)
   ekem-issuer keygen -out FILE -pub FILE [-alg ML-DSA-87|ML-DSA-65]
                                                  create the issuer signing key pair
@@ -66,51 +68,7 @@ rotate-key need the issuer stopped. After rotate-key, run the issuer with
 -signing-key CURRENT.key -next-signing-key NEW.key until the new key's first
 epoch is issued; from then on, with -signing-key NEW.key alone.
 
-run flags (each also read from the environment variable named after it;
-a flag on the command line wins):
-  -broker URL              EKEM_BROKER            tcp://host:1883 or ssl://host:8883 (required)
-  -username NAME           EKEM_USERNAME          broker account (usually ekem-issuer)
-  -password-file FILE      EKEM_PASSWORD_FILE     the broker password: a file holding it, or an
-                                                  account file from mkcreds (accounts/NAME.env)
-                           EKEM_PASSWORD          the password itself (never a flag: argv is public)
-  -signing-key FILE        EKEM_SIGNING_KEY       issuer secret key PEM from keygen (required)
-  -next-signing-key FILE   EKEM_NEXT_SIGNING_KEY  the secret key announced by rotate-key; it signs
-                                                  from the announced epoch on
-  -store FILE|URL          EKEM_STORE             bbolt store; it and its directory are created
-                                                  if missing; or a PostgreSQL database
-                                                  postgres://user@host/db that several instances
-                                                  share, one leading (required)
-  -lease-ttl DURATION      EKEM_LEASE_TTL         PostgreSQL: the leader lease, renewed 4 times per
-                                                  ttl; a standby takes over about ttl after the
-                                                  leader stops (default period/3, at most 15s)
-  -nudge DURATION          EKEM_NUDGE             republish the latest root and the unconfirmed
-                                                  tickets this long after an epoch, then after 3,
-                                                  7, ... times it (at most 8 times): for a NATS
-                                                  cluster (broker-config/nats); default 0, off
-  -period DURATION         EKEM_PERIOD            epoch period, 1s..744h (default 1h)
-  -ttl DURATION            EKEM_TTL               ticket lifetime, whole seconds (default 2 x period)
-  -prefix PREFIX           EKEM_PREFIX            topic prefix (default ekem/v1)
-  -purpose LABEL           EKEM_PURPOSE           ticket purpose label (default "default")
-  -group LABEL             EKEM_GROUP             ticket group label (default "default")
-  -keep-roots N            EKEM_KEEP_ROOTS        root topics kept retained, at least 2 (default 4)
-  -chunk-leaves N          EKEM_CHUNK_LEAVES      smallest chunk of a streamed epoch, a power of two (default 512)
-  -reenroll POLICY        EKEM_REENROLL          a device's re-enrollment: hold (for approve,
-                                                  default) or auto (pinned at once)
-  -client-id ID            EKEM_CLIENT_ID         MQTT client id (default ekem-issuer; the reference
-                                                  broker replaces it with the username)
-  -enrollment POLICY       EKEM_ENROLLMENT        open: pin a new id's first registration (trust on
-                                                  first use, default); allowlist: pin only ids
-                                                  imported with enroll, hold any other for approve
-                                                  or deny
-  -tls-ca FILE             EKEM_TLS_CA            CA certificates for a TLS broker
-  -tls-cert FILE           EKEM_TLS_CERT          TLS client certificate (with -tls-key)
-  -tls-key FILE            EKEM_TLS_KEY           TLS client key (with -tls-cert)
-  -metrics ADDR            EKEM_METRICS           serve /metrics, /healthz, /readyz on ADDR (default off)
-  -admin-socket PATH       EKEM_ADMIN_SOCKET      operator commands' Unix socket (default STORE.sock; off: none)
-  -log-level LEVEL         EKEM_LOG_LEVEL         debug, info, warn or error (default info)
-  -log-format FORMAT       EKEM_LOG_FORMAT        text or json (default text)
-
-Deprecated names, still accepted with a warning: -key/EKEM_KEY (-signing-key),
+` + runUsage() + `Deprecated names, still accepted with a warning: -key/EKEM_KEY (-signing-key),
 -next-key/EKEM_NEXT_KEY (-next-signing-key), -ca/EKEM_CA (-tls-ca),
 -cert/EKEM_CERT (-tls-cert), -keyfile/EKEM_KEYFILE (-tls-key).
 
@@ -253,9 +211,7 @@ type runFlags struct {
 var runEnv = cliflag.EnvOf(map[string][]string{
 	cliflag.SigningKey: {"EKEM_KEY"}, cliflag.NextSigningKey: {"EKEM_NEXT_KEY"},
 	cliflag.TLSCA: {"EKEM_CA"}, cliflag.TLSCert: {"EKEM_CERT"}, cliflag.TLSKey: {"EKEM_KEYFILE"},
-}, "broker", "username", "password-file", cliflag.SigningKey, cliflag.NextSigningKey, "store", "period", "ttl",
-	"prefix", "purpose", "group", "keep-roots", "chunk-leaves", "reenroll", "client-id",
-	cliflag.TLSCA, cliflag.TLSCert, cliflag.TLSKey, "metrics", "log-level", "log-format", "admin-socket", "lease-ttl", "nudge", "enrollment")
+}, runFlagNames()...)
 
 func parseRun(args []string) (*runFlags, error) { return parseRunFlags("run", args) }
 
@@ -264,34 +220,14 @@ func parseRun(args []string) (*runFlags, error) { return parseRunFlags("run", ar
 func parseRunFlags(name string, args []string) (*runFlags, error) {
 	f := &runFlags{}
 	fs := newFlagSet(name)
-	fs.StringVar(&f.adminSocket, "admin-socket", "", "")
 	if name == "recover" {
 		fs.StringVar(&f.reason, "reason", "", "")
 	}
-	fs.StringVar(&f.broker, "broker", "", "")
-	fs.StringVar(&f.username, "username", "", "")
-	fs.StringVar(&f.passwordFile, "password-file", "", "")
-	fs.StringVar(&f.key, cliflag.SigningKey, "", "")
-	fs.StringVar(&f.nextKey, cliflag.NextSigningKey, "", "")
-	fs.StringVar(&f.store, "store", "", "")
-	fs.DurationVar(&f.period, "period", time.Hour, "")
-	fs.DurationVar(&f.ttl, "ttl", 0, "")
-	fs.StringVar(&f.prefix, "prefix", wire.DefaultPrefix, "")
-	fs.StringVar(&f.purpose, "purpose", issuer.DefaultLabel, "")
-	fs.StringVar(&f.group, "group", issuer.DefaultLabel, "")
-	fs.IntVar(&f.keepRoots, "keep-roots", issuer.DefaultKeepRoots, "")
-	fs.IntVar(&f.chunkLeaves, "chunk-leaves", issuer.DefaultChunkLeaves, "")
-	fs.StringVar(&f.reenroll, "reenroll", string(issuer.ReenrollHold), "")
-	fs.StringVar(&f.clientID, "client-id", issuer.DefaultClientID, "")
-	fs.StringVar(&f.enrollment, "enrollment", issuer.EnrollmentOpen, "")
-	fs.StringVar(&f.ca, cliflag.TLSCA, "", "")
-	fs.StringVar(&f.cert, cliflag.TLSCert, "", "")
-	fs.StringVar(&f.keyfile, cliflag.TLSKey, "", "")
-	fs.StringVar(&f.metrics, "metrics", "", "")
-	fs.StringVar(&f.logLevel, "log-level", "info", "")
-	fs.StringVar(&f.logFormat, "log-format", "text", "")
-	fs.DurationVar(&f.leaseTTL, "lease-ttl", 0, "")
-	fs.DurationVar(&f.nudge, "nudge", 0, "")
+	for _, d := range runFlagTable(f) {
+		if d.bind != nil {
+			d.bind(fs, d.name, d.help)
+		}
+	}
 	for old, current := range runAliases {
 		cliflag.Alias(fs, old, current, warn)
 	}
