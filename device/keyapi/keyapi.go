@@ -34,21 +34,17 @@
 package keyapi
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
-	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/entropykem/entropykem/device"
-	"github.com/entropykem/entropykem/internal/peercred"
+	"github.com/entropykem/entropykem/internal/unixsock"
 	"github.com/entropykem/entropykem/pkg/envelope"
 	"github.com/entropykem/entropykem/pkg/groupenv"
 	"github.com/entropykem/entropykem/pkg/ratchet"
@@ -71,9 +67,9 @@ var (
 	// ErrForeignPath: the socket path, or its directory, belongs to
 	// another user; the agent never serves keys on a file someone else
 	// controls.
-	ErrForeignPath = errors.New("keyapi: socket path is owned by another user")
+	ErrForeignPath = unixsock.ErrForeignPath
 	// ErrInUse: another process serves the socket path.
-	ErrInUse = errors.New("keyapi: socket is in use by another process")
+	ErrInUse = unixsock.ErrInUse
 )
 
 // maxBody bounds a request: a base64 envelope of envelope.MaxEnvelopeSize
@@ -95,15 +91,11 @@ type Options struct {
 
 // Server serves Keys on a Unix socket.
 type Server struct {
-	path string
-	ino  uint64
-	ln   net.Listener
+	ln   *unixsock.Listener
 	srv  *http.Server
 	keys Keys
 	log  *slog.Logger
 }
-
-type peerKey struct{}
 
 // Listen creates the socket at path, with opts.Mode and its group set
 // before any client can reach it (it is made in a private directory beside
@@ -119,48 +111,13 @@ func Listen(path string, keys Keys, opts Options) (*Server, error) {
 	if opts.Mode == 0 {
 		opts.Mode = 0o600
 	}
-	if opts.Mode&^0o777 != 0 || opts.Mode&0o007 != 0 {
-		return nil, fmt.Errorf("keyapi: socket mode %#o: only owner and group bits may be set", opts.Mode)
-	}
-	path = filepath.Clean(path)
-	if err := checkPath(path); err != nil {
+	ln, err := unixsock.Listen(path, unixsock.Options{Name: "keyapi", Flag: "-api path", Mode: opts.Mode,
+		SetGroup: opts.SetGroup, GID: opts.GID, CheckOwner: true, Log: opts.Logger,
+		Unreadable: "key API: peer credentials unreadable; connection refused", UnreadableReason: "keyapi_peer_unknown"})
+	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.MkdirTemp(filepath.Dir(path), ".ekem-keyapi-")
-	if err != nil {
-		return nil, fmt.Errorf("keyapi: %w", err)
-	}
-	defer os.RemoveAll(tmp)
-	ln, err := net.Listen("unix", filepath.Join(tmp, "s"))
-	if err != nil {
-		return nil, fmt.Errorf("keyapi: %w", err)
-	}
-	ul := ln.(*net.UnixListener)
-	ul.SetUnlinkOnClose(false) // Close removes path itself, if still ours
-	fail := func(err error) (*Server, error) {
-		ln.Close()
-		return nil, fmt.Errorf("keyapi: %w", err)
-	}
-	if opts.SetGroup {
-		if opts.GID < 0 {
-			return fail(fmt.Errorf("gid %d", opts.GID))
-		}
-		if err := os.Chown(filepath.Join(tmp, "s"), -1, opts.GID); err != nil {
-			return fail(err)
-		}
-	}
-	if err := os.Chmod(filepath.Join(tmp, "s"), opts.Mode); err != nil {
-		return fail(err)
-	}
-	if err := os.Rename(filepath.Join(tmp, "s"), path); err != nil {
-		return fail(err)
-	}
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return fail(err)
-	}
-	s := &Server{path: path, keys: keys, log: opts.Logger, ino: fi.Sys().(*syscall.Stat_t).Ino}
-	s.ln = &peerListener{Listener: ln, log: opts.Logger}
+	s := &Server{ln: ln, keys: keys, log: opts.Logger}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", s.status)
 	mux.HandleFunc("POST /v1/keys/next", s.nextKey)
@@ -169,102 +126,25 @@ func Listen(path string, keys Keys, opts Options) (*Server, error) {
 	mux.HandleFunc("POST /v1/group/seal", s.groupSeal)
 	mux.HandleFunc("POST /v1/group/open", s.groupOpen)
 	s.srv = &http.Server{Handler: s.logged(mux), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if pc, ok := c.(*peerConn); ok {
-				return context.WithValue(ctx, peerKey{}, pc.cred)
-			}
-			return ctx
-		}}
+		ConnContext: unixsock.ConnContext}
 	go s.srv.Serve(s.ln)
 	gid := -1
 	if opts.SetGroup {
 		gid = opts.GID
 	}
-	opts.Logger.Info("local key API listening", "socket", path, "mode", fmt.Sprintf("%#o", opts.Mode), "gid", gid)
+	opts.Logger.Info("local key API listening", "socket", ln.Path(), "mode", fmt.Sprintf("%#o", opts.Mode), "gid", gid)
 	return s, nil
 }
 
-// checkPath refuses a path whose directory or existing file belongs to
-// someone else, and removes a stale socket of this user.
-func checkPath(path string) error {
-	uid := os.Geteuid()
-	dir := filepath.Dir(path)
-	di, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("keyapi: socket directory: %w", err)
-	}
-	if !di.IsDir() {
-		return fmt.Errorf("keyapi: %s is not a directory", dir)
-	}
-	dst := di.Sys().(*syscall.Stat_t)
-	if int(dst.Uid) != uid && dst.Uid != 0 {
-		return fmt.Errorf("%w: directory %s belongs to uid %d (the agent runs as uid %d)", ErrForeignPath, dir, dst.Uid, uid)
-	}
-	if di.Mode().Perm()&0o022 != 0 && di.Mode()&os.ModeSticky == 0 {
-		return fmt.Errorf("%w: directory %s is writable by others and not sticky: anyone could replace the socket", ErrForeignPath, dir)
-	}
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("keyapi: %w", err)
-	}
-	if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != uid {
-		return fmt.Errorf("%w: %s belongs to uid %d (the agent runs as uid %d)", ErrForeignPath, path, st.Uid, uid)
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("keyapi: %s exists and is not a socket; remove it or choose another -api path", path)
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("%w: %s", ErrInUse, path)
-	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("keyapi: remove stale socket: %w", err)
-	}
-	return nil
-}
-
 // Path is the socket's path.
-func (s *Server) Path() string { return s.path }
+func (s *Server) Path() string { return s.ln.Path() }
 
 // Close stops serving and removes the socket file if it is still the one
 // Listen made.
 func (s *Server) Close() error {
 	err := s.srv.Close()
-	if fi, lerr := os.Lstat(s.path); lerr == nil && fi.Sys().(*syscall.Stat_t).Ino == s.ino {
-		os.Remove(s.path)
-	}
+	s.ln.Close() // at once, even if Serve has not started yet
 	return err
-}
-
-// peerListener attaches every connection's peer credentials; a peer whose
-// credentials cannot be read is refused.
-type peerListener struct {
-	net.Listener
-	log *slog.Logger
-}
-
-type peerConn struct {
-	net.Conn
-	cred peercred.Cred
-}
-
-func (l *peerListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		cr, err := peercred.Of(c)
-		if err != nil {
-			l.log.Warn("key API: peer credentials unreadable; connection refused", "reason", "keyapi_peer_unknown", "err", err)
-			c.Close()
-			continue
-		}
-		return &peerConn{Conn: c, cred: cr}, nil
-	}
 }
 
 // statusWriter remembers the status code for the request log.
@@ -282,7 +162,7 @@ func (w *statusWriter) WriteHeader(code int) {
 // (its status and error code; never a body).
 func (s *Server) logged(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		cr, _ := r.Context().Value(peerKey{}).(peercred.Cred)
+		cr, _ := unixsock.CredOf(r.Context())
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		r.Body = http.MaxBytesReader(sw, r.Body, maxBody)
 		h.ServeHTTP(sw, r)

@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"github.com/entropykem/entropykem/internal/peercred"
+	"github.com/entropykem/entropykem/internal/unixsock"
 	"github.com/entropykem/entropykem/issuer"
 	"github.com/entropykem/entropykem/pkg/wire"
 )
@@ -48,7 +49,7 @@ import (
 // Errors of the admin socket.
 var (
 	// ErrInUse: another process serves the socket path.
-	ErrInUse = errors.New("adminsock: socket is in use by another issuer")
+	ErrInUse = unixsock.ErrInUse
 	// ErrRefused: the issuer refused this connection (another user).
 	ErrRefused = errors.New("adminsock: refused by the issuer")
 )
@@ -58,17 +59,11 @@ const maxBody = 4096
 
 // Server serves an issuer.Admin on a Unix socket.
 type Server struct {
-	path  string
-	ln    net.Listener
+	ln    *unixsock.Listener
 	srv   *http.Server
 	admin issuer.Admin
 	log   *slog.Logger
 }
-
-type peerKey struct{}
-
-// peer is a connection's credentials.
-type peer struct{ uid, pid int }
 
 // Listen creates the socket at path (mode 0600) and serves admin on it
 // until Close. A stale socket file left by a dead issuer is replaced; a
@@ -78,29 +73,21 @@ func Listen(path string, admin issuer.Admin, log *slog.Logger) (*Server, error) 
 	if log == nil {
 		log = slog.Default()
 	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("adminsock: %s exists and is not a socket; remove it or choose another -admin-socket", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("%w: %s", ErrInUse, path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("adminsock: remove stale socket: %w", err)
-		}
-	}
-	ln, err := net.Listen("unix", path)
+	ln, err := unixsock.Listen(path, unixsock.Options{Name: "adminsock", Flag: "-admin-socket", Mode: 0o600, Log: log,
+		Unreadable: "admin socket: peer credentials unreadable; connection refused", UnreadableReason: "admin_peer_unknown",
+		Accept: func(c net.Conn, cr peercred.Cred) bool {
+			if cr.UID != os.Getuid() && cr.UID != 0 {
+				log.Warn("admin socket: connection from another user refused", "reason", "admin_peer_refused",
+					"peer_uid", cr.UID, "peer_pid", cr.PID, "issuer_uid", os.Getuid())
+				go refuse(c, cr)
+				return false
+			}
+			return true
+		}})
 	if err != nil {
-		return nil, fmt.Errorf("adminsock: %w", err)
+		return nil, err
 	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(true)
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("adminsock: %w", err)
-	}
-	s := &Server{path: path, admin: admin, log: log}
-	s.ln = &peerListener{Listener: ln, log: log}
+	s := &Server{ln: ln, admin: admin, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/devices", s.devices)
 	mux.HandleFunc("GET /v1/devices/{id}", s.device)
@@ -110,84 +97,39 @@ func Listen(path string, admin issuer.Admin, log *slog.Logger) (*Server, error) 
 	mux.HandleFunc("POST /v1/devices/{id}/{action}", s.act)
 	mux.HandleFunc("POST /v1/enroll", s.enroll)
 	mux.HandleFunc("POST /v1/devices/{id}/cohort", s.cohort)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if pc, ok := c.(*peerConn); ok {
-				return context.WithValue(ctx, peerKey{}, pc.peer)
-			}
-			return ctx
-		}}
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ConnContext: unixsock.ConnContext}
 	go s.srv.Serve(s.ln)
 	return s, nil
 }
 
 // Path is the socket's path.
-func (s *Server) Path() string { return s.path }
+func (s *Server) Path() string { return s.ln.Path() }
 
 // Close stops serving and removes the socket file.
-func (s *Server) Close() error { return s.srv.Close() }
-
-// peerListener accepts only connections from this process's user or
-// root, and remembers each connection's peer.
-type peerListener struct {
-	net.Listener
-	log *slog.Logger
-}
-
-type peerConn struct {
-	net.Conn
-	peer peer
-}
-
-func (l *peerListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		p, err := peerOf(c)
-		if err != nil {
-			l.log.Warn("admin socket: peer credentials unreadable; connection refused", "reason", "admin_peer_unknown", "err", err)
-			c.Close()
-			continue
-		}
-		if p.uid != os.Getuid() && p.uid != 0 {
-			l.log.Warn("admin socket: connection from another user refused", "reason", "admin_peer_refused",
-				"peer_uid", p.uid, "peer_pid", p.pid, "issuer_uid", os.Getuid())
-			go refuse(c, p)
-			continue
-		}
-		return &peerConn{Conn: c, peer: p}, nil
-	}
+func (s *Server) Close() error {
+	err := s.srv.Close()
+	s.ln.Close() // at once, even if Serve has not started yet
+	return err
 }
 
 // refuse answers a refused peer's first request with 403 and the code
 // "refused", so that its client says why, then closes the connection. The
 // request is read first (bounded), so the answer is not lost to a reset.
-func refuse(c net.Conn, p peer) {
+func refuse(c net.Conn, p peercred.Cred) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Second))
 	if _, err := http.ReadRequest(bufio.NewReader(io.LimitReader(c, maxBody))); err != nil {
 		return
 	}
 	b, _ := json.Marshal(errorBody{Code: "refused",
-		Error: fmt.Sprintf("uid %d is neither the issuer's user (uid %d) nor root", p.uid, os.Getuid())})
+		Error: fmt.Sprintf("uid %d is neither the issuer's user (uid %d) nor root", p.UID, os.Getuid())})
 	fmt.Fprintf(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(b), b)
-}
-
-// peerOf reads a Unix connection's SO_PEERCRED (internal/peercred).
-func peerOf(c net.Conn) (peer, error) {
-	cr, err := peercred.Of(c)
-	if err != nil {
-		return peer{}, err
-	}
-	return peer{uid: cr.UID, pid: cr.PID}, nil
 }
 
 // operator is the audited actor of a request, with its reason.
 func operator(r *http.Request, reason string) issuer.Operator {
-	p, _ := r.Context().Value(peerKey{}).(peer)
-	return issuer.Operator{Actor: issuer.ActorOf(p.uid, p.pid) + " via admin socket", Reason: reason}
+	p, _ := unixsock.CredOf(r.Context())
+	return issuer.Operator{Actor: issuer.ActorOf(p.UID, p.PID) + " via admin socket", Reason: reason}
 }
 
 type errorBody struct {
@@ -281,8 +223,8 @@ func (s *Server) backup(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("admin backup cut short", "reason", "backup_failed", "bytes", sw.n, "err", err)
 		panic(http.ErrAbortHandler)
 	}
-	p, _ := r.Context().Value(peerKey{}).(peer)
-	s.log.Info("admin backup", "bytes", sw.n, "actor", issuer.ActorOf(p.uid, p.pid))
+	p, _ := unixsock.CredOf(r.Context())
+	s.log.Info("admin backup", "bytes", sw.n, "actor", issuer.ActorOf(p.UID, p.PID))
 }
 
 // streamWriter sets the content type before the first byte and counts.
