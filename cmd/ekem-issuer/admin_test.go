@@ -26,7 +26,7 @@ func TestAdminListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer iss.Close()
-	srv, err := serveMetrics("127.0.0.1:0", iss, slog.New(slog.DiscardHandler))
+	srv, err := serveMetrics("127.0.0.1:0", iss.AdminHandler(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

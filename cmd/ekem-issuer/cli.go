@@ -322,22 +322,35 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer iss.Close()
+	return serve(f, iss, iss.Admin(), iss.AdminHandler(), log)
+}
+
+// instance is what run serves until SIGINT or SIGTERM: one issuer, or one
+// instance of a cluster (runCluster).
+type instance interface {
+	Run(ctx context.Context) error
+	Close() error
+}
+
+// serve runs inst with its admin socket (a) and, with -metrics, its
+// /metrics, /healthz and /readyz (h), and closes it.
+func serve(f *runFlags, inst instance, a issuer.Admin, h http.Handler, log *slog.Logger) error {
+	defer inst.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	closeAdmin, err := serveAdmin(f, iss.Admin(), log)
+	closeAdmin, err := serveAdmin(f, a, log)
 	if err != nil {
 		return err
 	}
 	defer closeAdmin()
 	if f.metrics != "" {
-		srv, err := serveMetrics(f.metrics, iss, log)
+		srv, err := serveMetrics(f.metrics, h, log)
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
 	}
-	if err := iss.Run(ctx); err != nil {
+	if err := inst.Run(ctx); err != nil {
 		return err
 	}
 	log.Info("shutting down")
@@ -425,8 +438,8 @@ func readKey(name, path string, log *slog.Logger) (*signature.PrivateKey, error)
 	return k, nil
 }
 
-func serveMetrics(addr string, iss *issuer.Issuer, log *slog.Logger) (*http.Server, error) {
-	srv := &http.Server{Addr: addr, Handler: iss.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
+func serveMetrics(addr string, h http.Handler, log *slog.Logger) (*http.Server, error) {
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("-metrics: %w", err)

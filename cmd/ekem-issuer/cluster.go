@@ -1,17 +1,10 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
-	"time"
 
 	"github.com/entropykem/entropykem/issuer"
 )
@@ -26,46 +19,21 @@ func runCluster(f *runFlags, cfg issuer.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// /readyz says "standby" until this instance leads.
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", c.MetricsHandler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if iss := c.Issuer(); iss != nil {
+			iss.ReadyHandler().ServeHTTP(w, r)
+			return
+		}
+		io.WriteString(w, "standby\n")
+	})
 	// An admin socket only where asked for (-admin-socket PATH): the
 	// leader answers every command on it, a standby the read-only ones;
 	// every command but approve also works on the database (-store URL).
-	closeAdmin, err := serveAdmin(f, c.Admin(), log)
-	if err != nil {
-		return err
-	}
-	defer closeAdmin()
-	if f.metrics != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", c.MetricsHandler())
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-		mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-			if iss := c.Issuer(); iss != nil {
-				iss.ReadyHandler().ServeHTTP(w, r)
-				return
-			}
-			io.WriteString(w, "standby\n")
-		})
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		ln, err := net.Listen("tcp", f.metrics)
-		if err != nil {
-			return fmt.Errorf("-metrics: %w", err)
-		}
-		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics server stopped", "err", err)
-			}
-		}()
-		defer srv.Close()
-		log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
-	}
-	if err := c.Run(ctx); err != nil {
-		return err
-	}
-	log.Info("shutting down")
-	return nil
+	return serve(f, c, c.Admin(), mux, log)
 }
 
 // cmdMigrate applies the PostgreSQL schema migrations.
