@@ -21,13 +21,11 @@ reload it (SIGHUP).
 func cmdAdd(args []string, stdout, _ io.Writer) error {
 	fs := newFlagSet("add", addHelp, stdout)
 	dir := fs.String("dir", "", "credentials directory made by mkcreds init (required)")
-	n := fs.Int("devices", 0, "number of device accounts to add, named PREFIX1..PREFIXN")
-	prefix := fs.String("prefix", "dev-", "device id prefix for -devices")
-	ids := fs.String("ids", "", "comma-separated device ids")
+	listed := deviceFlags(fs, "add", "comma-separated device ids")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	devices, err := deviceIDs(*n, *prefix, *ids)
+	devices, err := listed()
 	switch {
 	case err != nil:
 		return err

@@ -28,9 +28,7 @@ device ids without '.').
 func cmdInit(args []string, stdout, _ io.Writer) error {
 	fs := newFlagSet("init", initHelp, stdout)
 	out := fs.String("out", "", "output directory (required)")
-	n := fs.Int("devices", 0, "number of device accounts to make, named PREFIX1..PREFIXN")
-	prefix := fs.String("prefix", "dev-", "device id prefix for -devices")
-	ids := fs.String("ids", "", "comma-separated device ids (in addition to -devices)")
+	listed := deviceFlags(fs, "make", "comma-separated device ids (in addition to -devices)")
 	issuers := fs.Int("issuers", 1, "issuer instances, each with its own account: ekem-issuer, ekem-issuer-2, …")
 	monitors := fs.Int("monitors", 1, "monitor instances, each with its own account: ekem-monitor, ekem-monitor-2, …")
 	ca := fs.Bool("ca", false, "also make a test CA, a server certificate and client certificates")
@@ -39,7 +37,7 @@ func cmdInit(args []string, stdout, _ io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	devices, err := deviceIDs(*n, *prefix, *ids)
+	devices, err := listed()
 	switch {
 	case err != nil:
 		return err

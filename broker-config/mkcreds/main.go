@@ -161,6 +161,16 @@ func cmdVersion(args []string, stdout, _ io.Writer) error {
 	return nil
 }
 
+// deviceFlags defines -devices, -prefix and -ids on fs (verb: what the
+// command does with the accounts); after fs.Parse, the returned function
+// lists the device ids they name (deviceIDs).
+func deviceFlags(fs *flag.FlagSet, verb, idsHelp string) func() ([]string, error) {
+	n := fs.Int("devices", 0, "number of device accounts to "+verb+", named PREFIX1..PREFIXN")
+	prefix := fs.String("prefix", "dev-", "device id prefix for -devices")
+	ids := fs.String("ids", "", idsHelp)
+	return func() ([]string, error) { return deviceIDs(*n, *prefix, *ids) }
+}
+
 // deviceIDs lists PREFIX1..PREFIXn followed by the explicit ids, each checked
 // by creds.ValidateDeviceID (which also refuses the reserved names).
 func deviceIDs(n int, prefix, ids string) ([]string, error) {
