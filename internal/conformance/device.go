@@ -390,6 +390,19 @@ func (r *deviceRun) mustStatus() (*wire.Status, error) {
 	return s, err
 }
 
+// deliver issues the ticket s describes, publishes it after its root and
+// checks that the device accepts it (reporting a gap, or not).
+func (r *deviceRun) deliver(s ticketSpec, gap bool) error {
+	x, err := r.issue(s)
+	if err != nil {
+		return err
+	}
+	if err := r.publish(s.epoch, x, false); err != nil {
+		return err
+	}
+	return r.expectAccepted(s.epoch, x, gap)
+}
+
 // expectAccepted checks the Status of an accepted ticket (§5.6, §7.3,
 // §7.4) and moves the kit's view of the device forward.
 func (r *deviceRun) expectAccepted(epoch uint64, x issued, gap bool) error {
@@ -546,15 +559,8 @@ func (r *deviceRun) rules(rep *Report) {
 	probe := r.epoch // epochs of rejected tickets: each its own, so nothing is re-evaluated
 	nextProbe := func() uint64 { probe++; return probe }
 	rep.add(RuleFirstTicket, "§5.6 §7.3 §7.4 §8.2", func() error {
-		x, err := r.issue(ticketSpec{epoch: 1, key: r.reg})
-		if err != nil {
-			return err
-		}
-		if err := r.publish(1, x, false); err != nil {
-			return err
-		}
 		probe = 1
-		return r.expectAccepted(1, x, false)
+		return r.deliver(ticketSpec{epoch: 1, key: r.reg}, false)
 	})
 	rep.add(RuleTicketBeforeRoot, "§8.2 (a ticket before its root), §5.5 (a streamed epoch)", func() error {
 		// A streamed epoch: the ticket's path is in its chunk, and the
@@ -717,38 +723,17 @@ func (r *deviceRun) rules(rep *Report) {
 		probe = e
 		bogus := make([]byte, 32)
 		rand.Read(bogus)
-		x, err := r.issue(ticketSpec{epoch: e, key: r.next, prev: bogus})
-		if err != nil {
-			return err
-		}
-		if err := r.publish(e, x, false); err != nil {
-			return err
-		}
-		return r.expectAccepted(e, x, true)
+		return r.deliver(ticketSpec{epoch: e, key: r.next, prev: bogus}, true)
 	})
 	rep.add(RuleChain, "§8.2 rule 6 (direct successor)", func() error {
 		e := r.epoch + 1
 		probe = e
-		x, err := r.issue(ticketSpec{epoch: e, key: r.next, prev: r.hash})
-		if err != nil {
-			return err
-		}
-		if err := r.publish(e, x, false); err != nil {
-			return err
-		}
-		return r.expectAccepted(e, x, false)
+		return r.deliver(ticketSpec{epoch: e, key: r.next, prev: r.hash}, false)
 	})
 	rep.add(RuleNextNotTaken, "§7.4 §8.1 (ticket to current: a fresh next key)", func() error {
 		e := r.epoch + 1
 		probe = e
-		x, err := r.issue(ticketSpec{epoch: e, key: r.current, prev: r.hash})
-		if err != nil {
-			return err
-		}
-		if err := r.publish(e, x, false); err != nil {
-			return err
-		}
-		return r.expectAccepted(e, x, false) // which checks next_pk is fresh
+		return r.deliver(ticketSpec{epoch: e, key: r.current, prev: r.hash}, false) // which checks next_pk is fresh
 	})
 	rep.add(RuleHeldReplaced, "§8.2 (a ticket before its root: only the latest delivery is held)", func() error {
 		// Two streamed epochs' tickets before their roots: the second
@@ -788,14 +773,7 @@ func (r *deviceRun) rules(rep *Report) {
 	rep.add(RuleGroupSeed, "§5.2 §7.7 (a cohort member's ticket is accepted)", func() error {
 		e := r.epoch + 1
 		probe = e
-		x, err := r.issue(ticketSpec{epoch: e, key: r.next, prev: r.hash, cohort: "kit-cohort"})
-		if err != nil {
-			return err
-		}
-		if err := r.publish(e, x, false); err != nil {
-			return err
-		}
-		return r.expectAccepted(e, x, false)
+		return r.deliver(ticketSpec{epoch: e, key: r.next, prev: r.hash, cohort: "kit-cohort"}, false)
 	})
 	rep.add(RuleBadGroupSeed, "§7.7 §8.2 rule 7, reason 1", func() error {
 		return r.reject(ticketSpec{epoch: nextProbe(), cohort: "kit-cohort", badSeal: true}, nil, wire.StateRejected, accept.ReasonMalformed)
