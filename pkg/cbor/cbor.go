@@ -48,11 +48,12 @@ func init() {
 	if err != nil {
 		panic(err)
 	}
-	decMode, err = fx.DecOptions{
+	// UnmarshalFields decodes as strictly, but skips the fields v does
+	// not name.
+	partialOpts := fx.DecOptions{
 		DupMapKey:         fx.DupMapKeyEnforcedAPF,
 		IndefLength:       fx.IndefLengthForbidden,
 		TagsMd:            fx.TagsForbidden,
-		ExtraReturnErrors: fx.ExtraDecErrorUnknownField,
 		MaxNestedLevels:   MaxNesting,
 		MaxArrayElements:  MaxArrayElements,
 		MaxMapPairs:       MaxMapPairs,
@@ -61,24 +62,13 @@ func init() {
 		NaN:               fx.NaNDecodeForbidden,
 		Inf:               fx.InfDecodeForbidden,
 		BinaryUnmarshaler: fx.BinaryUnmarshalerNone,
-	}.DecMode()
-	if err != nil {
+	}
+	strictOpts := partialOpts
+	strictOpts.ExtraReturnErrors = fx.ExtraDecErrorUnknownField
+	if decMode, err = strictOpts.DecMode(); err != nil {
 		panic(err)
 	}
-	partialMode, err = fx.DecOptions{
-		DupMapKey:         fx.DupMapKeyEnforcedAPF,
-		IndefLength:       fx.IndefLengthForbidden,
-		TagsMd:            fx.TagsForbidden,
-		MaxNestedLevels:   MaxNesting,
-		MaxArrayElements:  MaxArrayElements,
-		MaxMapPairs:       MaxMapPairs,
-		UTF8:              fx.UTF8RejectInvalid,
-		IntDec:            fx.IntDecConvertNone,
-		NaN:               fx.NaNDecodeForbidden,
-		Inf:               fx.InfDecodeForbidden,
-		BinaryUnmarshaler: fx.BinaryUnmarshalerNone,
-	}.DecMode()
-	if err != nil {
+	if partialMode, err = partialOpts.DecMode(); err != nil {
 		panic(err)
 	}
 }
