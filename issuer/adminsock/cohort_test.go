@@ -14,21 +14,29 @@ func (f *fakeAdmin) SetCohort(id, cohort string, op issuer.Operator) error {
 	return f.act("cohort="+cohort, id, op)
 }
 
-// The cohort action reaches the issuer with the peer as actor; a bad
-// cohort is a bad request, an unknown device unknown_device.
-func TestSocketCohort(t *testing.T) {
+// serveFake serves fa on a fresh socket for the test and returns a client
+// of it; both are closed when the test ends.
+func serveFake(t *testing.T, fa *fakeAdmin) *Client {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "admin.sock")
-	fa := &fakeAdmin{devices: []issuer.DeviceInfo{{ID: "dev-1"}}}
 	s, err := Listen(path, fa, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
 	c, err := Dial(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(c.Close)
+	return c
+}
+
+// The cohort action reaches the issuer with the peer as actor; a bad
+// cohort is a bad request, an unknown device unknown_device.
+func TestSocketCohort(t *testing.T) {
+	fa := &fakeAdmin{devices: []issuer.DeviceInfo{{ID: "dev-1"}}}
+	c := serveFake(t, fa)
 	if err := c.SetCohort("dev-1", "fleet-a", issuer.Operator{Reason: "joins"}); err != nil {
 		t.Fatal(err)
 	}

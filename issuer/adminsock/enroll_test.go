@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"log/slog"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -28,18 +26,8 @@ func (f *fakeAdmin) Deny(id string, op issuer.Operator) error { return f.act("de
 // Enroll and deny reach the issuer with the peer as actor; a bad list is a
 // bad request.
 func TestSocketEnrollAndDeny(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "admin.sock")
 	fa := &fakeAdmin{devices: []issuer.DeviceInfo{{ID: "dev-1"}}}
-	s, err := Listen(path, fa, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	c, err := Dial(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := serveFake(t, fa)
 	h := bytes.Repeat([]byte{0xab}, 32)
 	res, err := c.Enroll([]issuer.Enrollment{{ID: "dev-7"}, {ID: "dev-8", KeyHash: h}}, issuer.Operator{Actor: "claimed", Reason: "batch"})
 	if err != nil || res.Added != 2 {
