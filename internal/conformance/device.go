@@ -390,6 +390,29 @@ func (r *deviceRun) mustStatus() (*wire.Status, error) {
 	return s, err
 }
 
+// resignChunkedRoot returns a mutation for reject that replaces a chunked
+// epoch root's payload with what payload makes of it, signed with the
+// issuer's key, so that only the check of the changed field refuses it.
+func (r *deviceRun) resignChunkedRoot(payload func(*wire.EpochRoot) ([]byte, error)) func(*issued) {
+	return func(x *issued) {
+		p, err := signature.ParseSign1(x.root)
+		if err != nil {
+			return
+		}
+		er, err := wire.ParseEpochRoot(p.Payload)
+		if err != nil || !er.Chunked() {
+			return
+		}
+		b, err := payload(er)
+		if err != nil {
+			return
+		}
+		if signed, err := signature.Sign1(r.o.IssuerKey, b); err == nil {
+			x.root = signed
+		}
+	}
+}
+
 // deliver issues the ticket s describes, publishes it after its root and
 // checks that the device accepts it (reporting a gap, or not).
 func (r *deviceRun) deliver(s ticketSpec, gap bool) error {
@@ -620,37 +643,15 @@ func (r *deviceRun) rules(rep *Report) {
 	rep.add(RuleBadChunkRoots, "§5.5 §8.2 rule 2, reason 3", func() error {
 		// The kit's own signature over chunk roots that do not hash to
 		// the root: only the chunk check refuses it.
-		return r.reject(ticketSpec{epoch: nextProbe(), chunked: true}, func(x *issued) {
-			p, err := signature.ParseSign1(x.root)
-			if err != nil {
-				return
-			}
-			er, err := wire.ParseEpochRoot(p.Payload)
-			if err != nil || !er.Chunked() {
-				return
-			}
+		return r.reject(ticketSpec{epoch: nextProbe(), chunked: true}, r.resignChunkedRoot(func(er *wire.EpochRoot) ([]byte, error) {
 			er.ChunkRoots[1] = bytes.Clone(er.ChunkRoots[0])
-			b, err := er.Marshal()
-			if err != nil {
-				return
-			}
-			if signed, err := signature.Sign1(r.o.IssuerKey, b); err == nil {
-				x.root = signed
-			}
-		}, wire.StateRejected, accept.ReasonBadProof)
+			return er.Marshal()
+		}), wire.StateRejected, accept.ReasonBadProof)
 	})
 	rep.add(RuleBadChunkFields, "§5.4 §8.2 rule 1, reason 1", func() error {
 		// The kit's own signature over a root listing one chunk root more
 		// than ceil(tree_size / 2^h): a decoding error, not a proof one.
-		return r.reject(ticketSpec{epoch: nextProbe(), chunked: true}, func(x *issued) {
-			p, err := signature.ParseSign1(x.root)
-			if err != nil {
-				return
-			}
-			er, err := wire.ParseEpochRoot(p.Payload)
-			if err != nil || !er.Chunked() {
-				return
-			}
+		return r.reject(ticketSpec{epoch: nextProbe(), chunked: true}, r.resignChunkedRoot(func(er *wire.EpochRoot) ([]byte, error) {
 			b := cbor.AppendMapHead(nil, 7)
 			for k, v := range []uint64{er.Version, er.Epoch, er.IssuedAt, er.TreeSize} {
 				b = cbor.AppendUint(cbor.AppendUint(b, uint64(k)), v)
@@ -662,10 +663,8 @@ func (r *deviceRun) rules(rep *Report) {
 			for _, h := range roots {
 				b = cbor.AppendBytes(b, h)
 			}
-			if signed, err := signature.Sign1(r.o.IssuerKey, b); err == nil {
-				x.root = signed
-			}
-		}, wire.StateRejected, accept.ReasonMalformed)
+			return b, nil
+		}), wire.StateRejected, accept.ReasonMalformed)
 	})
 	rep.add(RuleBadSignature, "§8.2 rule 2, reason 4", func() error {
 		return r.reject(ticketSpec{epoch: nextProbe()}, func(x *issued) {
