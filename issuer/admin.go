@@ -135,6 +135,20 @@ func releaseRecord(r *record) {
 	r.clearStatus()
 }
 
+// revokeChange and releaseChange are the audited changes of revoke and
+// release, the same for both admins.
+func revokeChange(r *record) (string, error) {
+	before := r.State
+	r.State = stateRevoked
+	return stateChange(before, r), nil
+}
+
+func releaseChange(r *record) (string, error) {
+	before := r.State
+	releaseRecord(r)
+	return stateChange(before, r), nil
+}
+
 // applyAdmin changes device id's record with fn and appends the audit
 // entry for action, in one transaction of st.
 func applyAdmin(st Store, now time.Time, action, id string, op Operator, fn func(*record) (detail string, err error)) error {
@@ -256,19 +270,11 @@ func (a StoreAdmin) Reset(id string, op Operator) error {
 }
 
 func (a StoreAdmin) Revoke(id string, op Operator) error {
-	return applyAdmin(a.Store, a.now(), "revoke", id, op, func(r *record) (string, error) {
-		before := r.State
-		r.State = stateRevoked
-		return stateChange(before, r), nil
-	})
+	return applyAdmin(a.Store, a.now(), "revoke", id, op, revokeChange)
 }
 
 func (a StoreAdmin) Release(id string, op Operator) error {
-	return applyAdmin(a.Store, a.now(), "release", id, op, func(r *record) (string, error) {
-		before := r.State
-		releaseRecord(r)
-		return stateChange(before, r), nil
-	})
+	return applyAdmin(a.Store, a.now(), "release", id, op, releaseChange)
 }
 
 func (a StoreAdmin) Approve(id string, op Operator) error {
@@ -395,42 +401,28 @@ func (a OnlineAdmin) Approve(id string, op Operator) error {
 // Revoke stops issuing tickets to device id, and clears its retained
 // ticket topic when connected.
 func (a OnlineAdmin) Revoke(id string, op Operator) error {
-	a.i.mu.Lock()
-	err := applyAdmin(a.i.store, a.i.cfg.Now(), "revoke", id, op, func(r *record) (string, error) {
-		before := r.State
-		r.State = stateRevoked
-		return stateChange(before, r), nil
-	})
-	a.i.mu.Unlock()
-	if err != nil {
+	if err := a.apply("revoke", id, op, revokeChange, "operator revoked device"); err != nil {
 		return err
 	}
-	a.i.log.Warn("operator revoked device", "device", id, "actor", op.Actor, "reason", clip(op.Reason))
-	a.i.notify()
-	if a.i.client.Load() != nil {
-		a.i.pubMu.Lock()
-		defer a.i.pubMu.Unlock()
-		if failed := a.i.publishAll([]pubMsg{{topic: a.i.topics.Ticket(id)}}); failed > 0 {
-			return fmt.Errorf("%w: clearing ticket of revoked device %q", ErrPublish, id)
-		}
-	}
-	return nil
+	return a.i.clearTicket(id, "revoked")
 }
 
 // Release makes a quarantined or revoked device active again (see
 // releaseRecord).
 func (a OnlineAdmin) Release(id string, op Operator) error {
+	return a.apply("release", id, op, releaseChange, "operator released device")
+}
+
+// apply makes the audited change fn of action to device id under the
+// issuer's lock, then logs msg and wakes the waiters.
+func (a OnlineAdmin) apply(action, id string, op Operator, fn func(*record) (string, error), msg string) error {
 	a.i.mu.Lock()
-	err := applyAdmin(a.i.store, a.i.cfg.Now(), "release", id, op, func(r *record) (string, error) {
-		before := r.State
-		releaseRecord(r)
-		return stateChange(before, r), nil
-	})
+	err := applyAdmin(a.i.store, a.i.cfg.Now(), action, id, op, fn)
 	a.i.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	a.i.log.Warn("operator released device", "device", id, "actor", op.Actor, "reason", clip(op.Reason))
+	a.i.log.Warn(msg, "device", id, "actor", op.Actor, "reason", clip(op.Reason))
 	a.i.notify()
 	return nil
 }

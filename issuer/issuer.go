@@ -47,7 +47,12 @@ var (
 	ErrStoreBehind = errors.New("issuer: the store went back below an epoch this issuer committed")
 )
 
-// Issuer is one issuer. Its methods are safe for concurrent use.
+// Issuer is one issuer: the protocol role (Start, Run, IssueEpoch and the
+// message handling) and its lifecycle, with read-only views of its state.
+// Its other jobs live apart: the operator actions on OnlineAdmin
+// (Admin, admin.go), the HTTP surface in http.go and metrics.go, the test
+// and embedding hooks in hooks.go. Its methods are safe for concurrent
+// use.
 type Issuer struct {
 	cfg    Config
 	topics wire.Topics
