@@ -83,7 +83,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 	dir := t.TempDir()
 	iss, err := ekissuer.New(ekissuer.Config{
 		Broker: b.URL(), Username: embedbroker.IssuerUser, Password: password(embedbroker.IssuerUser),
-		Key: key, StorePath: filepath.Join(dir, "issuer.db"), Period: time.Minute, Logger: log.With("role", "issuer"),
+		Key: key, StorePath: filepath.Join(dir, "issuer.db"), Period: time.Minute, Logger: log,
 	})
 	if err != nil {
 		t.Fatal(err)

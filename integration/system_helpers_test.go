@@ -222,7 +222,7 @@ func (f *sysFleet) issuerConfig() ekissuer.Config {
 	cfg := ekissuer.Config{
 		Broker: f.brokerURL(), Username: a.Username, Password: a.Password,
 		Key: f.key, StorePath: filepath.Join(f.dir, "issuer.db"), Period: sysPeriod,
-		Logger: slog.New(slog.NewJSONHandler(f.issLog, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", "issuer"),
+		Logger: slog.New(slog.NewJSONHandler(f.issLog, &slog.HandlerOptions{Level: slog.LevelDebug})), // the issuer adds role=issuer itself
 	}
 	if f.nats != nil {
 		// As broker-config/nats/README.md tells an operator to run it.

@@ -203,7 +203,7 @@ func startIssuer(ctx context.Context, c demoConfig, run demoRun, dir string, bro
 	iss, err := issuer.New(issuer.Config{
 		Broker: broker.url, Username: embedbroker.IssuerUser, Password: pw, ClientID: run.clientID("issuer"), Prefix: run.prefix,
 		Key: key, StorePath: filepath.Join(dir, "issuer.db"), Period: c.period, TTL: 10 * c.period,
-		Logger: logger.With("role", "issuer"),
+		Logger: logger, // the issuer adds role=issuer itself
 	})
 	if err != nil {
 		return nil, nil, nil, err
