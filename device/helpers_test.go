@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/entropykem/entropykem/internal/testclock"
 	"github.com/entropykem/entropykem/pkg/batch"
 	"github.com/entropykem/entropykem/pkg/cohort"
 	"github.com/entropykem/entropykem/pkg/kem"
@@ -21,26 +22,6 @@ import (
 const devID = "dev-0001"
 
 var topics, _ = wire.NewTopics(wire.DefaultPrefix)
-
-// clock is a settable test clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Unix(1_750_000_000, 0)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // flakyCohort is a software cohort secret whose MAC can be made to fail,
 // standing in for a TPM that stops answering.
@@ -232,7 +213,7 @@ type env struct {
 	t      testing.TB
 	dir    string
 	cohort *flakyCohort
-	clock  *clock
+	clock  *testclock.Clock
 	is     *issuer
 	pub    *fakePub
 	events []Event
@@ -242,7 +223,7 @@ type env struct {
 
 func newEnv(t testing.TB, mod func(*Config)) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), cohort: newCohort(t, 7), clock: newClock(), is: newIssuer(t), pub: &fakePub{}, mod: mod}
+	e := &env{t: t, dir: t.TempDir(), cohort: newCohort(t, 7), clock: testclock.New(time.Unix(1_750_000_000, 0)), is: newIssuer(t), pub: &fakePub{}, mod: mod}
 	e.open()
 	t.Cleanup(func() { e.a.Close() })
 	return e

@@ -7,10 +7,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/entropykem/entropykem/internal/testclock"
 	"github.com/entropykem/entropykem/pkg/accept"
 	"github.com/entropykem/entropykem/pkg/cbor"
 	"github.com/entropykem/entropykem/pkg/cohort"
@@ -19,28 +19,10 @@ import (
 	"github.com/entropykem/entropykem/pkg/wire"
 )
 
-// clock is a settable wall clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
-
 type env struct {
 	t     testing.TB
 	cfg   Config
-	clock *clock
+	clock *testclock.Clock
 	pins  *signature.KeySet
 	iss   *Issuer
 }
@@ -65,7 +47,7 @@ func newEnv(t testing.TB, mods ...func(*Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &clock{t: time.Unix(1767225600, 0)}
+	c := testclock.New(time.Unix(1767225600, 0))
 	cfg := Config{Key: key, StorePath: filepath.Join(t.TempDir(), "issuer.db"), Period: time.Hour,
 		Purpose: "telemetry", Group: "plant-7", Logger: quietLogger(), Now: c.Now, Timeout: 3 * time.Second}
 	for _, m := range mods {
