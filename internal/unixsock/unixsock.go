@@ -89,7 +89,9 @@ func Listen(path string, opts Options) (*Listener, error) {
 	if err := checkPath(path, opts); err != nil {
 		return nil, wrap(err)
 	}
-	tmp, err := os.MkdirTemp(filepath.Dir(path), ".ekem-sock-")
+	// A short name: a socket path is limited to 107 bytes, and the
+	// temporary one should not be much longer than path itself.
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".ek")
 	if err != nil {
 		return nil, wrap(err)
 	}
