@@ -91,8 +91,7 @@ type Options struct {
 
 // Server serves Keys on a Unix socket.
 type Server struct {
-	ln   *unixsock.Listener
-	srv  *http.Server
+	srv  *unixsock.Server
 	keys Keys
 	log  *slog.Logger
 }
@@ -117,7 +116,7 @@ func Listen(path string, keys Keys, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{ln: ln, keys: keys, log: opts.Logger}
+	s := &Server{keys: keys, log: opts.Logger}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", s.status)
 	mux.HandleFunc("POST /v1/keys/next", s.nextKey)
@@ -125,9 +124,7 @@ func Listen(path string, keys Keys, opts Options) (*Server, error) {
 	mux.HandleFunc("POST /v1/open", s.open)
 	mux.HandleFunc("POST /v1/group/seal", s.groupSeal)
 	mux.HandleFunc("POST /v1/group/open", s.groupOpen)
-	s.srv = &http.Server{Handler: s.logged(mux), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
-		ConnContext: unixsock.ConnContext}
-	go s.srv.Serve(s.ln)
+	s.srv = unixsock.Serve(ln, &http.Server{Handler: s.logged(mux), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second})
 	gid := -1
 	if opts.SetGroup {
 		gid = opts.GID
@@ -137,15 +134,11 @@ func Listen(path string, keys Keys, opts Options) (*Server, error) {
 }
 
 // Path is the socket's path.
-func (s *Server) Path() string { return s.ln.Path() }
+func (s *Server) Path() string { return s.srv.Path() }
 
 // Close stops serving and removes the socket file if it is still the one
 // Listen made.
-func (s *Server) Close() error {
-	err := s.srv.Close()
-	s.ln.Close() // at once, even if Serve has not started yet
-	return err
-}
+func (s *Server) Close() error { return s.srv.Close() }
 
 // statusWriter remembers the status code for the request log.
 type statusWriter struct {

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -227,4 +228,30 @@ func ConnContext(ctx context.Context, c net.Conn) context.Context {
 func CredOf(ctx context.Context) (peercred.Cred, bool) {
 	c, ok := ctx.Value(credKey{}).(peercred.Cred)
 	return c, ok
+}
+
+// Server is an HTTP server on a Listener.
+type Server struct {
+	l   *Listener
+	srv *http.Server
+}
+
+// Serve serves srv on l in the background, each request's context
+// carrying its connection's peer credentials (CredOf), until Close.
+func Serve(l *Listener, srv *http.Server) *Server {
+	srv.ConnContext = ConnContext
+	go srv.Serve(l)
+	return &Server{l: l, srv: srv}
+}
+
+// Path is the socket's path.
+func (s *Server) Path() string { return s.l.Path() }
+
+// Close stops serving and removes the socket file at once (even if the
+// server had not started accepting yet) if it is still the one Listen
+// made.
+func (s *Server) Close() error {
+	err := s.srv.Close()
+	s.l.Close()
+	return err
 }

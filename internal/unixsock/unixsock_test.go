@@ -1,8 +1,12 @@
 package unixsock
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -94,5 +98,37 @@ func TestListenReplacesStaleRefusesFile(t *testing.T) {
 	}
 	if _, err := Listen(filepath.Join(dir, "x"), Options{Name: "test", Mode: 0o606}); err == nil {
 		t.Fatal("a mode with bits for others was accepted")
+	}
+}
+
+func TestServe(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	l, err := Listen(path, Options{Name: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Serve(l, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cr, ok := CredOf(r.Context())
+		fmt.Fprintf(w, "%v %d", ok, cr.PID)
+	})})
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", path)
+	}}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("http://sock/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := fmt.Sprintf("true %d", os.Getpid()); string(b) != want {
+		t.Fatalf("handler saw %q, want %q", b, want)
+	}
+	if s.Path() != path {
+		t.Fatalf("Path %q", s.Path())
+	}
+	s.Close()
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Close left the socket: %v", err)
 	}
 }

@@ -59,8 +59,7 @@ const maxBody = 4096
 
 // Server serves an issuer.Admin on a Unix socket.
 type Server struct {
-	ln    *unixsock.Listener
-	srv   *http.Server
+	srv   *unixsock.Server
 	admin issuer.Admin
 	log   *slog.Logger
 }
@@ -87,7 +86,7 @@ func Listen(path string, admin issuer.Admin, log *slog.Logger) (*Server, error) 
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{ln: ln, admin: admin, log: log}
+	s := &Server{admin: admin, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/devices", s.devices)
 	mux.HandleFunc("GET /v1/devices/{id}", s.device)
@@ -97,20 +96,15 @@ func Listen(path string, admin issuer.Admin, log *slog.Logger) (*Server, error) 
 	mux.HandleFunc("POST /v1/devices/{id}/{action}", s.act)
 	mux.HandleFunc("POST /v1/enroll", s.enroll)
 	mux.HandleFunc("POST /v1/devices/{id}/cohort", s.cohort)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ConnContext: unixsock.ConnContext}
-	go s.srv.Serve(s.ln)
+	s.srv = unixsock.Serve(ln, &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second})
 	return s, nil
 }
 
 // Path is the socket's path.
-func (s *Server) Path() string { return s.ln.Path() }
+func (s *Server) Path() string { return s.srv.Path() }
 
 // Close stops serving and removes the socket file.
-func (s *Server) Close() error {
-	err := s.srv.Close()
-	s.ln.Close() // at once, even if Serve has not started yet
-	return err
-}
+func (s *Server) Close() error { return s.srv.Close() }
 
 // refuse answers a refused peer's first request with 403 and the code
 // "refused", so that its client says why, then closes the connection. The
