@@ -182,7 +182,7 @@ func TestNATSNodeKilledMidEpoch(t *testing.T) {
 // device's resubscription or the issuer's peek, which run on the nudge's
 // schedule (2, 6, 14, 30, 62 s after the epoch here). It bounds a wait;
 // the test logs the times taken.
-const natsRecovery = 3 * time.Minute
+const natsRecovery = 5 * time.Minute
 
 // natsConverge waits until every device accepted e and the issuer verified
 // every confirmation, restarting nothing: the system heals by itself
