@@ -19,6 +19,10 @@
 // replay, a forgery). The broker's ACL (brokerconfig.CohortSection) keeps
 // the topics to the cohort's accounts; the group key keeps the content to
 // the cohort's members, away from the broker and the issuer.
+//
+// It is written as an application outside this module would be: it uses
+// paho directly, not the project's internal/mqttc adapter (which only this
+// module's own roles use, and which an outside program cannot import).
 package main
 
 import (

@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -37,10 +38,9 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/entropykem/entropykem/broker-config/creds"
 	natsconf "github.com/entropykem/entropykem/broker-config/nats"
+	"github.com/entropykem/entropykem/internal/mqttc"
 	"github.com/entropykem/entropykem/internal/svctest"
 )
 
@@ -419,33 +419,26 @@ func (c *Cluster) pollHealthz(ctx context.Context, i int, path string) error {
 	}
 }
 
-// warmUp connects as the issuer and subscribes at QoS 1 until it works.
+// warmUp connects as the issuer and subscribes at QoS 1 until it works
+// (mqttc.Subscribe checks the SUBACK's return code).
 func (c *Cluster) warmUp(ctx context.Context, url string) error {
 	a := c.creds.Issuer
 	var last error
 	for {
-		o := mqtt.NewClientOptions().AddBroker(url).SetClientID("natstest-warmup").
-			SetUsername(a.Username).SetPassword(a.Password).SetCleanSession(true).
-			SetAutoReconnect(false).SetConnectTimeout(5 * time.Second)
-		cl := mqtt.NewClient(o)
-		tok := cl.Connect()
-		if tok.WaitTimeout(6*time.Second) && tok.Error() == nil {
-			st := cl.Subscribe("ekem/v1/reg/+", 1, func(mqtt.Client, mqtt.Message) {})
-			ok := st.WaitTimeout(6*time.Second) && st.Error() == nil
-			if ok {
-				if r := st.(*mqtt.SubscribeToken).Result()["ekem/v1/reg/+"]; r >= 0x80 {
-					ok, last = false, fmt.Errorf("subscription refused (0x%02x)", r)
-				}
-			} else {
-				last = fmt.Errorf("subscribe: %v", st.Error())
-			}
-			cl.Disconnect(50)
-			if ok {
+		actx, cancel := context.WithTimeout(ctx, 6*time.Second)
+		cl, err := mqttc.Dial(actx, mqttc.Options{Broker: url, ClientID: "natstest-warmup",
+			Username: a.Username, Password: a.Password, Timeout: 6 * time.Second,
+			Logger: slog.New(slog.DiscardHandler)})
+		cancel()
+		if err == nil {
+			err = cl.Subscribe("ekem/v1/reg/+")
+			cl.Close()
+			if err == nil {
 				return nil
 			}
+			last = fmt.Errorf("subscribe: %w", err)
 		} else {
-			last = fmt.Errorf("connect: %v", tok.Error())
-			cl.Disconnect(0)
+			last = fmt.Errorf("connect: %w", err)
 		}
 		select {
 		case <-ctx.Done():
