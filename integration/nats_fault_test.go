@@ -84,7 +84,15 @@ func (w *witness) run(t *testing.T, f *sysFleet, round int, stop <-chan struct{}
 // does with retained messages PUBACKed during the failover: a witness
 // publishes retained messages throughout, and the test reports the topics
 // whose last PUBACKed value a fresh reader never gets.
+//
+// It runs only with EKEM_NATS_FAULTS=1: issue #17 is open because this
+// failover is not yet dependable. In CI a device's epoch-4 ticket once
+// reached it only after its TTL, so it stayed on epoch 3 until the next
+// epoch; runs take 4 to 8 minutes.
 func TestNATSNodeKilledMidEpoch(t *testing.T) {
+	if os.Getenv("EKEM_NATS_FAULTS") != "1" {
+		t.Skip("NATS node-kill failover is not dependable yet (issue #17); EKEM_NATS_FAULTS=1 runs it")
+	}
 	t.Parallel() // with the other NATS tests: see nats_helpers_test.go
 	ids := []string{"dev-1", "dev-2", "dev-3"}
 	f := newNATSFleet(t, ids...)
