@@ -163,9 +163,10 @@ func TestForgedStatusDoesNotQuarantine(t *testing.T) {
 		}
 	}
 	waitCounter(t, "issuer", iss.Counters, "status_conflict_unauthenticated", 1)
-	if !f.issLog.hasRecord(t, map[string]string{"reason": "status_conflict_unauthenticated", "device": victim, "level": "WARN"}) {
-		t.Fatal("the issuer's log has no WARN record of the unauthenticated conflict")
-	}
+	// The counter may move before the record is written: wait for both.
+	sysWaitFor(t, "a WARN record of the unauthenticated conflict in the issuer's log", func() bool {
+		return f.issLog.hasRecord(t, map[string]string{"reason": "status_conflict_unauthenticated", "device": victim, "level": "WARN"})
+	})
 	after := f.deviceInfo(t, victim)
 	if after.State != ekissuer.StateActive || iss.Counters()["clone_detected"] != 0 || after.StatusSeq != before.StatusSeq {
 		t.Fatalf("forged Status changed %s: state %s seq %d (was %d), counters %v", victim, after.State, after.StatusSeq, before.StatusSeq, iss.Counters())
